@@ -60,12 +60,13 @@ fn apply_fields(
                     format!(
                         "jitter must be one of {}, got {}",
                         Jitter::NAMES.join(", "),
-                        value
+                        kind_of(value)
                     )
                 })?;
                 next.jitter = Jitter::from_name(name).ok_or_else(|| {
                     format!(
-                        "unknown jitter '{name}'; use one of {}",
+                        "unknown jitter '{}'; use one of {}",
+                        truncate(name, 40),
                         Jitter::NAMES.join(", ")
                     )
                 })?;
@@ -95,7 +96,8 @@ fn apply_fields(
             }
             unknown => {
                 return Err(format!(
-                    "unknown key '{unknown}'; allowed keys are {}",
+                    "unknown key '{}'; allowed keys are {}",
+                    truncate(unknown, 40),
                     KEYS.join(", ")
                 ));
             }
@@ -204,11 +206,27 @@ mod tests {
                 "max_retries must be null or a whole number",
             ),
             (r#"{"timeout": 5}"#, "unknown key 'timeout'"),
+            (
+                r#"{"jitter": [1, 2, 3]}"#,
+                "jitter must be one of full, equal, decorrelated, none, got an array",
+            ),
         ];
         for (patch, expected) in cases {
             let err = apply(patch).expect_err(patch);
             assert!(err.contains(expected), "{patch}: {err}");
             assert!(err.starts_with("hybrid_busy_config: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn messages_never_echo_huge_input() {
+        let long = "k".repeat(100_000);
+        for patch in [
+            format!(r#"{{"{long}": 1}}"#),
+            format!(r#"{{"jitter": "{long}"}}"#),
+        ] {
+            let err = apply(&patch).unwrap_err();
+            assert!(err.len() < 300, "{} bytes", err.len());
         }
     }
 

@@ -1,1 +1,170 @@
-//! placeholder
+//! Helpers for the end-to-end tests: where the built extension, the
+//! `sqlite3` shell and Debian's python3 are, and small wrappers that run
+//! them as real processes against real files.
+//!
+//! The tests need `dist/libhybrid.so` (built by `make ext`; `make test` does
+//! it first). Set `HYBRID_EXT` to test another build.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The loadable extension under test; panics with the fix if it is missing.
+pub fn ext_path() -> PathBuf {
+    let path = std::env::var_os("HYBRID_EXT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("dist/libhybrid.so"));
+    assert!(
+        path.exists(),
+        "{} does not exist: build it with `make ext` (or run `make test`)",
+        path.display()
+    );
+    path
+}
+
+/// `ext_path()` without the `.so`, as `.load` and `load_extension` take it.
+pub fn ext_load_arg() -> String {
+    let path = ext_path();
+    path.with_extension("").to_string_lossy().into_owned()
+}
+
+/// Debian's python3 (its sqlite3 module can load extensions).
+pub fn python() -> PathBuf {
+    std::env::var_os("PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/python3"))
+}
+
+/// A helper script under `tests/py/`.
+pub fn py_script(name: &str) -> PathBuf {
+    workspace_root().join("tests/py").join(name)
+}
+
+/// Runs the `sqlite3` shell on `db` with `script` on stdin.
+pub fn run_shell(db: &Path, script: &str) -> Output {
+    let mut child = Command::new("sqlite3")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the sqlite3 shell runs (scripts/check-tools.sh installs it)");
+    // Feed stdin from a thread: a large script and a chatty shell would
+    // otherwise fill both pipes and block each other.
+    let mut stdin = child.stdin.take().expect("piped");
+    let script = script.to_string();
+    let feeder = std::thread::spawn(move || stdin.write_all(script.as_bytes()));
+    let output = child.wait_with_output().expect("sqlite3 finishes");
+    feeder
+        .join()
+        .expect("feeder thread")
+        .expect("write script to sqlite3");
+    output
+}
+
+/// Runs a python helper script with arguments and waits for it.
+pub fn run_python(script: &str, args: &[&str]) -> Output {
+    Command::new(python())
+        .arg(py_script(script))
+        .args(args)
+        .env("HYBRID_EXT", ext_load_arg())
+        .output()
+        .expect("python3 runs")
+}
+
+/// A child process we talk to line by line.
+pub struct LineProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl LineProcess {
+    /// Starts `python3 tests/py/<script> args...`.
+    pub fn python(script: &str, args: &[&str]) -> LineProcess {
+        let mut child = Command::new(python())
+            .arg(py_script(script))
+            .args(args)
+            .env("HYBRID_EXT", ext_load_arg())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        LineProcess {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The next line of output (without the newline); panics at EOF.
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).expect("read child stdout");
+        assert!(
+            n > 0,
+            "child closed stdout early (status {:?})",
+            self.child.try_wait()
+        );
+        line.trim_end().to_string()
+    }
+
+    /// Reads lines until one equals `wanted`; returns the time it took.
+    pub fn expect_line(&mut self, wanted: &str) -> Duration {
+        let start = Instant::now();
+        loop {
+            let line = self.read_line();
+            if line == wanted {
+                return start.elapsed();
+            }
+        }
+    }
+
+    /// Sends one line to the child.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("write child stdin");
+        stdin.flush().expect("flush child stdin");
+    }
+
+    /// Closes stdin and waits for the exit status; returns the rest of stdout.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String) {
+        drop(self.stdin.take());
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stdout, &mut rest).expect("read rest");
+        let status = self.child.wait().expect("child exits");
+        (status, rest)
+    }
+}
+
+impl Drop for LineProcess {
+    fn drop(&mut self) {
+        // A failed test must not leave a lock holder running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses the last line of `text` that is a JSON object.
+pub fn last_json(text: &str) -> serde_json::Value {
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| v.is_object())
+        })
+        .unwrap_or_else(|| panic!("no JSON object line in output:\n{text}"))
+}

@@ -1,0 +1,50 @@
+# sqlite-hybrid — build, test, demo and benchmark entry points.
+#
+#   make demo    build the extension and watch it in the sqlite3 shell
+#   make test    every test: unit, doc, end-to-end (sqlite3 shell, python3, processes)
+#   make bench   contention benchmark: SQLite's default handler vs the extension
+#   make ext     the loadable extension only -> dist/libhybrid.so
+#   make lint    cargo fmt --check and clippy with warnings as errors
+#
+# Why dist/: a plain `cargo build --release --workspace` rebuilds
+# target/release/libhybrid.so WITHOUT the `loadable` feature (no usable entry
+# point). dist/ is written only here.
+
+SHELL   := /bin/bash
+CARGO   ?= cargo
+PYTHON  ?= /usr/bin/python3
+EXT     := dist/libhybrid.so
+export PYTHON
+export HYBRID_EXT := $(abspath $(EXT))
+
+.PHONY: all ext test unit e2e demo bench lint check-tools clean
+
+all: ext
+
+check-tools:
+	@scripts/check-tools.sh
+
+# The loadable build is ext alone with --features loadable: features of
+# other workspace members (the client's bundled SQLite) never join it.
+ext:
+	$(CARGO) build -p sqlite-hybrid-ext --release --features loadable
+	@mkdir -p dist
+	@cp target/release/libhybrid.so $(EXT).tmp && mv $(EXT).tmp $(EXT)
+	@echo "built $(EXT)  (load it with: .load ./dist/libhybrid)"
+
+test: check-tools ext
+	$(CARGO) test --workspace
+
+demo: check-tools ext
+	@scripts/demo.sh
+
+bench: check-tools ext
+	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf dist

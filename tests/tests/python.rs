@@ -1,0 +1,110 @@
+//! The extension in Debian's python3 (SQLite 3.40.1), with real lock
+//! contention between processes on one WAL file.
+
+use std::time::Duration;
+
+use sqlite_hybrid_tests::{LineProcess, last_json};
+
+/// A holder keeps BEGIN IMMEDIATE; a waiter with the extension waits; once
+/// the waiter's wait is visibly in flight, the holder commits. The waiter
+/// then commits, and its metrics show the wait as acquired.
+#[test]
+fn waiter_acquires_after_holder_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("contended.db");
+    let db = db.to_str().unwrap();
+
+    let mut holder = LineProcess::python("holder.py", &[db]);
+    holder.expect_line("held");
+    let mut waiter = LineProcess::python("waiter.py", &[db, r#"{"timeout_ms": 60000}"#]);
+    waiter.expect_line("waiting");
+    std::thread::sleep(Duration::from_millis(50));
+    holder.send_line("release");
+    holder.expect_line("released");
+
+    let (status, rest) = waiter.finish();
+    assert!(status.success(), "waiter failed: {status:?}\n{rest}");
+    let report = last_json(&rest);
+    assert_eq!(report["outcome"], "committed", "{report}");
+    let m = &report["metrics"];
+    assert!(m["busy_events"].as_i64().unwrap() >= 1, "{m}");
+    assert!(m["acquired"].as_i64().unwrap() >= 1, "{m}");
+    assert_eq!(m["gave_up"], 0, "{m}");
+    assert_eq!(m["in_flight"], 0, "{m}");
+    assert!(
+        m["retries"].as_i64().unwrap() >= m["busy_events"].as_i64().unwrap(),
+        "{m}"
+    );
+    assert!(
+        m["wait_max_ms"].as_f64().unwrap() >= 50.0,
+        "the wait spanned the 50 ms pause: {m}"
+    );
+    assert_eq!(m["handler_active"], 1, "{m}");
+    drop(holder);
+
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let rows: Vec<String> = conn
+        .prepare("SELECT who FROM t ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, vec!["holder", "waiter"]);
+}
+
+/// With the holder never releasing, the waiter gets SQLITE_BUSY after about
+/// timeout_ms, and the metrics count a give-up.
+#[test]
+fn waiter_gives_up_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("stuck.db");
+    let db = db.to_str().unwrap();
+
+    let mut holder = LineProcess::python("holder.py", &[db]);
+    holder.expect_line("held");
+    let waiter = LineProcess::python("waiter.py", &[db, r#"{"timeout_ms": 400}"#]);
+    let (status, rest) = waiter.finish();
+    assert!(status.success(), "{rest}");
+    let report = last_json(&rest);
+    assert_eq!(report["outcome"], "database is locked", "{report}");
+    let elapsed = report["elapsed_s"].as_f64().unwrap();
+    // Never early; late only by scheduling noise on a busy 2-core machine.
+    assert!(
+        (0.39..3.0).contains(&elapsed),
+        "gave up after {elapsed} s, deadline 0.4 s"
+    );
+    let m = &report["metrics"];
+    assert_eq!(
+        (m["gave_up"].as_i64(), m["acquired"].as_i64()),
+        (Some(1), Some(0)),
+        "{m}"
+    );
+    assert_eq!(m["failure_rate"], 1.0, "{m}");
+    assert!(m["wait_max_ms"].as_f64().unwrap() >= 399.0, "{m}");
+}
+
+/// Python-specific gotcha, documented in the README: connect(timeout=...)
+/// calls sqlite3_busy_timeout, replacing the handler the auto-extension
+/// installed; hybrid_busy_timeout() puts it back.
+#[test]
+fn python_connect_timeout_replaces_handler_until_reinstalled() {
+    let out = sqlite_hybrid_tests::run_python("python_gotcha.py", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = last_json(&stdout);
+    assert_eq!(report["loading_connection_active"], 1, "{report}");
+    assert_eq!(
+        report["later_connection_active_after_connect"], 0,
+        "{report}"
+    );
+    assert_eq!(
+        report["later_connection_active_after_reinstall"], 1,
+        "{report}"
+    );
+    assert_eq!(report["later_connection_has_functions"], true, "{report}");
+}

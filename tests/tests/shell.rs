@@ -1,0 +1,239 @@
+//! The extension in Debian's `sqlite3` shell (3.40.1): load, SQL surface,
+//! `handler_active`, bad arguments.
+
+use sqlite_hybrid_tests::{ext_load_arg, run_shell};
+
+fn shell(script: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shell.db");
+    let out = run_shell(&db, &format!(".load {}\n{script}", ext_load_arg()));
+    assert!(
+        out.status.code().is_some(),
+        "sqlite3 was killed by a signal: {:?}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn loads_and_reports_version_and_one_metrics_row() {
+    let (out, err) = shell(
+        "SELECT hybrid_version();\n\
+         SELECT count(*), sum(connections), sum(handler_active), sum(busy_events) FROM hybrid_lock_metrics WHERE db LIKE '%/shell.db';\n",
+    );
+    assert_eq!(err, "");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, vec![env!("CARGO_PKG_VERSION"), "1|1|1|0"]);
+}
+
+#[test]
+fn pragma_busy_timeout_flips_handler_active_and_hybrid_busy_timeout_restores_it() {
+    let (out, err) = shell(
+        "SELECT handler_active FROM hybrid_lock_metrics WHERE db LIKE '%/shell.db';\n\
+         PRAGMA busy_timeout = 250;\n\
+         SELECT handler_active FROM hybrid_lock_metrics WHERE db LIKE '%/shell.db';\n\
+         SELECT hybrid_busy_timeout(1500);\n\
+         SELECT handler_active, json_extract(policy, '$.timeout_ms') FROM hybrid_lock_metrics WHERE db LIKE '%/shell.db';\n\
+         PRAGMA busy_timeout;\n",
+    );
+    assert_eq!(err, "");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["1", "250", "0", "1500", "1|1500.0", "0"]
+    );
+}
+
+#[test]
+fn busy_config_round_trips_and_validates() {
+    let (out, err) = shell(
+        "SELECT hybrid_busy_config('{\"base_ms\":0.5,\"cap_ms\":8,\"jitter\":\"decorrelated\",\"timeout_ms\":900,\"max_retries\":7}');\n\
+         SELECT json_extract(hybrid_busy_config(), '$.jitter'), json_extract(hybrid_busy_config(), '$.max_retries');\n",
+    );
+    assert_eq!(err, "");
+    let lines: Vec<&str> = out.lines().collect();
+    let policy: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(policy["cap_ms"], 8.0);
+    assert_eq!(policy["timeout_ms"], 900.0);
+    assert_eq!(lines[1], "decorrelated|7");
+}
+
+/// Every function with wrong arity, wrong types, NULL, huge and non-finite
+/// numbers, bad JSON and a long string: each is an error message, the shell
+/// survives, and the state is unchanged afterwards.
+#[test]
+fn bad_arguments_give_errors_never_a_crash() {
+    let long = "x".repeat(100_000);
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "SELECT hybrid_version(1);".into(),
+            "wrong number of arguments",
+        ),
+        (
+            "SELECT hybrid_busy_config(1, 2);".into(),
+            "takes 0 or 1 argument, got 2",
+        ),
+        ("SELECT hybrid_busy_config(NULL);".into(), "got NULL"),
+        ("SELECT hybrid_busy_config(42);".into(), "got integer 42"),
+        (
+            "SELECT hybrid_busy_config(x'00ff');".into(),
+            "got a blob of 2 bytes",
+        ),
+        ("SELECT hybrid_busy_config('{');".into(), "not valid JSON"),
+        (
+            "SELECT hybrid_busy_config('[]');".into(),
+            "must be a JSON object",
+        ),
+        (
+            "SELECT hybrid_busy_config('{\"base_ms\":-1}');".into(),
+            "base_ms",
+        ),
+        (
+            "SELECT hybrid_busy_config('{\"base_ms\":1e999}');".into(),
+            "not valid JSON",
+        ),
+        (
+            "SELECT hybrid_busy_config('{\"cap_ms\":0.01,\"base_ms\":1}');".into(),
+            "cap_ms: must be >= base_ms",
+        ),
+        (
+            "SELECT hybrid_busy_config('{\"jitter\":\"random\"}');".into(),
+            "unknown jitter 'random'",
+        ),
+        (
+            "SELECT hybrid_busy_config('{\"max_retries\":-3}');".into(),
+            "max_retries",
+        ),
+        (
+            "SELECT hybrid_busy_config('{\"nope\":1}');".into(),
+            "unknown key 'nope'",
+        ),
+        (
+            format!("SELECT hybrid_busy_config('{{\"{long}\":1}}');"),
+            "unknown key",
+        ),
+        ("SELECT hybrid_busy_timeout();".into(), "takes 1 argument"),
+        ("SELECT hybrid_busy_timeout(NULL);".into(), "got NULL"),
+        ("SELECT hybrid_busy_timeout(-1);".into(), "got integer -1"),
+        (
+            "SELECT hybrid_busy_timeout(9223372036854775807);".into(),
+            "from 0 to",
+        ),
+        ("SELECT hybrid_busy_timeout(1e999);".into(), "got real inf"),
+        ("SELECT hybrid_busy_timeout(0.0/0.0);".into(), "got NULL"),
+        (
+            "SELECT hybrid_busy_timeout('100');".into(),
+            "got text '100'",
+        ),
+        (
+            format!("SELECT hybrid_busy_timeout('{long}');"),
+            "got text 'xxxx",
+        ),
+        (
+            "SELECT hybrid_lock_metrics_reset(1);".into(),
+            "takes no arguments",
+        ),
+        (
+            "SELECT hybrid_lock_events_capacity(0);".into(),
+            "from 1 to 65536",
+        ),
+        (
+            "SELECT hybrid_lock_events_capacity(1e10);".into(),
+            "got real",
+        ),
+        (
+            "SELECT hybrid_lock_events_capacity(1, 2);".into(),
+            "takes 0 or 1 argument",
+        ),
+        (
+            "SELECT hybrid_health_check(1);".into(),
+            "schema must be text",
+        ),
+        (
+            "SELECT hybrid_health_check('nowhere');".into(),
+            "no schema named 'nowhere'",
+        ),
+        (
+            "SELECT hybrid_health_check('a', 'b');".into(),
+            "takes 0 or 1 argument",
+        ),
+        ("SELECT hybrid_tune(1);".into(), "takes no arguments"),
+    ];
+    let mut script = String::from("SELECT hybrid_busy_config('{\"timeout_ms\":1234}');\n");
+    for (sql, _) in &cases {
+        script.push_str(sql);
+        script.push('\n');
+    }
+    script.push_str("SELECT json_extract(hybrid_busy_config(), '$.timeout_ms'), hybrid_lock_events_capacity();\n");
+    script.push_str("SELECT 'still alive';\n");
+    let (out, err) = shell(&script);
+
+    // One line per error (a parse error adds two lines echoing the SQL).
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("Parse error") || l.starts_with("Runtime error"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        cases.len(),
+        "one error per bad call:\n{}",
+        &err[..err.len().min(4000)]
+    );
+    for ((sql, expected), line) in cases.iter().zip(&errors) {
+        assert!(
+            line.contains(expected),
+            "{}: expected '{expected}' in '{line}'",
+            &sql[..sql.len().min(60)]
+        );
+        assert!(
+            line.len() < 400,
+            "error message echoes huge input: {} bytes",
+            line.len()
+        );
+    }
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[lines.len() - 2..],
+        ["1234.0|256", "still alive"],
+        "state unchanged after bad calls"
+    );
+}
+
+#[test]
+fn health_table_and_tune_report_real_settings() {
+    let (out, err) = shell(
+        "CREATE TABLE t(x); INSERT INTO t VALUES (1);\n\
+         SELECT json_extract(hybrid_tune(), '$.journal_mode.to');\n\
+         SELECT hybrid_tune();\n\
+         SELECT schema, journal_mode, synchronous, foreign_keys, busy_timeout, page_count > 0, file_bytes > 0, sqlite_version FROM hybrid_health;\n\
+         SELECT hybrid_health_check(), hybrid_health_check('main');\n\
+         ATTACH ':memory:' AS scratch;\n\
+         SELECT group_concat(schema) FROM hybrid_health;\n",
+    );
+    assert_eq!(err, "");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "wal");
+    assert_eq!(lines[1], "{}", "a second hybrid_tune() changes nothing");
+    assert_eq!(lines[2], "main|wal|NORMAL|1|0|1|1|3.40.1");
+    assert_eq!(lines[3], "ok|ok");
+    assert_eq!(lines[4], "main,scratch");
+}
+
+#[test]
+fn every_connection_of_the_shell_is_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.db");
+    let (out, err) = shell(&format!(
+        ".open {}\nSELECT count(*) FROM hybrid_lock_metrics WHERE db LIKE '%/other.db' AND handler_active = 1;\n",
+        other.display()
+    ));
+    assert_eq!(err, "");
+    assert_eq!(
+        out.trim(),
+        "1",
+        "the auto-extension registered the connection .open made"
+    );
+}
