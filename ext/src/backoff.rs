@@ -22,6 +22,15 @@
 //! Random delays spread the retries out so every waiter gets a fair chance at
 //! the moment the lock frees.
 //!
+//! **Aging** (`aging_ms`): once a wait has lasted `aging_ms`, its ceiling
+//! drops back to `base_ms` and then shrinks as the wait ages
+//! (`base_ms * aging_ms / age`), so the oldest waiter polls fastest. Why: the
+//! connection that just committed retries at once, so a waiter only gets the
+//! lock if its retry lands in the short gap between a commit and the
+//! holder's next `BEGIN`. Exponential backoff makes long waiters retry
+//! *least* often, which is what lets one writer starve for seconds. Aging
+//! bounds the worst wait while young waiters still back off (cheap on CPU).
+//!
 //! Whatever the jitter, no sleep ends past the deadline (`timeout_ms` after
 //! the first busy call): the last sleep is cut to the time remaining, and the
 //! call after it gives up. So a waiter gives up at `timeout_ms`, plus at most
@@ -91,6 +100,9 @@ pub struct BackoffPolicy {
     pub timeout_ms: f64,
     /// Most retries in one wait; `None` means only the deadline limits them.
     pub max_retries: Option<u32>,
+    /// After a wait has lasted this long (ms), delays drop back to
+    /// `base_ms`; `None` disables aging.
+    pub aging_ms: Option<f64>,
 }
 
 /// Smallest accepted `base_ms`: one microsecond. Zero would turn every
@@ -109,11 +121,12 @@ impl Default for BackoffPolicy {
     /// the first retries cheap. 5 s matches Python's sqlite3 default timeout.
     fn default() -> Self {
         BackoffPolicy {
-            base_ms: 0.1,
-            cap_ms: 2.0,
+            base_ms: 0.2,
+            cap_ms: 10.0,
             jitter: Jitter::Full,
             timeout_ms: 5000.0,
             max_retries: None,
+            aging_ms: Some(20.0),
         }
     }
 }
@@ -162,6 +175,9 @@ impl BackoffPolicy {
         check_ms("base_ms", self.base_ms, MIN_BASE_MS, MAX_CAP_MS)?;
         check_ms("cap_ms", self.cap_ms, MIN_BASE_MS, MAX_CAP_MS)?;
         check_ms("timeout_ms", self.timeout_ms, 0.0, MAX_TIMEOUT_MS)?;
+        if let Some(aging_ms) = self.aging_ms {
+            check_ms("aging_ms", aging_ms, 0.0, MAX_TIMEOUT_MS)?;
+        }
         if self.cap_ms < self.base_ms {
             return Err(PolicyError {
                 field: "cap_ms",
@@ -180,11 +196,26 @@ impl BackoffPolicy {
     }
 
     /// The jittered delay before attempt `attempt`, in ms, ignoring the
-    /// deadline. `previous_ms` is the last delay of this wait (used only by
-    /// `decorrelated`; pass 0 for the first). `unit` draws uniform numbers in
-    /// `[0, 1)`.
-    pub fn delay_ms(&self, attempt: u32, previous_ms: f64, unit: &mut impl FnMut() -> f64) -> f64 {
-        let ceiling = self.ceiling_ms(attempt);
+    /// deadline. `elapsed_ms` is the wait's age (for aging), `previous_ms`
+    /// its last delay (used only by `decorrelated`; 0 for the first).
+    /// `unit` draws uniform numbers in `[0, 1)`.
+    pub fn delay_ms(
+        &self,
+        attempt: u32,
+        elapsed_ms: f64,
+        previous_ms: f64,
+        unit: &mut impl FnMut() -> f64,
+    ) -> f64 {
+        let aged = self.aging_ms.is_some_and(|aging| elapsed_ms >= aging);
+        let (ceiling, previous_ms) = if aged {
+            // Older waits poll faster, so the longest wait wins the next
+            // gap. (Sleeps below ~50 µs all cost about the same on Linux,
+            // whose default timer slack is 50 µs.)
+            let aging_ms = self.aging_ms.unwrap_or(elapsed_ms);
+            (self.base_ms * (aging_ms / elapsed_ms).min(1.0), 0.0)
+        } else {
+            (self.ceiling_ms(attempt), previous_ms)
+        };
         let delay = match self.jitter {
             Jitter::None => ceiling,
             Jitter::Full => ceiling * unit(),
@@ -215,11 +246,14 @@ impl BackoffPolicy {
         if self.max_retries.is_some_and(|max| attempt >= max) {
             return Decision::GiveUp(GiveUpReason::MaxRetries);
         }
-        let remaining_ms = self.timeout_ms - elapsed.as_secs_f64() * 1000.0;
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        let remaining_ms = self.timeout_ms - elapsed_ms;
         if remaining_ms <= 0.0 {
             return Decision::GiveUp(GiveUpReason::Deadline);
         }
-        let delay_ms = self.delay_ms(attempt, previous_ms, unit).min(remaining_ms);
+        let delay_ms = self
+            .delay_ms(attempt, elapsed_ms, previous_ms, unit)
+            .min(remaining_ms);
         Decision::RetryAfter(Duration::from_secs_f64(delay_ms / 1000.0))
     }
 }
@@ -286,6 +320,7 @@ mod tests {
             jitter,
             timeout_ms: 1000.0,
             max_retries: None,
+            aging_ms: None,
         }
     }
 
@@ -295,7 +330,7 @@ mod tests {
         let mut previous = 0.0;
         (0..attempts)
             .map(|n| {
-                let d = p.delay_ms(n, previous, &mut unit);
+                let d = p.delay_ms(n, 0.0, previous, &mut unit);
                 previous = d;
                 d
             })
@@ -354,7 +389,7 @@ mod tests {
             let mut rng = SplitMix64::new(7);
             let mut unit = || rng.next_unit();
             for attempt in [63, 64, 1000, u32::MAX] {
-                let d = p.delay_ms(attempt, 1e9, &mut unit);
+                let d = p.delay_ms(attempt, 1e9, 1e9, &mut unit);
                 assert!(d.is_finite() && d <= 8.0, "{jitter}: {d}");
             }
         }
@@ -399,6 +434,34 @@ mod tests {
                 assert!(attempt < 1_000_000, "{jitter}: wait never ended");
             }
         }
+    }
+
+    #[test]
+    fn aging_drops_delays_back_to_base_for_old_waits() {
+        let p = BackoffPolicy {
+            aging_ms: Some(50.0),
+            ..policy(Jitter::None)
+        };
+        // Young: exponential up to the cap.
+        assert_eq!(p.delay_ms(6, 49.9, 8.0, &mut || 0.5), 8.0);
+        // Old: back to base, whatever the attempt number, then smaller
+        // the older the wait is.
+        assert_eq!(p.delay_ms(6, 50.0, 8.0, &mut || 0.5), 0.5);
+        assert_eq!(p.delay_ms(6, 100.0, 8.0, &mut || 0.5), 0.25);
+        assert_eq!(p.delay_ms(6, 200.0, 8.0, &mut || 0.5), 0.125);
+        for jitter in [Jitter::Full, Jitter::Equal, Jitter::Decorrelated] {
+            let p = BackoffPolicy { jitter, ..p };
+            let mut rng = SplitMix64::new(9);
+            for _ in 0..100 {
+                let d = p.delay_ms(30, 60.0, 8.0, &mut || rng.next_unit());
+                assert!(d <= 1.5, "{jitter}: aged delay {d} should stay near base");
+            }
+        }
+        let off = BackoffPolicy {
+            aging_ms: None,
+            ..p
+        };
+        assert_eq!(off.delay_ms(6, 1e6, 8.0, &mut || 0.5), 8.0);
     }
 
     #[test]

@@ -11,7 +11,14 @@ use serde_json::{Map, Value, json};
 use crate::backoff::{BackoffPolicy, Jitter};
 
 /// The keys `hybrid_busy_config` accepts, in the order they are printed.
-pub const KEYS: [&str; 5] = ["base_ms", "cap_ms", "jitter", "timeout_ms", "max_retries"];
+pub const KEYS: [&str; 6] = [
+    "base_ms",
+    "cap_ms",
+    "jitter",
+    "timeout_ms",
+    "max_retries",
+    "aging_ms",
+];
 
 /// Largest accepted `max_retries`.
 pub const MAX_RETRIES_LIMIT: u64 = 1_000_000_000;
@@ -25,6 +32,7 @@ pub fn policy_to_json(policy: &BackoffPolicy) -> String {
         "jitter": policy.jitter.name(),
         "timeout_ms": policy.timeout_ms,
         "max_retries": policy.max_retries,
+        "aging_ms": policy.aging_ms,
     })
     .to_string()
 }
@@ -55,6 +63,12 @@ fn apply_fields(
             "base_ms" => next.base_ms = number(key, value)?,
             "cap_ms" => next.cap_ms = number(key, value)?,
             "timeout_ms" => next.timeout_ms = number(key, value)?,
+            "aging_ms" => {
+                next.aging_ms = match value {
+                    Value::Null => None,
+                    other => Some(number(key, other)?),
+                }
+            }
             "jitter" => {
                 let name = value.as_str().ok_or_else(|| {
                     format!(
@@ -148,7 +162,7 @@ mod tests {
     #[test]
     fn round_trips_every_key() {
         let p = apply(
-            r#"{"base_ms":0.25,"cap_ms":4,"jitter":"equal","timeout_ms":750,"max_retries":9}"#,
+            r#"{"base_ms":0.25,"cap_ms":4,"jitter":"equal","timeout_ms":750,"max_retries":9,"aging_ms":30}"#,
         )
         .unwrap();
         assert_eq!(
@@ -158,7 +172,8 @@ mod tests {
                 cap_ms: 4.0,
                 jitter: Jitter::Equal,
                 timeout_ms: 750.0,
-                max_retries: Some(9)
+                max_retries: Some(9),
+                aging_ms: Some(30.0),
             }
         );
         assert_eq!(apply(&policy_to_json(&p)).unwrap(), p);
