@@ -18,8 +18,9 @@ the other, with the same duration:
 Reported per mode: committed tx/s, lock errors (SQLITE_BUSY reaching the
 caller), lock-wait p50/p99/max (time spent in BEGIN IMMEDIATE), transaction
 latency p99, and Jain's fairness index over per-writer commit counts
-(1.0 = perfectly even, 1/N = one writer got everything). The last columns
-are hybrid/default ratios.
+(1.0 = perfectly even, 1/N = one writer got everything), and the CPU the
+writer processes used (user + system seconds / duration; includes Python's
+own work and start-up). The last columns are hybrid/default ratios.
 
 Usage:
   contention_bench.py --ext dist/libhybrid.so [--writers 8] [--hold-ms 0,1]
@@ -75,7 +76,9 @@ def worker(args):
             commits += 1
         waits_ms.append(round((t1 - t0) * 1000, 3))
         latencies_ms.append(round((t2 - t0) * 1000, 3))
+    cpu = os.times()
     print(json.dumps({"writer": args.writer_id, "commits": commits, "errors": errors,
+                      "cpu_s": cpu.user + cpu.system,
                       "waits_ms": waits_ms, "latencies_ms": latencies_ms}))
 
 
@@ -128,6 +131,7 @@ def run_mode(mode, writers, hold_ms, duration, ext, policy, workdir):
         "wait_max_ms": waits[-1] if waits else float("nan"),
         "latency_p99_ms": quantile(latencies, 0.99),
         "jain": jain(counts), "min_commits": min(counts), "max_commits": max(counts),
+        "cpu_cores": sum(r["cpu_s"] for r in results) / duration,
     }
 
 
@@ -172,7 +176,7 @@ def main():
     print(f"# contention benchmark, {time.strftime('%Y-%m-%d %H:%M')}; machine: {machine()}")
     print(f"# policy: {args.policy or 'extension defaults'}; {args.duration:g} s per mode\n")
     header = ("| writers | hold ms | mode | tx/s | errors | wait p50 ms | wait p99 ms | wait max ms "
-              "| tx p99 ms | Jain | min/max commits | tx/s ratio | max-wait ratio |")
+              "| tx p99 ms | Jain | min/max commits | CPU cores | tx/s ratio | max-wait ratio |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     all_results = []
@@ -191,7 +195,8 @@ def main():
                     print(f"| {writers} | {hold_ms:g} | {mode} | {r['tx_per_s']:.0f} | {r['errors']} "
                           f"| {r['wait_p50_ms']:.2f} | {r['wait_p99_ms']:.1f} | {r['wait_max_ms']:.1f} "
                           f"| {r['latency_p99_ms']:.1f} | {r['jain']:.3f} "
-                          f"| {r['min_commits']}/{r['max_commits']} | {ratio} | {max_ratio} |", flush=True)
+                          f"| {r['min_commits']}/{r['max_commits']} | {r['cpu_cores']:.2f} | {ratio} | {max_ratio} |",
+                          flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:

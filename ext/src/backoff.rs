@@ -23,13 +23,18 @@
 //! the moment the lock frees.
 //!
 //! **Aging** (`aging_ms`): once a wait has lasted `aging_ms`, its ceiling
-//! drops back to `base_ms` and then shrinks as the wait ages
-//! (`base_ms * aging_ms / age`), so the oldest waiter polls fastest. Why: the
-//! connection that just committed retries at once, so a waiter only gets the
-//! lock if its retry lands in the short gap between a commit and the
-//! holder's next `BEGIN`. Exponential backoff makes long waiters retry
-//! *least* often, which is what lets one writer starve for seconds. Aging
-//! bounds the worst wait while young waiters still back off (cheap on CPU).
+//! stops following the attempt count and follows the wait's age instead:
+//! `cap_ms * (aging_ms / age)^2`, never below `base_ms / 4`. So a wait polls
+//! faster the older it is, and the oldest waiter polls fastest.
+//!
+//! Why: the connection that just committed retries at once, so a waiter
+//! only gets the lock if its retry lands in the short gap between a commit
+//! and the holder's next `BEGIN` (tens of µs). Plain exponential backoff
+//! makes the longest waiters retry *least* often, which is what lets one
+//! writer starve for seconds. Why the square: every retry costs CPU (a
+//! failed lock attempt plus a wake-up, ~25 µs here), so only waits much
+//! older than the rest should poll near the floor; a linear decay made every
+//! aged waiter poll fast and cost 5x the CPU of SQLite's own handler.
 //!
 //! Whatever the jitter, no sleep ends past the deadline (`timeout_ms` after
 //! the first busy call): the last sleep is cut to the time remaining, and the
@@ -122,11 +127,11 @@ impl Default for BackoffPolicy {
     fn default() -> Self {
         BackoffPolicy {
             base_ms: 0.2,
-            cap_ms: 10.0,
+            cap_ms: 5.0,
             jitter: Jitter::Full,
             timeout_ms: 5000.0,
             max_retries: None,
-            aging_ms: Some(20.0),
+            aging_ms: Some(10.0),
         }
     }
 }
@@ -206,23 +211,24 @@ impl BackoffPolicy {
         previous_ms: f64,
         unit: &mut impl FnMut() -> f64,
     ) -> f64 {
-        let aged = self.aging_ms.is_some_and(|aging| elapsed_ms >= aging);
-        let (ceiling, previous_ms) = if aged {
-            // Older waits poll faster, so the longest wait wins the next
-            // gap. (Sleeps below ~50 µs all cost about the same on Linux,
-            // whose default timer slack is 50 µs.)
-            let aging_ms = self.aging_ms.unwrap_or(elapsed_ms);
-            (self.base_ms * (aging_ms / elapsed_ms).min(1.0), 0.0)
-        } else {
-            (self.ceiling_ms(attempt), previous_ms)
+        let (ceiling, previous_ms) = match self.aging_ms {
+            Some(aging_ms) if elapsed_ms >= aging_ms && elapsed_ms > 0.0 => {
+                let decay = (aging_ms / elapsed_ms).powi(2);
+                let ceiling = (self.cap_ms * decay).max(self.base_ms / 4.0);
+                // Decorrelated jitter follows the previous delay; cap it by
+                // the aged ceiling so it shrinks with age too.
+                (ceiling, previous_ms.min(ceiling))
+            }
+            _ => (self.ceiling_ms(attempt), previous_ms),
         };
         let delay = match self.jitter {
             Jitter::None => ceiling,
             Jitter::Full => ceiling * unit(),
             Jitter::Equal => ceiling / 2.0 + (ceiling / 2.0) * unit(),
             Jitter::Decorrelated => {
-                let upper = (previous_ms * 3.0).max(self.base_ms);
-                (self.base_ms + (upper - self.base_ms) * unit()).min(self.cap_ms)
+                let low = self.base_ms.min(ceiling);
+                let upper = (previous_ms * 3.0).max(low);
+                (low + (upper - low) * unit()).min(self.cap_ms)
             }
         };
         delay.clamp(0.0, self.cap_ms)
@@ -437,24 +443,30 @@ mod tests {
     }
 
     #[test]
-    fn aging_drops_delays_back_to_base_for_old_waits() {
+    fn aging_makes_older_waits_poll_faster() {
         let p = BackoffPolicy {
             aging_ms: Some(50.0),
             ..policy(Jitter::None)
         };
-        // Young: exponential up to the cap.
+        // Young: exponential from base up to the cap.
+        assert_eq!(p.delay_ms(0, 10.0, 0.0, &mut || 0.5), 0.5);
         assert_eq!(p.delay_ms(6, 49.9, 8.0, &mut || 0.5), 8.0);
-        // Old: back to base, whatever the attempt number, then smaller
-        // the older the wait is.
-        assert_eq!(p.delay_ms(6, 50.0, 8.0, &mut || 0.5), 0.5);
-        assert_eq!(p.delay_ms(6, 100.0, 8.0, &mut || 0.5), 0.25);
-        assert_eq!(p.delay_ms(6, 200.0, 8.0, &mut || 0.5), 0.125);
+        // Aged: cap * (aging / age)^2, whatever the attempt number ...
+        assert_eq!(p.delay_ms(6, 50.0, 8.0, &mut || 0.5), 8.0);
+        assert_eq!(p.delay_ms(6, 100.0, 8.0, &mut || 0.5), 2.0);
+        assert_eq!(p.delay_ms(6, 200.0, 8.0, &mut || 0.5), 0.5);
+        // ... never below base / 4, however old.
+        assert_eq!(p.delay_ms(6, 1e7, 8.0, &mut || 0.5), 0.125);
         for jitter in [Jitter::Full, Jitter::Equal, Jitter::Decorrelated] {
             let p = BackoffPolicy { jitter, ..p };
             let mut rng = SplitMix64::new(9);
+            let mut previous = 8.0;
             for _ in 0..100 {
-                let d = p.delay_ms(30, 60.0, 8.0, &mut || rng.next_unit());
-                assert!(d <= 1.5, "{jitter}: aged delay {d} should stay near base");
+                previous = p.delay_ms(30, 400.0, previous, &mut || rng.next_unit());
+                assert!(
+                    previous <= 0.5,
+                    "{jitter}: aged delay {previous} above base"
+                );
             }
         }
         let off = BackoffPolicy {
