@@ -1,0 +1,78 @@
+//! The README's examples run: every ```sql block in the sqlite3 shell with
+//! the extension loaded, the one-line examples of the function table, and
+//! every ```python block with Debian's python3.
+
+use std::process::Command;
+
+use sqlite_hybrid_tests::{ext_load_arg, python, run_shell, workspace_root};
+
+fn blocks(lang: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let fence = format!("```{lang}\n");
+    let mut out = Vec::new();
+    let mut rest = readme.as_str();
+    while let Some(start) = rest.find(&fence) {
+        let body = &rest[start + fence.len()..];
+        let end = body.find("```").expect("closed fence");
+        out.push(body[..end].to_string());
+        rest = &body[end..];
+    }
+    out
+}
+
+#[test]
+fn readme_sql_examples_run_without_errors() {
+    let sql = blocks("sql");
+    assert!(!sql.is_empty(), "README has sql examples");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("readme.db");
+    for block in sql {
+        let out = run_shell(&db, &format!(".load {}\n{block}", ext_load_arg()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "README block failed:\n{block}\n{stderr}"
+        );
+    }
+}
+
+/// The one-line examples in the SQL reference table run too.
+#[test]
+fn readme_function_table_examples_run() {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let examples: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `hybrid_"))
+        .filter_map(|l| l.split('`').find(|part| part.starts_with("SELECT ")))
+        .collect();
+    assert!(examples.len() >= 8, "found {} examples", examples.len());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("table.db");
+    let script = examples.join("\n");
+    let out = run_shell(&db, &format!(".load {}\n{script}\n", ext_load_arg()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        examples.len()
+    );
+}
+
+#[test]
+fn readme_python_examples_run() {
+    for block in blocks("python") {
+        let dir = tempfile::tempdir().unwrap();
+        let script = block.replace("./dist/libhybrid", &ext_load_arg());
+        let out = Command::new(python())
+            .arg("-c")
+            .arg(&script)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{block}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
