@@ -32,7 +32,10 @@ ext:
 	@cp target/release/libhybrid.so $(EXT).tmp && mv $(EXT).tmp $(EXT)
 	@echo "built $(EXT)  (load it with: .load ./dist/libhybrid)"
 
+# `build --workspace --lib` also links the plain (non-loadable) debug
+# cdylib, which a test loads to check that it refuses with a clear message.
 test: check-tools ext
+	$(CARGO) build --workspace --lib
 	$(CARGO) test --workspace
 
 demo: check-tools ext

@@ -1,1 +1,53 @@
-//! placeholder
+//! # sqlite-hybrid
+//!
+//! SQLite for many concurrent writers: the `sqlite-hybrid-ext` extension
+//! linked statically (no `.so` path), connections opened with the right
+//! pragmas, write transactions with `BEGIN IMMEDIATE` and whole-transaction
+//! retry, batch helpers, and a coalescing write buffer.
+//!
+//! ```
+//! use std::time::Duration;
+//! use sqlite_hybrid::{Database, Row};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Database::open(dir.path().join("app.db"))?;
+//! db.write(|tx| Ok(tx.execute_batch("CREATE TABLE visits(page TEXT PRIMARY KEY, n INTEGER)")?))?;
+//!
+//! // Many threads can enqueue; repeated upserts of one key merge.
+//! let buffer = db.buffer();
+//! for n in 1..=3 {
+//!     buffer.upsert("visits", Row::new().set("page", "/").set("n", n), &["page"])?;
+//! }
+//! buffer.force_flush()?;
+//! let n: i64 = db.read(|c| Ok(c.query_row("SELECT n FROM visits", [], |r| r.get(0))?))?;
+//! assert_eq!(n, 3);
+//! assert_eq!(buffer.stats().coalesced, 2);
+//! # Ok::<(), sqlite_hybrid::Error>(())
+//! ```
+
+mod batch;
+pub mod buffer;
+mod database;
+mod error;
+mod health;
+mod pool;
+mod retry;
+mod row;
+mod schema;
+mod sql;
+
+pub use batch::BatchReport;
+pub use buffer::{
+    Backpressure, BufferOptions, BufferStats, FailedEntry, FailedOp, PendingRow, Ticket,
+    TicketStatus, WriteBuffer,
+};
+pub use database::{Database, DatabaseBuilder};
+pub use error::{Error, Result, is_lock_error};
+pub use health::{Health, LockMetrics, OptimizeOptions, OptimizeReport, SchemaHealth};
+pub use hybrid::backoff::{BackoffPolicy, Jitter};
+pub use retry::RetryPolicy;
+pub use row::Row;
+pub use schema::{ColumnInfo, TableInfo};
+
+/// Re-export of the rusqlite version this crate uses.
+pub use rusqlite;

@@ -237,3 +237,23 @@ fn every_connection_of_the_shell_is_registered() {
         "the auto-extension registered the connection .open made"
     );
 }
+
+#[test]
+fn tune_on_an_in_memory_database_reports_what_it_cannot_apply() {
+    let out = run_shell(
+        std::path::Path::new(":memory:"),
+        &format!(".load {}\nSELECT hybrid_tune();\n", ext_load_arg()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr, "");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result["not_applied"]["journal_mode"],
+        "wanted wal, still \"memory\""
+    );
+    assert_eq!(
+        result["not_applied"]["mmap_size"],
+        "not supported for this database"
+    );
+    assert_eq!(result["synchronous"]["to"], 1);
+}

@@ -24,6 +24,16 @@ fn read(conn: &Connection, sql: &str) -> Result<Value> {
     conn.query_row(sql, [], |row| row.get::<_, Value>(0))
 }
 
+/// Like `read`, but `None` when the pragma has no value here (e.g.
+/// `mmap_size` on an in-memory database returns no row).
+fn read_optional(conn: &Connection, sql: &str) -> Result<Option<Value>> {
+    match conn.query_row(sql, [], |row| row.get::<_, Value>(0)) {
+        Ok(value) => Ok(Some(value)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn to_json(value: &Value) -> serde_json::Value {
     match value {
         Value::Null => serde_json::Value::Null,
@@ -66,12 +76,15 @@ pub fn tune(conn: &Connection) -> Result<String> {
     }
 
     for (name, setting, wanted) in CONNECTION_SETTINGS {
-        let before = read(conn, &format!("PRAGMA {name}"))?;
+        let Some(before) = read_optional(conn, &format!("PRAGMA {name}"))? else {
+            not_applied.insert(name.to_string(), json!("not supported for this database"));
+            continue;
+        };
         if before == wanted {
             continue;
         }
         conn.execute_batch(&format!("PRAGMA {name} = {setting}"))?;
-        let after = read(conn, &format!("PRAGMA {name}"))?;
+        let after = read_optional(conn, &format!("PRAGMA {name}"))?.unwrap_or(Value::Null);
         if after == wanted {
             changed.insert(
                 name.to_string(),

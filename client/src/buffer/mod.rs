@@ -1,0 +1,852 @@
+//! The write buffer: callers enqueue row operations from any thread and get
+//! a [`Ticket`] back at once; a background flusher writes them in batches.
+//!
+//! # Rules (what is guaranteed)
+//! * **Validation at enqueue.** Unknown table or column, a key that is not
+//!   the table's PRIMARY KEY or a UNIQUE index, a missing or NULL key, a
+//!   missing NOT NULL column, a value that does not fit a STRICT column:
+//!   the enqueueing call returns the error; nothing is queued.
+//! * **Coalescing.** Operations on the same `(table, key)` merge into one
+//!   entry with exactly the effect of running them in order (see
+//!   `pending.rs` for the table): upserts merge column by column, last
+//!   write wins; an update after an upsert merges into it; a delete
+//!   replaces everything before it (the flush still deletes the committed
+//!   row); an upsert after a delete becomes "delete, then insert". Plain
+//!   `insert`s are never merged.
+//! * **One key per table.** The first keyed operation on a table fixes its
+//!   key columns; a table is either keyed (upsert/update/delete) or
+//!   append-only (insert), never both. Otherwise merged entries could be
+//!   reordered against operations on the same row.
+//! * **Order.** Tables flush in `table_priority` order (higher first, then
+//!   name); within a table, entries in the order they were first
+//!   enqueued. Operations on one key are never reordered.
+//! * **Batches.** A flush starts when `batch_size` entries are pending,
+//!   when the oldest pending entry is `flush_interval` old, or on request;
+//!   it writes everything pending, `batch_size` entries per `BEGIN
+//!   IMMEDIATE` transaction, with whole-batch retry on lock errors.
+//! * **Failures are never silent.** An entry that fails for a row-level
+//!   reason (constraint, type) is rolled back alone; the rest of its batch
+//!   commits; the entry moves to [`WriteBuffer::take_failed`] and its
+//!   tickets fail. A batch that fails as a whole (disk full, I/O, lock
+//!   timeout) stays queued and is retried; `force_flush` returns the error.
+//! * **Backpressure.** At most `max_pending` entries (queued plus being
+//!   written) exist. When full, an enqueue that would add an entry blocks
+//!   (up to a timeout) or is rejected, as configured; merging into an
+//!   existing entry always succeeds.
+//! * **Acknowledged** means: the operation's ticket reports `Committed`,
+//!   or a `force_flush` that started after the enqueue returned `Ok`.
+//!   Acknowledged operations are in the database file. Operations not yet
+//!   acknowledged are lost if the process dies; `close()` and `Drop` flush.
+//!
+//! # Why a mutex-guarded map, not a channel
+//! Coalescing and read-your-writes ([`WriteBuffer::get`]) need one keyed
+//! view of everything pending, readable by callers. With a channel, only
+//! the flusher would see it. The lock is held for a hash-map update per
+//! enqueue (validation happens before it); `make bench` measures the rate.
+
+mod flusher;
+pub mod pending;
+pub mod ticket;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::types::Value;
+
+use crate::Row;
+use crate::database::Core;
+use crate::error::{Error, Result};
+use crate::schema::{TableInfo, shorten};
+use pending::{Coalesced, Columns, KeyedOp, affinity, encode_key, normalize_key};
+pub use ticket::{Ticket, TicketStatus};
+use ticket::{TicketBoard, TicketCell};
+
+/// What an enqueue does when the buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Wait for room up to `timeout`, then fail with [`Error::BufferFull`].
+    Block {
+        /// Longest wait.
+        timeout: Duration,
+    },
+    /// Fail at once with [`Error::BufferFull`].
+    Reject,
+}
+
+/// Write-buffer settings (defaults: flush at 100 entries or every 5 s,
+/// at most 1000 pending, block up to 5 s when full).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferOptions {
+    /// Entries per transaction, and the pending count that starts a flush.
+    pub batch_size: usize,
+    /// Longest time an entry waits before a flush starts.
+    pub flush_interval: Duration,
+    /// Most entries queued or being written at once.
+    pub max_pending: usize,
+    /// What happens when `max_pending` is reached.
+    pub backpressure: Backpressure,
+    /// `(table, priority)`: higher priorities flush first (e.g. parent
+    /// tables before children with foreign keys). Others have priority 0.
+    pub table_priority: Vec<(String, i32)>,
+}
+
+impl Default for BufferOptions {
+    fn default() -> Self {
+        BufferOptions {
+            batch_size: 100,
+            flush_interval: Duration::from_secs(5),
+            max_pending: 1000,
+            backpressure: Backpressure::Block {
+                timeout: Duration::from_secs(5),
+            },
+            table_priority: Vec::new(),
+        }
+    }
+}
+
+impl BufferOptions {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.max_pending == 0 {
+            return Err(Error::InvalidInput(
+                "BufferOptions: batch_size and max_pending must be at least 1".into(),
+            ));
+        }
+        if self.flush_interval.is_zero() {
+            return Err(Error::InvalidInput(
+                "BufferOptions: flush_interval must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn priority(&self, table: &str) -> i32 {
+        self.table_priority
+            .iter()
+            .find(|(t, _)| t.eq_ignore_ascii_case(table))
+            .map_or(0, |(_, p)| *p)
+    }
+}
+
+/// Counters of a [`WriteBuffer`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BufferStats {
+    /// Entries queued, not yet being written.
+    pub pending: usize,
+    /// Entries in the batch being written now.
+    pub in_flight: usize,
+    /// Operations accepted.
+    pub enqueued: u64,
+    /// Operations merged into an existing entry.
+    pub coalesced: u64,
+    /// Entries committed.
+    pub flushed_entries: u64,
+    /// Transactions committed by the flusher.
+    pub flushed_batches: u64,
+    /// Entries that failed (moved to `take_failed`).
+    pub failed_entries: u64,
+    /// Batches that failed as a whole (kept and retried).
+    pub failed_batches: u64,
+    /// Transaction attempts beyond the first, caused by lock errors.
+    pub lock_retries: u64,
+    /// Enqueues refused because the buffer was full.
+    pub rejected: u64,
+    /// Duration of the last committed batch.
+    pub last_flush_ms: Option<f64>,
+    /// Mean duration of committed batches.
+    pub avg_flush_ms: Option<f64>,
+    /// Longest committed batch.
+    pub max_flush_ms: f64,
+    /// The last error the flusher met.
+    pub last_error: Option<String>,
+    /// Failed entries waiting in `take_failed`.
+    pub failed_kept: usize,
+    /// Failed entries dropped from `take_failed` because it was full
+    /// (their tickets had already reported the failure).
+    pub failed_evicted: u64,
+}
+
+/// A pending view of one row, from [`WriteBuffer::get`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PendingRow {
+    /// The row will be deleted.
+    Deleted,
+    /// The row will be inserted, or these columns updated if it exists.
+    Upserted(Row),
+    /// These columns will be updated, if the row exists.
+    Updated(Row),
+    /// The row will be deleted and inserted again with exactly these columns.
+    Replaced(Row),
+    /// These columns updated if it exists, then the upsert applied.
+    UpdatedThenUpserted {
+        /// Columns of the update.
+        update: Row,
+        /// Columns of the upsert.
+        upsert: Row,
+    },
+}
+
+/// One operation inside a failed entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailedOp {
+    /// Was an insert of this row.
+    Insert(Row),
+    /// Was an upsert of this row.
+    Upsert(Row),
+    /// Was an update of these columns.
+    Update(Row),
+    /// Was a delete.
+    Delete,
+}
+
+/// An entry the flusher could not write, with everything needed to retry it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedEntry {
+    /// The table.
+    pub table: String,
+    /// The key (empty for inserts).
+    pub key: Row,
+    /// The operations, in order.
+    pub ops: Vec<FailedOp>,
+    /// Why it failed.
+    pub error: String,
+}
+
+type EntryKey = (Arc<str>, Box<[u8]>);
+
+#[derive(Debug, Clone)]
+enum TableMode {
+    Keyed(Arc<[usize]>),
+    Append,
+}
+
+/// An entry ready to be written.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    Keyed {
+        key: EntryKey,
+        table: Arc<TableInfo>,
+        key_columns: Arc<[usize]>,
+        key_values: Vec<Value>,
+        ops: Coalesced,
+        seq: u64,
+        tickets: Vec<Arc<TicketCell>>,
+    },
+    Insert {
+        table: Arc<TableInfo>,
+        columns: Columns,
+        seq: u64,
+        ticket: Arc<TicketCell>,
+    },
+}
+
+impl Item {
+    fn seq(&self) -> u64 {
+        match self {
+            Item::Keyed { seq, .. } | Item::Insert { seq, .. } => *seq,
+        }
+    }
+
+    fn table(&self) -> &Arc<TableInfo> {
+        match self {
+            Item::Keyed { table, .. } | Item::Insert { table, .. } => table,
+        }
+    }
+
+    fn cells(&self) -> Vec<&Arc<TicketCell>> {
+        match self {
+            Item::Keyed { tickets, .. } => tickets.iter().collect(),
+            Item::Insert { ticket, .. } => vec![ticket],
+        }
+    }
+
+    fn to_failed(&self, error: &str) -> FailedEntry {
+        let row_of = |table: &TableInfo, columns: &Columns| {
+            let mut row = Row::new();
+            for (c, v) in columns {
+                row.put(&table.columns[*c].name, v.clone());
+            }
+            row
+        };
+        match self {
+            Item::Insert { table, columns, .. } => FailedEntry {
+                table: table.name.clone(),
+                key: Row::new(),
+                ops: vec![FailedOp::Insert(row_of(table, columns))],
+                error: error.to_string(),
+            },
+            Item::Keyed {
+                table,
+                key_columns,
+                key_values,
+                ops,
+                ..
+            } => {
+                let key: Columns = key_columns
+                    .iter()
+                    .copied()
+                    .zip(key_values.iter().cloned())
+                    .collect();
+                FailedEntry {
+                    table: table.name.clone(),
+                    key: row_of(table, &key),
+                    ops: ops
+                        .ops()
+                        .into_iter()
+                        .map(|op| match op {
+                            KeyedOp::Upsert(c) => FailedOp::Upsert(row_of(table, &c)),
+                            KeyedOp::Update(c) => FailedOp::Update(row_of(table, &c)),
+                            KeyedOp::Delete => FailedOp::Delete,
+                        })
+                        .collect(),
+                    error: error.to_string(),
+                }
+            }
+        }
+    }
+}
+
+/// Everything behind the buffer's one lock.
+#[derive(Default)]
+struct State {
+    keyed: HashMap<EntryKey, Item>,
+    inserts: Vec<Item>,
+    /// Coalesced operations of keyed entries being written (for `get`).
+    in_flight_keyed: HashMap<EntryKey, Coalesced>,
+    in_flight: usize,
+    /// Tickets of the entries being written (for `force_flush`).
+    in_flight_cells: Vec<Arc<TicketCell>>,
+    modes: HashMap<Arc<str>, TableMode>,
+    next_seq: u64,
+    oldest_pending: Option<Instant>,
+    flush_requested: bool,
+    closed: bool,
+    failed: VecDeque<FailedEntry>,
+    stats: BufferStats,
+    flush_total_ms: f64,
+}
+
+impl State {
+    fn pending_count(&self) -> usize {
+        self.keyed.len() + self.inserts.len()
+    }
+}
+
+/// What the handle and the flusher thread share.
+pub(crate) struct Shared {
+    core: Arc<Core>,
+    options: BufferOptions,
+    state: Mutex<State>,
+    /// Signalled when entries leave the buffer (room for blocked enqueuers).
+    room: Condvar,
+    /// Signalled when the flusher should look at the state.
+    wake: Condvar,
+    board: Arc<TicketBoard>,
+    /// Count of batches that failed as a whole (read by `force_flush`).
+    batch_failures: AtomicU64,
+}
+
+impl Shared {
+    fn nudge(&self) {
+        let mut state = self.state.lock();
+        state.flush_requested = true;
+        self.wake.notify_one();
+    }
+}
+
+/// The write buffer of a [`crate::Database`]; see the module docs for the
+/// rules. Get it with [`crate::Database::buffer`].
+pub struct WriteBuffer {
+    shared: Arc<Shared>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+    wake_flusher: Arc<dyn Fn() + Send + Sync>,
+}
+
+/// A validated operation, ready to enter the state.
+enum NewOp {
+    Keyed {
+        table: Arc<TableInfo>,
+        key_columns: Arc<[usize]>,
+        key_values: Vec<Value>,
+        op: KeyedOp,
+    },
+    Insert {
+        table: Arc<TableInfo>,
+        columns: Columns,
+    },
+}
+
+impl WriteBuffer {
+    pub(crate) fn start(core: Arc<Core>) -> WriteBuffer {
+        let options = core.buffer_options.clone();
+        let shared = Arc::new(Shared {
+            core,
+            options,
+            state: Mutex::new(State::default()),
+            room: Condvar::new(),
+            wake: Condvar::new(),
+            board: Arc::new(TicketBoard::default()),
+            batch_failures: AtomicU64::new(0),
+        });
+        let for_thread = Arc::clone(&shared);
+        let flusher = std::thread::Builder::new()
+            .name("sqlite-hybrid-flusher".into())
+            .spawn(move || flusher::run(&for_thread))
+            .ok();
+        let weak = Arc::downgrade(&shared);
+        let wake_flusher: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.nudge();
+            }
+        });
+        WriteBuffer {
+            shared,
+            flusher: Mutex::new(flusher),
+            wake_flusher,
+        }
+    }
+
+    /// Queues an upsert of `row` into `table`, keyed on `key_columns` (the
+    /// table's PRIMARY KEY or a UNIQUE index; all must be in `row`, not NULL).
+    pub fn upsert(&self, table: &str, row: Row, key_columns: &[&str]) -> Result<Ticket> {
+        let info = self.shared.core.table(table)?;
+        let keys = unique_key(&info, key_columns)?;
+        let columns = info.resolve_row(&row)?;
+        let present: Vec<usize> = columns.iter().map(|(c, _)| *c).collect();
+        info.check_insertable(&present)?;
+        let (key_values, columns) = split_key(&info, &keys, columns)?;
+        self.enqueue(NewOp::Keyed {
+            table: info,
+            key_columns: keys,
+            key_values,
+            op: KeyedOp::Upsert(columns),
+        })
+    }
+
+    /// Queues an update of `changes` on the row whose key is `key` (its
+    /// columns must be the table's PRIMARY KEY or a UNIQUE index). Key
+    /// columns cannot be changed this way.
+    pub fn update(&self, table: &str, key: Row, changes: Row) -> Result<Ticket> {
+        let info = self.shared.core.table(table)?;
+        let names: Vec<&str> = key.iter().map(|(c, _)| c).collect();
+        let keys = unique_key(&info, &names)?;
+        let (key_values, _) = split_key(&info, &keys, info.resolve_row(&key)?)?;
+        let set = info.resolve_row(&changes)?;
+        if set.is_empty() {
+            return Err(Error::InvalidInput(
+                "update with no columns to change".into(),
+            ));
+        }
+        if let Some((c, _)) = set.iter().find(|(c, _)| keys.contains(c)) {
+            return Err(Error::InvalidInput(format!(
+                "update cannot change key column {}.{}; delete and upsert instead",
+                info.name, info.columns[*c].name
+            )));
+        }
+        self.enqueue(NewOp::Keyed {
+            table: info,
+            key_columns: keys,
+            key_values,
+            op: KeyedOp::Update(set),
+        })
+    }
+
+    /// Queues a delete of the row whose key is `key`.
+    pub fn delete(&self, table: &str, key: Row) -> Result<Ticket> {
+        let info = self.shared.core.table(table)?;
+        let names: Vec<&str> = key.iter().map(|(c, _)| c).collect();
+        let keys = unique_key(&info, &names)?;
+        let (key_values, _) = split_key(&info, &keys, info.resolve_row(&key)?)?;
+        self.enqueue(NewOp::Keyed {
+            table: info,
+            key_columns: keys,
+            key_values,
+            op: KeyedOp::Delete,
+        })
+    }
+
+    /// Queues a plain insert (never merged with other operations).
+    pub fn insert(&self, table: &str, row: Row) -> Result<Ticket> {
+        let info = self.shared.core.table(table)?;
+        let columns = info.resolve_row(&row)?;
+        if columns.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "insert into {} with no columns",
+                info.name
+            )));
+        }
+        let present: Vec<usize> = columns.iter().map(|(c, _)| *c).collect();
+        info.check_insertable(&present)?;
+        self.enqueue(NewOp::Insert {
+            table: info,
+            columns,
+        })
+    }
+
+    fn enqueue(&self, op: NewOp) -> Result<Ticket> {
+        let shared = &self.shared;
+        let cell = TicketCell::new();
+        let mut state = shared.state.lock();
+        let deadline = match shared.options.backpressure {
+            Backpressure::Block { timeout } => Some(Instant::now() + timeout),
+            Backpressure::Reject => None,
+        };
+        let (table, mode) = match &op {
+            NewOp::Keyed {
+                table, key_columns, ..
+            } => (table, TableMode::Keyed(Arc::clone(key_columns))),
+            NewOp::Insert { table, .. } => (table, TableMode::Append),
+        };
+        let name: Arc<str> = Arc::from(table.name.as_str());
+        match (state.modes.get(&name), &mode) {
+            (None, _) => {
+                state.modes.insert(Arc::clone(&name), mode);
+            }
+            (Some(TableMode::Keyed(fixed)), TableMode::Keyed(wanted))
+                if same_columns(fixed, wanted) => {}
+            (Some(TableMode::Append), TableMode::Append) => {}
+            (Some(existing), _) => {
+                let describe = |m: &TableMode| match m {
+                    TableMode::Append => "append-only (insert)".to_string(),
+                    TableMode::Keyed(k) => {
+                        let cols: Vec<&str> =
+                            k.iter().map(|c| table.columns[*c].name.as_str()).collect();
+                        format!("keyed on ({})", cols.join(", "))
+                    }
+                };
+                return Err(Error::InvalidInput(format!(
+                    "table {} is {} in this write buffer; this call is {}",
+                    table.name,
+                    describe(existing),
+                    describe(&mode)
+                )));
+            }
+        }
+        let entry_key = match &op {
+            NewOp::Keyed { key_values, .. } => Some((Arc::clone(&name), encode_key(key_values))),
+            NewOp::Insert { .. } => None,
+        };
+        let mut op = Some(op);
+        loop {
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            // Merging never needs room.
+            if let Some(key) = &entry_key {
+                if let Some(Item::Keyed { ops, tickets, .. }) = state.keyed.get_mut(key) {
+                    if let Some(NewOp::Keyed { op: keyed_op, .. }) = op.take() {
+                        ops.apply(keyed_op);
+                    }
+                    tickets.push(Arc::clone(&cell));
+                    state.stats.coalesced += 1;
+                    state.stats.enqueued += 1;
+                    return Ok(self.ticket(cell));
+                }
+            }
+            if state.pending_count() + state.in_flight < shared.options.max_pending {
+                break;
+            }
+            // Full: make room as soon as possible, whatever the mode.
+            state.flush_requested = true;
+            shared.wake.notify_one();
+            let full = Error::BufferFull {
+                capacity: shared.options.max_pending,
+            };
+            match deadline {
+                None => {
+                    state.stats.rejected += 1;
+                    return Err(full);
+                }
+                Some(deadline) => {
+                    if shared.room.wait_until(&mut state, deadline).timed_out()
+                        && state.pending_count() + state.in_flight >= shared.options.max_pending
+                    {
+                        state.stats.rejected += 1;
+                        return Err(full);
+                    }
+                }
+            }
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let item = match op.take() {
+            Some(NewOp::Keyed {
+                table,
+                key_columns,
+                key_values,
+                op,
+            }) => Item::Keyed {
+                key: entry_key.clone().expect("keyed ops have a key"),
+                table,
+                key_columns,
+                key_values,
+                ops: Coalesced::of(op),
+                seq,
+                tickets: vec![Arc::clone(&cell)],
+            },
+            Some(NewOp::Insert { table, columns }) => Item::Insert {
+                table,
+                columns,
+                seq,
+                ticket: Arc::clone(&cell),
+            },
+            None => {
+                return Err(Error::InvalidInput(
+                    "internal: operation consumed twice".into(),
+                ));
+            }
+        };
+        match entry_key {
+            Some(key) => {
+                state.keyed.insert(key, item);
+            }
+            None => state.inserts.push(item),
+        }
+        state.oldest_pending.get_or_insert_with(Instant::now);
+        state.stats.enqueued += 1;
+        if state.pending_count() >= shared.options.batch_size {
+            shared.wake.notify_one();
+        }
+        Ok(self.ticket(cell))
+    }
+
+    fn ticket(&self, cell: Arc<TicketCell>) -> Ticket {
+        Ticket {
+            cell,
+            board: Arc::clone(&self.shared.board),
+            wake_flusher: Arc::clone(&self.wake_flusher),
+        }
+    }
+
+    /// Read-your-writes: what is queued (or being written) for the row of
+    /// `table` whose key is `key`; `None` if nothing is, in which case the
+    /// database has the current value.
+    pub fn get(&self, table: &str, key: &Row) -> Result<Option<PendingRow>> {
+        let info = self.shared.core.table(table)?;
+        let names: Vec<&str> = key.iter().map(|(c, _)| c).collect();
+        let keys = unique_key(&info, &names)?;
+        let (key_values, _) = split_key(&info, &keys, info.resolve_row(key)?)?;
+        let entry_key: EntryKey = (Arc::from(info.name.as_str()), encode_key(&key_values));
+        let state = self.shared.state.lock();
+        let in_flight = state.in_flight_keyed.get(&entry_key);
+        let queued = match state.keyed.get(&entry_key) {
+            Some(Item::Keyed { ops, .. }) => Some(ops),
+            _ => None,
+        };
+        let combined = match (in_flight, queued) {
+            (None, None) => return Ok(None),
+            (Some(a), None) => a.clone(),
+            (None, Some(b)) => b.clone(),
+            (Some(a), Some(b)) => {
+                let mut c = a.clone();
+                c.then(b);
+                c
+            }
+        };
+        drop(state);
+        let row = |columns: &Columns| {
+            let mut row = Row::new();
+            for (c, v) in columns {
+                row.put(&info.columns[*c].name, v.clone());
+            }
+            row
+        };
+        Ok(Some(match (combined.before, combined.upsert) {
+            (pending::Before::Delete, None) => PendingRow::Deleted,
+            (pending::Before::Delete, Some(u)) => PendingRow::Replaced(row(&u)),
+            (pending::Before::Nothing, Some(u)) => PendingRow::Upserted(row(&u)),
+            (pending::Before::Update(a), None) => PendingRow::Updated(row(&a)),
+            (pending::Before::Update(a), Some(u)) => PendingRow::UpdatedThenUpserted {
+                update: row(&a),
+                upsert: row(&u),
+            },
+            (pending::Before::Nothing, None) => return Ok(None),
+        }))
+    }
+
+    /// Writes everything enqueued before this call and returns once it is
+    /// committed. Errors: [`Error::FlushFailed`] if any of those entries
+    /// failed (they are in `take_failed`) or a batch failed as a whole
+    /// (those entries stay queued and are retried); waits up to 60 s.
+    pub fn force_flush(&self) -> Result<()> {
+        self.force_flush_timeout(Duration::from_secs(60))
+    }
+
+    /// [`WriteBuffer::force_flush`] with an explicit wait limit
+    /// ([`Error::Timeout`] when reached; the entries stay queued).
+    pub fn force_flush_timeout(&self, timeout: Duration) -> Result<()> {
+        if crate::database::in_write() {
+            return Err(Error::InvalidInput(
+                "force_flush inside Database::write would deadlock (the flusher needs the writer)"
+                    .into(),
+            ));
+        }
+        let shared = &self.shared;
+        let failures_before = shared.batch_failures.load(Ordering::Acquire);
+        let cells: Vec<Arc<TicketCell>> = {
+            let mut state = shared.state.lock();
+            let mut cells: Vec<Arc<TicketCell>> = state
+                .keyed
+                .values()
+                .chain(state.inserts.iter())
+                .flat_map(|i| i.cells().into_iter().cloned())
+                .collect();
+            cells.extend(state.in_flight_cells.iter().cloned());
+            state.flush_requested = true;
+            shared.wake.notify_one();
+            cells
+        };
+        let batch_failed = || shared.batch_failures.load(Ordering::Acquire) > failures_before;
+        let done = shared.board.wait_until(timeout, || {
+            batch_failed() || cells.iter().all(|c| c.status() != TicketStatus::Pending)
+        });
+        let failed: Vec<String> = cells
+            .iter()
+            .filter_map(|c| match c.status() {
+                TicketStatus::Failed(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        if let Some(first) = failed.first() {
+            return Err(Error::FlushFailed {
+                failed: failed.len(),
+                first_error: first.clone(),
+            });
+        }
+        let still_pending = cells
+            .iter()
+            .filter(|c| c.status() == TicketStatus::Pending)
+            .count();
+        if still_pending == 0 {
+            return Ok(());
+        }
+        if batch_failed() {
+            let error = shared
+                .state
+                .lock()
+                .stats
+                .last_error
+                .clone()
+                .unwrap_or_default();
+            return Err(Error::FlushFailed {
+                failed: still_pending,
+                first_error: format!("batch kept for retry: {error}"),
+            });
+        }
+        debug_assert!(!done);
+        Err(Error::Timeout { waited: timeout })
+    }
+
+    /// The buffer's counters.
+    pub fn stats(&self) -> BufferStats {
+        let state = self.shared.state.lock();
+        let mut stats = state.stats.clone();
+        stats.pending = state.pending_count();
+        stats.in_flight = state.in_flight;
+        stats.failed_kept = state.failed.len();
+        stats
+    }
+
+    /// Removes and returns the entries that could not be written.
+    pub fn take_failed(&self) -> Vec<FailedEntry> {
+        self.shared.state.lock().failed.drain(..).collect()
+    }
+
+    /// Stops accepting operations, writes everything pending, stops the
+    /// flusher. Errors if entries could not be written (they are failed,
+    /// with their tickets, and returned by `take_failed` before this
+    /// buffer is dropped).
+    pub(crate) fn close(&self) -> Result<()> {
+        {
+            let mut state = self.shared.state.lock();
+            state.closed = true;
+            self.shared.wake.notify_all();
+            self.shared.room.notify_all();
+        }
+        if let Some(handle) = self.flusher.lock().take() {
+            let _ = handle.join();
+        }
+        let state = self.shared.state.lock();
+        match state.failed.front() {
+            Some(first) => Err(Error::FlushFailed {
+                failed: state.failed.len(),
+                first_error: first.error.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for WriteBuffer {
+    fn drop(&mut self) {
+        if self.flusher.lock().is_some() {
+            if let Err(e) = self.close() {
+                log::error!("sqlite-hybrid: write buffer closed with unwritten entries: {e}");
+            }
+        }
+    }
+}
+
+fn same_columns(a: &[usize], b: &[usize]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
+/// Resolves `names` to a unique key of `info`.
+fn unique_key(info: &TableInfo, names: &[&str]) -> Result<Arc<[usize]>> {
+    if names.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "no key columns given for {}",
+            info.name
+        )));
+    }
+    let keys = info.resolve_columns(names)?;
+    if !info.is_unique_key(&keys) {
+        let names: Vec<String> = names.iter().map(|n| shorten(n)).collect();
+        return Err(Error::InvalidInput(format!(
+            "({}) is not the PRIMARY KEY or a UNIQUE index of {}",
+            names.join(", "),
+            info.name
+        )));
+    }
+    Ok(keys.into())
+}
+
+/// Takes the key values out of `columns` (normalised, in key order) and
+/// returns them with the full column list.
+fn split_key(info: &TableInfo, keys: &[usize], columns: Columns) -> Result<(Vec<Value>, Columns)> {
+    let mut values = Vec::with_capacity(keys.len());
+    for &k in keys {
+        let column = &info.columns[k];
+        let value = columns
+            .iter()
+            .find(|(c, _)| *c == k)
+            .map(|(_, v)| v)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "key column {}.{} is missing",
+                    info.name, column.name
+                ))
+            })?;
+        let normal = normalize_key(affinity(&column.declared_type), value).map_err(|expected| {
+            Error::InvalidInput(format!(
+                "key column {}.{} must be {expected}, got {value:?}",
+                info.name, column.name
+            ))
+        })?;
+        values.push(normal);
+    }
+    let mut columns = columns;
+    for (k, v) in keys.iter().zip(&values) {
+        if let Some(slot) = columns.iter_mut().find(|(c, _)| c == k) {
+            slot.1 = v.clone();
+        }
+    }
+    Ok((values, columns))
+}

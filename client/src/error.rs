@@ -1,0 +1,242 @@
+//! The crate's one error type: variants a caller can act on.
+
+use std::fmt;
+use std::time::Duration;
+
+use rusqlite::ffi;
+
+/// What went wrong, in terms a caller can act on.
+///
+/// * [`Error::LockTimeout`]: other writers held the lock past the retry
+///   deadline; try later or raise the deadline.
+/// * [`Error::Constraint`]: the data broke a constraint; fix the data.
+/// * [`Error::Schema`]: unknown table or column, or a schema SQLite
+///   rejected; fix the call or the schema.
+/// * [`Error::InvalidInput`]: the call itself was wrong (NULL key, bad
+///   option, wrong value type for a STRICT column).
+/// * [`Error::Io`]: the file could not be read or written (disk full,
+///   read-only, permissions, corruption).
+/// * [`Error::BufferFull`], [`Error::Timeout`], [`Error::Closed`],
+///   [`Error::FlushFailed`]: write-buffer outcomes.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The write lock could not be had before the deadline.
+    LockTimeout {
+        /// Transaction attempts made (each waited in the busy handler).
+        attempts: u32,
+        /// Total time spent, first attempt to giving up.
+        waited: Duration,
+        /// The last lock error SQLite returned.
+        source: rusqlite::Error,
+    },
+    /// A `UNIQUE`, `NOT NULL`, `CHECK`, `FOREIGN KEY` or similar constraint failed.
+    Constraint(rusqlite::Error),
+    /// Unknown table or column, or SQLite reported a schema problem.
+    Schema(String),
+    /// The call's arguments were wrong; the message says which and why.
+    InvalidInput(String),
+    /// Reading or writing the file failed (I/O, full disk, read-only, corrupt).
+    Io(rusqlite::Error),
+    /// The write buffer is full and the backpressure mode is `Reject` (or
+    /// `Block` timed out, see [`Error::Timeout`]).
+    BufferFull {
+        /// The configured maximum of pending entries.
+        capacity: usize,
+    },
+    /// Waiting (for buffer space, a ticket, a flush) took longer than allowed.
+    Timeout {
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// The database or its write buffer is closed.
+    Closed,
+    /// Some buffered entries could not be written; they are kept in
+    /// [`crate::WriteBuffer::take_failed`].
+    FlushFailed {
+        /// How many entries failed.
+        failed: usize,
+        /// The first failure's message.
+        first_error: String,
+    },
+    /// Any other SQLite error.
+    Sqlite(rusqlite::Error),
+}
+
+impl Error {
+    /// Whether this is a lock error that retrying can cure: `SQLITE_BUSY`
+    /// (all extended codes, including `SQLITE_BUSY_SNAPSHOT`) or
+    /// `SQLITE_LOCKED`. Decided by result code, never by message text.
+    pub fn is_lock_error(&self) -> bool {
+        match self {
+            Error::LockTimeout { .. } => true,
+            Error::Sqlite(e) => is_lock_error(e),
+            _ => false,
+        }
+    }
+
+    /// The SQLite extended result code behind this error, if any.
+    pub fn sqlite_code(&self) -> Option<i32> {
+        match self {
+            Error::LockTimeout { source: e, .. }
+            | Error::Constraint(e)
+            | Error::Io(e)
+            | Error::Sqlite(e) => match e {
+                rusqlite::Error::SqliteFailure(f, _) => Some(f.extended_code),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Whether a rusqlite error is `SQLITE_BUSY*` or `SQLITE_LOCKED*`.
+pub fn is_lock_error(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code & 0xff == ffi::SQLITE_BUSY || f.extended_code & 0xff == ffi::SQLITE_LOCKED
+    )
+}
+
+impl From<rusqlite::Error> for Error {
+    /// Classifies by result code: constraint, I/O family, schema, else
+    /// [`Error::Sqlite`] (lock errors included, until the retry loop turns
+    /// them into [`Error::LockTimeout`]).
+    fn from(error: rusqlite::Error) -> Self {
+        let rusqlite::Error::SqliteFailure(failure, message) = &error else {
+            return match error {
+                rusqlite::Error::InvalidColumnName(name) => {
+                    Error::Schema(format!("no such column: {name}"))
+                }
+                other => Error::Sqlite(other),
+            };
+        };
+        match failure.extended_code & 0xff {
+            ffi::SQLITE_CONSTRAINT => Error::Constraint(error),
+            ffi::SQLITE_IOERR
+            | ffi::SQLITE_FULL
+            | ffi::SQLITE_READONLY
+            | ffi::SQLITE_CANTOPEN
+            | ffi::SQLITE_CORRUPT
+            | ffi::SQLITE_NOTADB
+            | ffi::SQLITE_PERM => Error::Io(error),
+            ffi::SQLITE_SCHEMA => {
+                Error::Schema(message.clone().unwrap_or_else(|| error.to_string()))
+            }
+            ffi::SQLITE_ERROR
+                if message.as_deref().is_some_and(|m| {
+                    m.starts_with("no such table")
+                        || m.starts_with("no such column")
+                        || m.contains("has no column named")
+                }) =>
+            {
+                // SQLite reports these as the generic SQLITE_ERROR; its
+                // message is the only thing that tells them apart.
+                Error::Schema(message.clone().unwrap_or_default())
+            }
+            _ => Error::Sqlite(error),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::LockTimeout {
+                attempts,
+                waited,
+                source,
+            } => write!(
+                f,
+                "database is locked: gave up after {attempts} attempt(s) and {} ms ({source})",
+                waited.as_millis()
+            ),
+            Error::Constraint(e) => write!(f, "constraint failed: {e}"),
+            Error::Schema(m) => write!(f, "schema error: {m}"),
+            Error::InvalidInput(m) => write!(f, "invalid input: {m}"),
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::BufferFull { capacity } => {
+                write!(f, "write buffer is full ({capacity} pending entries)")
+            }
+            Error::Timeout { waited } => write!(f, "timed out after {} ms", waited.as_millis()),
+            Error::Closed => f.write_str("the database or its write buffer is closed"),
+            Error::FlushFailed {
+                failed,
+                first_error,
+            } => {
+                write!(
+                    f,
+                    "{failed} buffered entr(y/ies) could not be written; first: {first_error}"
+                )
+            }
+            Error::Sqlite(e) => write!(f, "sqlite: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::LockTimeout { source, .. } => Some(source),
+            Error::Constraint(e) | Error::Io(e) | Error::Sqlite(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(code: i32, message: &str) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some(message.to_string()))
+    }
+
+    #[test]
+    fn lock_errors_are_recognised_by_code() {
+        assert!(is_lock_error(&failure(
+            ffi::SQLITE_BUSY,
+            "database is locked"
+        )));
+        assert!(is_lock_error(&failure(ffi::SQLITE_BUSY_SNAPSHOT, "x")));
+        assert!(is_lock_error(&failure(ffi::SQLITE_LOCKED_SHAREDCACHE, "x")));
+        assert!(!is_lock_error(&failure(
+            ffi::SQLITE_CONSTRAINT_UNIQUE,
+            "database is locked"
+        )));
+        assert!(Error::from(failure(ffi::SQLITE_BUSY, "x")).is_lock_error());
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        assert!(matches!(
+            Error::from(failure(ffi::SQLITE_CONSTRAINT_NOTNULL, "x")),
+            Error::Constraint(_)
+        ));
+        assert!(matches!(
+            Error::from(failure(ffi::SQLITE_FULL, "x")),
+            Error::Io(_)
+        ));
+        assert!(matches!(
+            Error::from(failure(ffi::SQLITE_READONLY, "x")),
+            Error::Io(_)
+        ));
+        assert!(matches!(
+            Error::from(failure(ffi::SQLITE_ERROR, "no such table: t")),
+            Error::Schema(_)
+        ));
+        assert!(matches!(
+            Error::from(failure(ffi::SQLITE_ERROR, "near \"x\": syntax error")),
+            Error::Sqlite(_)
+        ));
+        let e = Error::from(failure(
+            ffi::SQLITE_CONSTRAINT_UNIQUE,
+            "UNIQUE constraint failed: t.k",
+        ));
+        assert_eq!(e.sqlite_code(), Some(ffi::SQLITE_CONSTRAINT_UNIQUE));
+    }
+}

@@ -1,0 +1,176 @@
+//! Whole-transaction retry: how often and how long [`crate::Database::write`]
+//! re-runs a transaction that failed with a lock error.
+//!
+//! Two layers wait for a busy database. Inside one attempt, the extension's
+//! busy handler waits for the lock (jittered backoff with aging); its
+//! deadline is set, per attempt, to what is left of this policy's
+//! `deadline`. Around attempts, this policy re-runs the *whole* closure when
+//! SQLite returns a lock error the handler cannot wait out: `SQLITE_BUSY`
+//! after the handler gave up, `SQLITE_BUSY_SNAPSHOT` (a snapshot went stale),
+//! `SQLITE_LOCKED`, or a busy error SQLite returns without calling the
+//! handler (deadlock avoidance in rollback-journal mode).
+
+use std::time::Duration;
+
+use hybrid::backoff::{BackoffPolicy, Decision, Jitter, SplitMix64};
+
+/// How [`crate::Database::write`] retries a transaction on lock errors.
+///
+/// ```
+/// use std::time::Duration;
+/// use sqlite_hybrid::RetryPolicy;
+///
+/// let policy = RetryPolicy { deadline: Duration::from_secs(2), ..RetryPolicy::default() };
+/// assert_eq!(policy.max_attempts, 20);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Most attempts (the first run included). At least 1.
+    pub max_attempts: u32,
+    /// First delay between attempts.
+    pub base: Duration,
+    /// Largest delay between attempts.
+    pub cap: Duration,
+    /// Total time for all attempts, including time waiting for the lock
+    /// inside each attempt.
+    pub deadline: Duration,
+    /// How delays between attempts are randomised.
+    pub jitter: Jitter,
+}
+
+impl Default for RetryPolicy {
+    /// 5 s deadline (the busy handler's own default), up to 20 attempts,
+    /// 1 ms to 50 ms full-jitter delays between them: lock errors that reach
+    /// this layer are rare and short (a stale snapshot, a checkpoint).
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 20,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(50),
+            deadline: Duration::from_secs(5),
+            jitter: Jitter::Full,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Checks the fields; the message names the offending one.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("RetryPolicy.max_attempts must be at least 1".into());
+        }
+        if self.base.is_zero() || self.cap < self.base {
+            return Err(format!(
+                "RetryPolicy needs 0 < base <= cap, got base {:?}, cap {:?}",
+                self.base, self.cap
+            ));
+        }
+        Ok(())
+    }
+
+    fn as_backoff(&self) -> BackoffPolicy {
+        BackoffPolicy {
+            base_ms: self.base.as_secs_f64() * 1000.0,
+            cap_ms: self.cap.as_secs_f64() * 1000.0,
+            jitter: self.jitter,
+            timeout_ms: self.deadline.as_secs_f64() * 1000.0,
+            max_retries: Some(self.max_attempts.saturating_sub(1)),
+            aging_ms: None,
+        }
+    }
+
+    /// After `attempts` failed attempts and `elapsed` time: the delay before
+    /// the next attempt, or `None` to give up.
+    pub fn next_delay(
+        &self,
+        attempts: u32,
+        elapsed: Duration,
+        previous: Duration,
+        rng: &mut SplitMix64,
+    ) -> Option<Duration> {
+        let previous_ms = previous.as_secs_f64() * 1000.0;
+        match self.as_backoff().decide(
+            attempts.saturating_sub(1),
+            elapsed,
+            previous_ms,
+            &mut || rng.next_unit(),
+        ) {
+            Decision::RetryAfter(delay) => Some(delay),
+            Decision::GiveUp(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gives_up_after_max_attempts() {
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
+        let mut rng = SplitMix64::new(1);
+        assert!(
+            p.next_delay(1, Duration::ZERO, Duration::ZERO, &mut rng)
+                .is_some()
+        );
+        assert!(
+            p.next_delay(2, Duration::ZERO, Duration::ZERO, &mut rng)
+                .is_some()
+        );
+        assert!(
+            p.next_delay(3, Duration::ZERO, Duration::ZERO, &mut rng)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn gives_up_at_the_deadline_and_caps_delays() {
+        let p = RetryPolicy::default();
+        let mut rng = SplitMix64::new(2);
+        assert!(
+            p.next_delay(1, Duration::from_secs(5), Duration::ZERO, &mut rng)
+                .is_none()
+        );
+        for attempt in 1..19 {
+            let d = p
+                .next_delay(attempt, Duration::ZERO, Duration::ZERO, &mut rng)
+                .unwrap();
+            assert!(d <= Duration::from_millis(50));
+        }
+        // The last delay is cut to the time left.
+        let d = p
+            .next_delay(10, Duration::from_millis(4999), Duration::ZERO, &mut rng)
+            .unwrap();
+        assert!(d <= Duration::from_millis(1));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(RetryPolicy::default().validate().is_ok());
+        assert!(
+            RetryPolicy {
+                max_attempts: 0,
+                ..RetryPolicy::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            RetryPolicy {
+                base: Duration::ZERO,
+                ..RetryPolicy::default()
+            }
+            .validate()
+            .is_err()
+        );
+        let bad = RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_millis(1),
+            ..RetryPolicy::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("base"));
+    }
+}

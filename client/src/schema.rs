@@ -1,0 +1,436 @@
+//! What the client knows about the main schema's tables, so it can check a
+//! caller's table and column names before any SQL is built.
+//!
+//! Identifiers from callers are never pasted into SQL: a name is looked up
+//! here (case-insensitively, as SQLite does) and the *schema's* spelling is
+//! used, double-quoted. A name shaped like SQL injection is simply an
+//! unknown table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rusqlite::Connection;
+use rusqlite::types::Value;
+
+use crate::error::{Error, Result};
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnInfo {
+    /// The name as the schema spells it.
+    pub name: String,
+    /// The declared type, upper-cased (`INTEGER`, `TEXT`, ... or empty).
+    pub declared_type: String,
+    /// Declared `NOT NULL`.
+    pub not_null: bool,
+    /// Has a `DEFAULT`.
+    pub has_default: bool,
+}
+
+/// One table of the main schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableInfo {
+    /// The name as the schema spells it.
+    pub name: String,
+    /// Writable columns (generated and hidden columns excluded).
+    pub columns: Vec<ColumnInfo>,
+    /// Declared `STRICT`: SQLite checks value types; so do we, earlier.
+    pub strict: bool,
+    /// Index of the `INTEGER PRIMARY KEY` (rowid alias) column, if any.
+    pub rowid_alias: Option<usize>,
+    /// Column sets with a uniqueness guarantee usable as an upsert target:
+    /// the primary key and every non-partial UNIQUE index on plain columns.
+    pub unique_keys: Vec<Vec<usize>>,
+}
+
+impl TableInfo {
+    /// The index of `name` among the writable columns.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    /// `name` quoted for SQL.
+    pub fn quoted_name(&self) -> String {
+        quote(&self.name)
+    }
+
+    /// Whether `columns` (in any order) is exactly a primary key or UNIQUE index.
+    pub fn is_unique_key(&self, columns: &[usize]) -> bool {
+        let mut wanted = columns.to_vec();
+        wanted.sort_unstable();
+        self.unique_keys.iter().any(|key| {
+            let mut key = key.clone();
+            key.sort_unstable();
+            key == wanted
+        })
+    }
+
+    /// Checks that `value` fits column `index`: never NULL for a NOT NULL
+    /// column or the rowid alias, an integer for the rowid alias, and a
+    /// value SQLite can store losslessly in a STRICT column's type.
+    pub fn check_value(&self, index: usize, value: &Value) -> Result<()> {
+        let column = &self.columns[index];
+        let wrong = |expected: &str| {
+            Err(Error::InvalidInput(format!(
+                "{}.{}: expected {expected}, got {}",
+                self.name,
+                column.name,
+                describe(value)
+            )))
+        };
+        if matches!(value, Value::Null) {
+            return if column.not_null {
+                Err(Error::InvalidInput(format!(
+                    "{}.{} is NOT NULL, got NULL",
+                    self.name, column.name
+                )))
+            } else {
+                Ok(())
+            };
+        }
+        if self.rowid_alias == Some(index) && !matches!(value, Value::Integer(_)) {
+            return wrong("an integer (INTEGER PRIMARY KEY)");
+        }
+        if !self.strict {
+            return Ok(());
+        }
+        let ok = match (column.declared_type.as_str(), value) {
+            ("INT" | "INTEGER", Value::Integer(_)) => true,
+            ("INT" | "INTEGER", Value::Real(r)) => r.fract() == 0.0 && r.abs() < 9.2e18,
+            ("INT" | "INTEGER", Value::Text(t)) => t.trim().parse::<i64>().is_ok(),
+            ("REAL", Value::Integer(_) | Value::Real(_)) => true,
+            ("REAL", Value::Text(t)) => t.trim().parse::<f64>().is_ok(),
+            ("TEXT", Value::Text(_) | Value::Integer(_) | Value::Real(_)) => true,
+            ("BLOB", Value::Blob(_)) => true,
+            ("ANY", _) => true,
+            _ => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            wrong(&format!("a value of STRICT type {}", column.declared_type))
+        }
+    }
+}
+
+impl TableInfo {
+    /// Resolves caller column names to column indexes (schema order kept as
+    /// given); an unknown name is an [`Error::Schema`] listing the columns.
+    pub fn resolve_columns(&self, names: &[&str]) -> Result<Vec<usize>> {
+        let mut indexes = Vec::with_capacity(names.len());
+        for name in names {
+            let index = self
+                .column_index(name)
+                .ok_or_else(|| self.unknown_column(name))?;
+            if !indexes.contains(&index) {
+                indexes.push(index);
+            }
+        }
+        Ok(indexes)
+    }
+
+    /// Resolves and checks every `(column, value)` of `row`.
+    pub fn resolve_row(&self, row: &crate::Row) -> Result<Vec<(usize, Value)>> {
+        if let Some(problem) = row.conversion_error() {
+            return Err(Error::InvalidInput(format!("{}: {problem}", self.name)));
+        }
+        let mut resolved = Vec::with_capacity(row.len());
+        for (name, value) in row.iter() {
+            let index = self
+                .column_index(name)
+                .ok_or_else(|| self.unknown_column(name))?;
+            self.check_value(index, value)?;
+            resolved.push((index, value.clone()));
+        }
+        Ok(resolved)
+    }
+
+    /// For a row that may be inserted: every NOT NULL column without a
+    /// default (other than the rowid alias, which SQLite fills) is present.
+    pub fn check_insertable(&self, present: &[usize]) -> Result<()> {
+        for (index, column) in self.columns.iter().enumerate() {
+            if column.not_null
+                && !column.has_default
+                && self.rowid_alias != Some(index)
+                && !present.contains(&index)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "{}.{} is NOT NULL without a default and is missing from the row",
+                    self.name, column.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn unknown_column(&self, name: &str) -> Error {
+        let names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        Error::Schema(format!(
+            "no such column: {}.{} (columns: {})",
+            self.name,
+            shorten(name),
+            names.join(", ")
+        ))
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "NULL".into(),
+        Value::Integer(i) => format!("integer {i}"),
+        Value::Real(r) => format!("real {r}"),
+        Value::Text(t) => format!("text of {} bytes", t.len()),
+        Value::Blob(b) => format!("blob of {} bytes", b.len()),
+    }
+}
+
+/// `name` as a double-quoted SQL identifier.
+pub fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Cuts a caller-supplied name for an error message.
+pub fn shorten(name: &str) -> String {
+    match name.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &name[..cut]),
+        None => name.to_string(),
+    }
+}
+
+/// A cache of [`TableInfo`] by lower-cased table name.
+#[derive(Debug, Default)]
+pub struct SchemaCache {
+    tables: RwLock<HashMap<String, Arc<TableInfo>>>,
+}
+
+impl SchemaCache {
+    /// The table named `name` (any case), loading it through `conn` on a
+    /// cache miss. Unknown tables are [`Error::Schema`] naming the tables
+    /// that do exist.
+    pub fn table(
+        &self,
+        name: &str,
+        conn: impl FnOnce() -> Result<Arc<TableInfo>>,
+    ) -> Result<Arc<TableInfo>> {
+        let key = name.to_ascii_lowercase();
+        if let Some(info) = self.tables.read().get(&key) {
+            return Ok(Arc::clone(info));
+        }
+        let info = conn()?;
+        self.tables.write().insert(key, Arc::clone(&info));
+        Ok(info)
+    }
+
+    /// Forgets everything (after a schema change).
+    pub fn clear(&self) {
+        self.tables.write().clear();
+    }
+}
+
+/// Reads `name`'s description from the main schema of `conn`.
+pub fn load_table(conn: &Connection, name: &str) -> Result<Arc<TableInfo>> {
+    let found: Option<(String, bool)> = conn
+        .query_row(
+            "SELECT name, strict FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
+             AND name = ?1 COLLATE NOCASE AND name NOT LIKE 'sqlite_%'",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map(Some)
+        .or_else(|e| {
+            if e == rusqlite::Error::QueryReturnedNoRows {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        })?;
+    let Some((canonical, strict)) = found else {
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \
+                 AND name NOT LIKE 'sqlite_%' ORDER BY name",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        return Err(Error::Schema(format!(
+            "no such table: {} (tables in main: {})",
+            shorten(name),
+            if tables.is_empty() {
+                "none".to_string()
+            } else {
+                tables.join(", ")
+            }
+        )));
+    };
+
+    // pk > 0 marks primary-key columns (position in the key).
+    let mut columns = Vec::new();
+    let mut pk: Vec<(i64, usize)> = Vec::new();
+    let mut stmt = conn.prepare(
+        "SELECT name, upper(type), \"notnull\", dflt_value IS NOT NULL, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid",
+    )?;
+    let mut rows = stmt.query([&canonical])?;
+    while let Some(row) = rows.next()? {
+        let hidden: i64 = row.get(5)?;
+        if hidden != 0 {
+            continue; // generated or virtual-table hidden column: not writable
+        }
+        let pk_position: i64 = row.get(4)?;
+        if pk_position > 0 {
+            pk.push((pk_position, columns.len()));
+        }
+        columns.push(ColumnInfo {
+            name: row.get(0)?,
+            declared_type: row.get(1)?,
+            not_null: row.get(2)?,
+            has_default: row.get(3)?,
+        });
+    }
+    pk.sort_unstable();
+    let pk_columns: Vec<usize> = pk.iter().map(|(_, i)| *i).collect();
+    let rowid_alias = match pk_columns.as_slice() {
+        [only]
+            if columns[*only].declared_type == "INTEGER"
+                && !is_without_rowid(conn, &canonical)? =>
+        {
+            Some(*only)
+        }
+        _ => None,
+    };
+    let mut unique_keys = Vec::new();
+    if !pk_columns.is_empty() {
+        unique_keys.push(pk_columns);
+    }
+    let indexes: Vec<(String, bool, bool)> = conn
+        .prepare("SELECT name, \"unique\", partial FROM pragma_index_list(?1)")?
+        .query_map([&canonical], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (index, unique, partial) in indexes {
+        if !unique || partial {
+            continue;
+        }
+        let names: Vec<Option<String>> = conn
+            .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
+            .query_map([&index], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        // Expression index columns have no name: not usable as a target.
+        let key: Option<Vec<usize>> = names
+            .iter()
+            .map(|n| {
+                n.as_deref()
+                    .and_then(|n| columns.iter().position(|c| c.name.eq_ignore_ascii_case(n)))
+            })
+            .collect();
+        if let Some(key) = key {
+            unique_keys.push(key);
+        }
+    }
+    Ok(Arc::new(TableInfo {
+        name: canonical,
+        columns,
+        strict,
+        rowid_alias,
+        unique_keys,
+    }))
+}
+
+fn is_without_rowid(conn: &Connection, table: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE items(id INTEGER PRIMARY KEY, sku TEXT NOT NULL UNIQUE, qty INT DEFAULT 0,
+                                total AS (qty * 2));
+             CREATE TABLE pairs(a TEXT, b TEXT, n INTEGER NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
+             CREATE TABLE typed(k INTEGER PRIMARY KEY, r REAL, t TEXT, b BLOB, x ANY) STRICT;
+             CREATE UNIQUE INDEX typed_expr ON typed(lower(t));",
+        )
+        .unwrap();
+        c
+    }
+
+    #[test]
+    fn reads_columns_keys_and_rowid_alias() {
+        let c = conn();
+        let items = load_table(&c, "ITEMS").unwrap();
+        assert_eq!(items.name, "items");
+        let names: Vec<&str> = items.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["id", "sku", "qty"], "generated column excluded");
+        assert_eq!(items.rowid_alias, Some(0));
+        assert!(items.is_unique_key(&[0]) && items.is_unique_key(&[1]));
+        assert!(!items.is_unique_key(&[2]));
+        let pairs = load_table(&c, "pairs").unwrap();
+        assert!(pairs.is_unique_key(&[1, 0]));
+        assert_eq!(pairs.rowid_alias, None);
+        let typed = load_table(&c, "typed").unwrap();
+        assert!(typed.strict);
+        assert_eq!(
+            typed.unique_keys,
+            vec![vec![0]],
+            "expression index is not an upsert target"
+        );
+    }
+
+    #[test]
+    fn unknown_and_injection_shaped_tables_are_schema_errors() {
+        let c = conn();
+        for name in [
+            "nope",
+            "items; DROP TABLE items",
+            "items\" --",
+            "sqlite_master",
+        ] {
+            let err = load_table(&c, name).unwrap_err();
+            assert!(
+                matches!(err, Error::Schema(ref m) if m.contains("no such table")),
+                "{name}: {err}"
+            );
+        }
+        assert!(
+            load_table(&c, "nope")
+                .unwrap_err()
+                .to_string()
+                .contains("items, pairs, typed")
+        );
+    }
+
+    #[test]
+    fn values_are_checked_against_strict_types_and_not_null() {
+        let c = conn();
+        let typed = load_table(&c, "typed").unwrap();
+        assert!(typed.check_value(0, &Value::Integer(1)).is_ok());
+        assert!(
+            typed.check_value(0, &Value::Text("1".into())).is_err(),
+            "rowid alias needs an integer"
+        );
+        assert!(typed.check_value(1, &Value::Text("2.5".into())).is_ok());
+        assert!(typed.check_value(1, &Value::Text("abc".into())).is_err());
+        assert!(typed.check_value(3, &Value::Text("x".into())).is_err());
+        assert!(typed.check_value(4, &Value::Blob(vec![1])).is_ok());
+        let items = load_table(&c, "items").unwrap();
+        assert!(
+            items
+                .check_value(1, &Value::Null)
+                .unwrap_err()
+                .to_string()
+                .contains("NOT NULL")
+        );
+        assert!(
+            items.check_value(2, &Value::Text("lots".into())).is_ok(),
+            "non-STRICT: SQLite's affinity rules"
+        );
+    }
+}
