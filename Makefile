@@ -43,6 +43,7 @@ demo: check-tools ext
 
 bench: check-tools ext
 	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT)
+	$(CARGO) run --release -q -p sqlite-hybrid --example buffer_bench
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -30,7 +30,7 @@ impl Database {
     /// let rows = (0..250).map(|i| Row::new().set("id", i).set("v", format!("row {i}")));
     /// let report = db.insert_many("t", rows, 100)?;
     /// assert_eq!((report.rows, report.chunks), (250, 3));
-    /// # Ok::<(), sqlite_hybrid::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn insert_many(
         &self,
@@ -54,7 +54,7 @@ impl Database {
     /// db.upsert_many("stock", &["sku"], [Row::new().set("sku", "a").set("qty", 5)], 100)?;
     /// let qty: i64 = db.read(|c| Ok(c.query_row("SELECT qty FROM stock", [], |r| r.get(0))?))?;
     /// assert_eq!(qty, 5);
-    /// # Ok::<(), sqlite_hybrid::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn upsert_many(
         &self,

@@ -134,7 +134,7 @@ impl DatabaseBuilder {
 /// })?;
 /// let v: String = db.read(|conn| Ok(conn.query_row("SELECT v FROM kv WHERE k = 'a'", [], |r| r.get(0))?))?;
 /// assert_eq!(v, "1");
-/// # Ok::<(), sqlite_hybrid::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Database {
     pub(crate) core: Arc<Core>,

@@ -67,6 +67,23 @@ impl Error {
     /// Whether this is a lock error that retrying can cure: `SQLITE_BUSY`
     /// (all extended codes, including `SQLITE_BUSY_SNAPSHOT`) or
     /// `SQLITE_LOCKED`. Decided by result code, never by message text.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use sqlite_hybrid::{Database, Error, RetryPolicy};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("e.db");
+    /// let db = Database::builder(&path)
+    ///     .retry(RetryPolicy { deadline: Duration::from_millis(100), ..RetryPolicy::default() })
+    ///     .open()?;
+    /// let other = rusqlite::Connection::open(&path)?;
+    /// other.execute_batch("BEGIN IMMEDIATE")?; // someone else holds the write lock
+    /// let err = db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t(x)")?)).unwrap_err();
+    /// assert!(err.is_lock_error());
+    /// assert!(matches!(err, Error::LockTimeout { .. }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_lock_error(&self) -> bool {
         match self {
             Error::LockTimeout { .. } => true,

@@ -39,22 +39,39 @@ pub struct SchemaHealth {
 /// (this process's waits; see the README for each field).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LockMetrics {
+    /// The main database file's path.
     pub db: String,
+    /// Open connections on the file with the extension registered.
     pub connections: i64,
+    /// How many of them have the hybrid busy handler in force.
     pub handler_active: i64,
+    /// Waits started.
     pub busy_events: i64,
+    /// Busy-handler calls.
     pub retries: i64,
+    /// Waits that ended with the lock.
     pub acquired: i64,
+    /// Waits that ended in `SQLITE_BUSY`.
     pub gave_up: i64,
+    /// Waits in progress.
     pub in_flight: i64,
+    /// Total time of finished waits.
     pub wait_total_ms: f64,
+    /// Mean wait.
     pub wait_avg_ms: Option<f64>,
+    /// Longest wait.
     pub wait_max_ms: f64,
+    /// Median wait.
     pub wait_p50_ms: Option<f64>,
+    /// 95th percentile wait.
     pub wait_p95_ms: Option<f64>,
+    /// 99th percentile wait.
     pub wait_p99_ms: Option<f64>,
+    /// `gave_up / (acquired + gave_up)`.
     pub failure_rate: Option<f64>,
+    /// ISO-8601 time of the last wait start or end.
     pub last_event_at: Option<String>,
+    /// JSON backoff policy.
     pub policy: Option<String>,
 }
 
@@ -139,7 +156,7 @@ impl Database {
     /// let health = db.health()?;
     /// assert_eq!(health.schemas[0].journal_mode, "wal");
     /// assert!(health.locks.iter().any(|m| m.db.ends_with("h.db")));
-    /// # Ok::<(), sqlite_hybrid::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn health(&self) -> Result<Health> {
         self.read(|conn| {
@@ -170,7 +187,7 @@ impl Database {
     /// let db = sqlite_hybrid::Database::open(dir.path().join("m.db"))?;
     /// let metrics = db.lock_metrics()?;
     /// assert_eq!((metrics.connections, metrics.busy_events), (5, 0));
-    /// # Ok::<(), sqlite_hybrid::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn lock_metrics(&self) -> Result<LockMetrics> {
         self.read(|conn| {
@@ -194,7 +211,7 @@ impl Database {
     /// db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")?))?;
     /// let report = db.optimize(OptimizeOptions { truncate_wal: true, ..Default::default() })?;
     /// assert!(!report.checkpoint_busy);
-    /// # Ok::<(), sqlite_hybrid::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn optimize(&self, options: OptimizeOptions) -> Result<OptimizeReport> {
         self.core.with_writer(|conn| {

@@ -22,8 +22,10 @@
 //! let n: i64 = db.read(|c| Ok(c.query_row("SELECT n FROM visits", [], |r| r.get(0))?))?;
 //! assert_eq!(n, 3);
 //! assert_eq!(buffer.stats().coalesced, 2);
-//! # Ok::<(), sqlite_hybrid::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+#![warn(missing_docs)]
 
 mod batch;
 pub mod buffer;
@@ -51,3 +53,8 @@ pub use schema::{ColumnInfo, TableInfo};
 
 /// Re-export of the rusqlite version this crate uses.
 pub use rusqlite;
+
+/// The README's Rust examples, compiled and run as doctests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -33,6 +33,8 @@ pub struct ColumnInfo {
 pub struct TableInfo {
     /// The name as the schema spells it.
     pub name: String,
+    /// The same name, shared (cheap to clone into buffer keys).
+    pub shared_name: Arc<str>,
     /// Writable columns (generated and hidden columns excluded).
     pub columns: Vec<ColumnInfo>,
     /// Declared `STRICT`: SQLite checks value types; so do we, earlier.
@@ -215,12 +217,21 @@ impl SchemaCache {
         name: &str,
         conn: impl FnOnce() -> Result<Arc<TableInfo>>,
     ) -> Result<Arc<TableInfo>> {
-        let key = name.to_ascii_lowercase();
-        if let Some(info) = self.tables.read().get(&key) {
-            return Ok(Arc::clone(info));
+        {
+            let tables = self.tables.read();
+            // Exact spelling first: no allocation on the hot path.
+            if let Some(info) = tables.get(name) {
+                return Ok(Arc::clone(info));
+            }
+            if let Some(info) = tables.get(&name.to_ascii_lowercase()) {
+                return Ok(Arc::clone(info));
+            }
         }
+        let key = name.to_ascii_lowercase();
         let info = conn()?;
-        self.tables.write().insert(key, Arc::clone(&info));
+        let mut tables = self.tables.write();
+        tables.insert(key, Arc::clone(&info));
+        tables.insert(name.to_string(), Arc::clone(&info));
         Ok(info)
     }
 
@@ -329,6 +340,7 @@ pub fn load_table(conn: &Connection, name: &str) -> Result<Arc<TableInfo>> {
         }
     }
     Ok(Arc::new(TableInfo {
+        shared_name: Arc::from(canonical.as_str()),
         name: canonical,
         columns,
         strict,

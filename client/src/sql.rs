@@ -99,6 +99,7 @@ mod tests {
         };
         TableInfo {
             name: "we\"ird".into(),
+            shared_name: "we\"ird".into(),
             columns: vec![col("id"), col("qty"), col("note")],
             strict: false,
             rowid_alias: None,

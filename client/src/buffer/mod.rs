@@ -45,8 +45,8 @@
 //! enqueue (validation happens before it); `make bench` measures the rate.
 
 mod flusher;
-pub mod pending;
-pub mod ticket;
+mod pending;
+mod ticket;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -79,6 +79,23 @@ pub enum Backpressure {
 
 /// Write-buffer settings (defaults: flush at 100 entries or every 5 s,
 /// at most 1000 pending, block up to 5 s when full).
+///
+/// ```
+/// use std::time::Duration;
+/// use sqlite_hybrid::{Backpressure, BufferOptions, Database};
+///
+/// let dir = tempfile::tempdir()?;
+/// let db = Database::builder(dir.path().join("o.db"))
+///     .write_buffer(BufferOptions {
+///         flush_interval: Duration::from_millis(500),
+///         backpressure: Backpressure::Reject,
+///         table_priority: vec![("parents".into(), 10)],
+///         ..BufferOptions::default()
+///     })
+///     .open()?;
+/// assert_eq!(db.buffer().stats().pending, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct BufferOptions {
     /// Entries per transaction, and the pending count that starts a flush.
@@ -232,35 +249,27 @@ pub(crate) enum Item {
         table: Arc<TableInfo>,
         key_columns: Arc<[usize]>,
         key_values: Vec<Value>,
-        ops: Coalesced,
-        seq: u64,
+        ops: Arc<Coalesced>,
         tickets: Vec<Arc<TicketCell>>,
     },
     Insert {
         table: Arc<TableInfo>,
         columns: Columns,
-        seq: u64,
         ticket: Arc<TicketCell>,
     },
 }
 
 impl Item {
-    fn seq(&self) -> u64 {
-        match self {
-            Item::Keyed { seq, .. } | Item::Insert { seq, .. } => *seq,
-        }
-    }
-
     fn table(&self) -> &Arc<TableInfo> {
         match self {
             Item::Keyed { table, .. } | Item::Insert { table, .. } => table,
         }
     }
 
-    fn cells(&self) -> Vec<&Arc<TicketCell>> {
+    fn cells(&self) -> &[Arc<TicketCell>] {
         match self {
-            Item::Keyed { tickets, .. } => tickets.iter().collect(),
-            Item::Insert { ticket, .. } => vec![ticket],
+            Item::Keyed { tickets, .. } => tickets,
+            Item::Insert { ticket, .. } => std::slice::from_ref(ticket),
         }
     }
 
@@ -310,18 +319,38 @@ impl Item {
     }
 }
 
+/// Hash maps keyed by caller data: foldhash is fast and seeded per map
+/// (SipHash was 8% of flush time).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What `get` needs of an entry being written.
+#[derive(Debug, Clone)]
+struct InFlightView {
+    ops: Option<Arc<Coalesced>>,
+    /// All of an entry's tickets resolve together; once this one has,
+    /// the entry is in the database (or failed) and no longer "pending".
+    first_cell: Arc<TicketCell>,
+}
+
 /// Everything behind the buffer's one lock.
+///
+/// The queue is a `Vec` in enqueue order plus an index of keyed entries'
+/// positions, so a flush takes the whole queue by moving two values: no
+/// hashing, no sorting (unless table priorities are set), no per-entry
+/// bookkeeping while writing.
 #[derive(Default)]
 struct State {
-    keyed: HashMap<EntryKey, Item>,
-    inserts: Vec<Item>,
-    /// Coalesced operations of keyed entries being written (for `get`).
-    in_flight_keyed: HashMap<EntryKey, Coalesced>,
+    /// Queued entries, in enqueue order.
+    queue: Vec<Item>,
+    /// Position in `queue` of each keyed entry.
+    queue_index: FastMap<EntryKey, usize>,
+    /// The drain being written: keyed entries' positions and views.
+    in_flight_index: FastMap<EntryKey, usize>,
+    in_flight_views: Vec<InFlightView>,
     in_flight: usize,
     /// Tickets of the entries being written (for `force_flush`).
     in_flight_cells: Vec<Arc<TicketCell>>,
     modes: HashMap<Arc<str>, TableMode>,
-    next_seq: u64,
     oldest_pending: Option<Instant>,
     flush_requested: bool,
     closed: bool,
@@ -332,7 +361,7 @@ struct State {
 
 impl State {
     fn pending_count(&self) -> usize {
-        self.keyed.len() + self.inserts.len()
+        self.queue.len()
     }
 }
 
@@ -412,6 +441,19 @@ impl WriteBuffer {
 
     /// Queues an upsert of `row` into `table`, keyed on `key_columns` (the
     /// table's PRIMARY KEY or a UNIQUE index; all must be in `row`, not NULL).
+    ///
+    /// ```
+    /// use sqlite_hybrid::Row;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = sqlite_hybrid::Database::open(dir.path().join("x.db"))?;
+    /// # db.write(|tx| Ok(tx.execute_batch("CREATE TABLE stock(sku TEXT PRIMARY KEY, qty INT); CREATE TABLE log(msg TEXT)")?))?;
+    /// let buffer = db.buffer();
+    /// buffer.upsert("stock", Row::new().set("sku", "a").set("qty", 1), &["sku"])?;
+    /// buffer.upsert("stock", Row::new().set("sku", "a").set("qty", 2), &["sku"])?; // merges
+    /// buffer.force_flush()?;
+    /// assert_eq!(buffer.stats().flushed_entries, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn upsert(&self, table: &str, row: Row, key_columns: &[&str]) -> Result<Ticket> {
         let info = self.shared.core.table(table)?;
         let keys = unique_key(&info, key_columns)?;
@@ -430,6 +472,19 @@ impl WriteBuffer {
     /// Queues an update of `changes` on the row whose key is `key` (its
     /// columns must be the table's PRIMARY KEY or a UNIQUE index). Key
     /// columns cannot be changed this way.
+    ///
+    /// ```
+    /// use sqlite_hybrid::Row;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = sqlite_hybrid::Database::open(dir.path().join("x.db"))?;
+    /// # db.write(|tx| Ok(tx.execute_batch("CREATE TABLE stock(sku TEXT PRIMARY KEY, qty INT); CREATE TABLE log(msg TEXT)")?))?;
+    /// db.write(|tx| Ok(tx.execute("INSERT INTO stock VALUES ('a', 1)", [])?))?;
+    /// db.buffer().update("stock", Row::new().set("sku", "a"), Row::new().set("qty", 9))?;
+    /// db.buffer().force_flush()?;
+    /// let qty: i64 = db.read(|c| Ok(c.query_row("SELECT qty FROM stock", [], |r| r.get(0))?))?;
+    /// assert_eq!(qty, 9);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn update(&self, table: &str, key: Row, changes: Row) -> Result<Ticket> {
         let info = self.shared.core.table(table)?;
         let names: Vec<&str> = key.iter().map(|(c, _)| c).collect();
@@ -456,6 +511,19 @@ impl WriteBuffer {
     }
 
     /// Queues a delete of the row whose key is `key`.
+    ///
+    /// ```
+    /// use sqlite_hybrid::Row;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = sqlite_hybrid::Database::open(dir.path().join("x.db"))?;
+    /// # db.write(|tx| Ok(tx.execute_batch("CREATE TABLE stock(sku TEXT PRIMARY KEY, qty INT); CREATE TABLE log(msg TEXT)")?))?;
+    /// db.write(|tx| Ok(tx.execute("INSERT INTO stock VALUES ('a', 1)", [])?))?;
+    /// db.buffer().delete("stock", Row::new().set("sku", "a"))?;
+    /// db.buffer().force_flush()?;
+    /// let n: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM stock", [], |r| r.get(0))?))?;
+    /// assert_eq!(n, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn delete(&self, table: &str, key: Row) -> Result<Ticket> {
         let info = self.shared.core.table(table)?;
         let names: Vec<&str> = key.iter().map(|(c, _)| c).collect();
@@ -470,6 +538,20 @@ impl WriteBuffer {
     }
 
     /// Queues a plain insert (never merged with other operations).
+    ///
+    /// ```
+    /// use sqlite_hybrid::Row;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = sqlite_hybrid::Database::open(dir.path().join("x.db"))?;
+    /// # db.write(|tx| Ok(tx.execute_batch("CREATE TABLE stock(sku TEXT PRIMARY KEY, qty INT); CREATE TABLE log(msg TEXT)")?))?;
+    /// for i in 0..3 {
+    ///     db.buffer().insert("log", Row::new().set("msg", format!("line {i}")))?;
+    /// }
+    /// db.buffer().force_flush()?;
+    /// let n: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM log", [], |r| r.get(0))?))?;
+    /// assert_eq!(n, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn insert(&self, table: &str, row: Row) -> Result<Ticket> {
         let info = self.shared.core.table(table)?;
         let columns = info.resolve_row(&row)?;
@@ -501,7 +583,7 @@ impl WriteBuffer {
             } => (table, TableMode::Keyed(Arc::clone(key_columns))),
             NewOp::Insert { table, .. } => (table, TableMode::Append),
         };
-        let name: Arc<str> = Arc::from(table.name.as_str());
+        let name: Arc<str> = Arc::clone(&table.shared_name);
         match (state.modes.get(&name), &mode) {
             (None, _) => {
                 state.modes.insert(Arc::clone(&name), mode);
@@ -537,9 +619,13 @@ impl WriteBuffer {
             }
             // Merging never needs room.
             if let Some(key) = &entry_key {
-                if let Some(Item::Keyed { ops, tickets, .. }) = state.keyed.get_mut(key) {
+                let position = state.queue_index.get(key).copied();
+                if let Some(Item::Keyed { ops, tickets, .. }) =
+                    position.and_then(|p| state.queue.get_mut(p))
+                {
                     if let Some(NewOp::Keyed { op: keyed_op, .. }) = op.take() {
-                        ops.apply(keyed_op);
+                        // Queued entries are not shared, so this never clones.
+                        Arc::make_mut(ops).apply(keyed_op);
                     }
                     tickets.push(Arc::clone(&cell));
                     state.stats.coalesced += 1;
@@ -571,8 +657,6 @@ impl WriteBuffer {
                 }
             }
         }
-        let seq = state.next_seq;
-        state.next_seq += 1;
         let item = match op.take() {
             Some(NewOp::Keyed {
                 table,
@@ -584,14 +668,12 @@ impl WriteBuffer {
                 table,
                 key_columns,
                 key_values,
-                ops: Coalesced::of(op),
-                seq,
+                ops: Arc::new(Coalesced::of(op)),
                 tickets: vec![Arc::clone(&cell)],
             },
             Some(NewOp::Insert { table, columns }) => Item::Insert {
                 table,
                 columns,
-                seq,
                 ticket: Arc::clone(&cell),
             },
             None => {
@@ -600,12 +682,11 @@ impl WriteBuffer {
                 ));
             }
         };
-        match entry_key {
-            Some(key) => {
-                state.keyed.insert(key, item);
-            }
-            None => state.inserts.push(item),
+        if let Some(key) = entry_key {
+            let position = state.queue.len();
+            state.queue_index.insert(key, position);
         }
+        state.queue.push(item);
         state.oldest_pending.get_or_insert_with(Instant::now);
         state.stats.enqueued += 1;
         if state.pending_count() >= shared.options.batch_size {
@@ -625,24 +706,44 @@ impl WriteBuffer {
     /// Read-your-writes: what is queued (or being written) for the row of
     /// `table` whose key is `key`; `None` if nothing is, in which case the
     /// database has the current value.
+    ///
+    /// ```
+    /// use sqlite_hybrid::{PendingRow, Row};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = sqlite_hybrid::Database::open(dir.path().join("x.db"))?;
+    /// # db.write(|tx| Ok(tx.execute_batch("CREATE TABLE stock(sku TEXT PRIMARY KEY, qty INT); CREATE TABLE log(msg TEXT)")?))?;
+    /// let key = Row::new().set("sku", "a");
+    /// db.buffer().delete("stock", key.clone())?;
+    /// assert_eq!(db.buffer().get("stock", &key)?, Some(PendingRow::Deleted));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn get(&self, table: &str, key: &Row) -> Result<Option<PendingRow>> {
         let info = self.shared.core.table(table)?;
         let names: Vec<&str> = key.iter().map(|(c, _)| c).collect();
         let keys = unique_key(&info, &names)?;
         let (key_values, _) = split_key(&info, &keys, info.resolve_row(key)?)?;
-        let entry_key: EntryKey = (Arc::from(info.name.as_str()), encode_key(&key_values));
+        let entry_key: EntryKey = (Arc::clone(&info.shared_name), encode_key(&key_values));
         let state = self.shared.state.lock();
-        let in_flight = state.in_flight_keyed.get(&entry_key);
-        let queued = match state.keyed.get(&entry_key) {
+        let in_flight = state
+            .in_flight_index
+            .get(&entry_key)
+            .and_then(|&p| state.in_flight_views.get(p))
+            .filter(|view| view.first_cell.status() == TicketStatus::Pending)
+            .and_then(|view| view.ops.as_ref());
+        let queued = match state
+            .queue_index
+            .get(&entry_key)
+            .and_then(|&p| state.queue.get(p))
+        {
             Some(Item::Keyed { ops, .. }) => Some(ops),
             _ => None,
         };
-        let combined = match (in_flight, queued) {
+        let combined: Coalesced = match (in_flight, queued) {
             (None, None) => return Ok(None),
-            (Some(a), None) => a.clone(),
-            (None, Some(b)) => b.clone(),
+            (Some(a), None) => (**a).clone(),
+            (None, Some(b)) => (**b).clone(),
             (Some(a), Some(b)) => {
-                let mut c = a.clone();
+                let mut c = (**a).clone();
                 c.then(b);
                 c
             }
@@ -672,6 +773,18 @@ impl WriteBuffer {
     /// committed. Errors: [`Error::FlushFailed`] if any of those entries
     /// failed (they are in `take_failed`) or a batch failed as a whole
     /// (those entries stay queued and are retried); waits up to 60 s.
+    ///
+    /// ```
+    /// use sqlite_hybrid::Row;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = sqlite_hybrid::Database::open(dir.path().join("x.db"))?;
+    /// # db.write(|tx| Ok(tx.execute_batch("CREATE TABLE stock(sku TEXT PRIMARY KEY, qty INT); CREATE TABLE log(msg TEXT)")?))?;
+    /// db.buffer().upsert("stock", Row::new().set("sku", "a").set("qty", 1), &["sku"])?;
+    /// db.buffer().force_flush()?; // returns once committed
+    /// let n: i64 = db.read(|c| Ok(c.query_row("SELECT count(*) FROM stock", [], |r| r.get(0))?))?;
+    /// assert_eq!(n, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn force_flush(&self) -> Result<()> {
         self.force_flush_timeout(Duration::from_secs(60))
     }
@@ -690,10 +803,9 @@ impl WriteBuffer {
         let cells: Vec<Arc<TicketCell>> = {
             let mut state = shared.state.lock();
             let mut cells: Vec<Arc<TicketCell>> = state
-                .keyed
-                .values()
-                .chain(state.inserts.iter())
-                .flat_map(|i| i.cells().into_iter().cloned())
+                .queue
+                .iter()
+                .flat_map(|i| i.cells().iter().cloned())
                 .collect();
             cells.extend(state.in_flight_cells.iter().cloned());
             state.flush_requested = true;
@@ -701,8 +813,17 @@ impl WriteBuffer {
             cells
         };
         let batch_failed = || shared.batch_failures.load(Ordering::Acquire) > failures_before;
+        // Cells resolve roughly in queue order, so a cursor that only moves
+        // forward checks each cell about once (rescanning from the start on
+        // every batch was quadratic in the queue length).
+        let mut first_unresolved = 0;
         let done = shared.board.wait_until(timeout, || {
-            batch_failed() || cells.iter().all(|c| c.status() != TicketStatus::Pending)
+            while first_unresolved < cells.len()
+                && cells[first_unresolved].status() != TicketStatus::Pending
+            {
+                first_unresolved += 1;
+            }
+            batch_failed() || first_unresolved == cells.len()
         });
         let failed: Vec<String> = cells
             .iter()
@@ -742,6 +863,17 @@ impl WriteBuffer {
     }
 
     /// The buffer's counters.
+    ///
+    /// ```
+    /// use sqlite_hybrid::Row;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = sqlite_hybrid::Database::open(dir.path().join("x.db"))?;
+    /// # db.write(|tx| Ok(tx.execute_batch("CREATE TABLE stock(sku TEXT PRIMARY KEY, qty INT); CREATE TABLE log(msg TEXT)")?))?;
+    /// db.buffer().upsert("stock", Row::new().set("sku", "a").set("qty", 1), &["sku"])?;
+    /// let stats = db.buffer().stats();
+    /// assert_eq!((stats.enqueued, stats.pending), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> BufferStats {
         let state = self.shared.state.lock();
         let mut stats = state.stats.clone();
@@ -752,6 +884,21 @@ impl WriteBuffer {
     }
 
     /// Removes and returns the entries that could not be written.
+    ///
+    /// ```
+    /// use sqlite_hybrid::{Row, FailedOp};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let db = sqlite_hybrid::Database::open(dir.path().join("x.db"))?;
+    /// # db.write(|tx| Ok(tx.execute_batch("CREATE TABLE stock(sku TEXT PRIMARY KEY, qty INT); CREATE TABLE log(msg TEXT)")?))?;
+    /// db.write(|tx| Ok(tx.execute_batch("CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT UNIQUE)")?))?;
+    /// db.write(|tx| Ok(tx.execute("INSERT INTO u VALUES (1, 'x@y')", [])?))?;
+    /// db.buffer().upsert("u", Row::new().set("id", 2).set("email", "x@y"), &["id"])?;
+    /// assert!(db.buffer().force_flush().is_err());
+    /// let failed = db.buffer().take_failed();
+    /// assert!(failed[0].error.contains("UNIQUE"));
+    /// assert!(matches!(failed[0].ops[0], FailedOp::Upsert(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn take_failed(&self) -> Vec<FailedEntry> {
         self.shared.state.lock().failed.drain(..).collect()
     }

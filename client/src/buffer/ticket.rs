@@ -109,7 +109,7 @@ impl TicketBoard {
 /// let ticket = db.buffer().upsert("kv", Row::new().set("k", "a").set("v", "1"), &["k"])?;
 /// ticket.wait(Duration::from_secs(10))?; // committed when this returns Ok
 /// assert_eq!(ticket.status(), TicketStatus::Committed);
-/// # Ok::<(), sqlite_hybrid::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 pub struct Ticket {
