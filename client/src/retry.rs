@@ -76,6 +76,7 @@ impl RetryPolicy {
             timeout_ms: self.deadline.as_secs_f64() * 1000.0,
             max_retries: Some(self.max_attempts.saturating_sub(1)),
             aging_ms: None,
+            handoff_ms: 0.0,
         }
     }
 

@@ -108,6 +108,9 @@ pub struct BackoffPolicy {
     /// After a wait has lasted this long (ms), delays drop back to
     /// `base_ms`; `None` disables aging.
     pub aging_ms: Option<f64>,
+    /// With the shared side file (`handoff.rs`): how long a writer may keep
+    /// re-taking the lock while others wait before it must hand it over.
+    pub handoff_ms: f64,
 }
 
 /// Smallest accepted `base_ms`: one microsecond. Zero would turn every
@@ -132,6 +135,7 @@ impl Default for BackoffPolicy {
             timeout_ms: 5000.0,
             max_retries: None,
             aging_ms: Some(10.0),
+            handoff_ms: 2.0,
         }
     }
 }
@@ -183,6 +187,7 @@ impl BackoffPolicy {
         if let Some(aging_ms) = self.aging_ms {
             check_ms("aging_ms", aging_ms, 0.0, MAX_TIMEOUT_MS)?;
         }
+        check_ms("handoff_ms", self.handoff_ms, 0.0, MAX_CAP_MS)?;
         if self.cap_ms < self.base_ms {
             return Err(PolicyError {
                 field: "cap_ms",
@@ -327,6 +332,7 @@ mod tests {
             timeout_ms: 1000.0,
             max_retries: None,
             aging_ms: None,
+            handoff_ms: 2.0,
         }
     }
 
@@ -583,6 +589,34 @@ mod tests {
                     ..good
                 },
                 "timeout_ms",
+            ),
+            (
+                BackoffPolicy {
+                    aging_ms: Some(-1.0),
+                    ..good
+                },
+                "aging_ms",
+            ),
+            (
+                BackoffPolicy {
+                    aging_ms: Some(f64::NAN),
+                    ..good
+                },
+                "aging_ms",
+            ),
+            (
+                BackoffPolicy {
+                    handoff_ms: -1.0,
+                    ..good
+                },
+                "handoff_ms",
+            ),
+            (
+                BackoffPolicy {
+                    handoff_ms: f64::INFINITY,
+                    ..good
+                },
+                "handoff_ms",
             ),
         ];
         for (policy, field) in cases {

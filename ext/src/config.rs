@@ -11,13 +11,14 @@ use serde_json::{Map, Value, json};
 use crate::backoff::{BackoffPolicy, Jitter};
 
 /// The keys `hybrid_busy_config` accepts, in the order they are printed.
-pub const KEYS: [&str; 6] = [
+pub const KEYS: [&str; 7] = [
     "base_ms",
     "cap_ms",
     "jitter",
     "timeout_ms",
     "max_retries",
     "aging_ms",
+    "handoff_ms",
 ];
 
 /// Largest accepted `max_retries`.
@@ -33,6 +34,7 @@ pub fn policy_to_json(policy: &BackoffPolicy) -> String {
         "timeout_ms": policy.timeout_ms,
         "max_retries": policy.max_retries,
         "aging_ms": policy.aging_ms,
+        "handoff_ms": policy.handoff_ms,
     })
     .to_string()
 }
@@ -63,6 +65,7 @@ fn apply_fields(
             "base_ms" => next.base_ms = number(key, value)?,
             "cap_ms" => next.cap_ms = number(key, value)?,
             "timeout_ms" => next.timeout_ms = number(key, value)?,
+            "handoff_ms" => next.handoff_ms = number(key, value)?,
             "aging_ms" => {
                 next.aging_ms = match value {
                     Value::Null => None,
@@ -174,6 +177,7 @@ mod tests {
                 timeout_ms: 750.0,
                 max_retries: Some(9),
                 aging_ms: Some(30.0),
+                handoff_ms: 2.0,
             }
         );
         assert_eq!(apply(&policy_to_json(&p)).unwrap(), p);

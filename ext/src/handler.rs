@@ -23,6 +23,14 @@
 //! visible (`PRAGMA busy_timeout` reads N), so [`ConnState::refresh`] notes
 //! it; `PRAGMA busy_timeout = 0` or another custom handler is not visible.
 //! `hybrid_busy_timeout(ms)` installs ours again.
+//!
+//! # Two modes
+//! * **futex** (Linux, a file database in WAL mode, side file usable): the
+//!   write lock is queued and handed over on release (`handoff.rs`), the
+//!   file wrapper (`shim.rs`) reports every acquisition, so waits end as
+//!   `acquired` exactly when they do.
+//! * **backoff** (everything else, and any busy call not caused by the
+//!   write lock): sleep by the jittered policy and retry.
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
@@ -36,7 +44,10 @@ use rusqlite::{Connection, ffi};
 
 use crate::backoff::{BackoffPolicy, Decision, SplitMix64, mix64};
 use crate::config::policy_to_json;
+use crate::handoff::{Handoff, Priority, Turn};
 use crate::metrics::{self, WaitTracker};
+use crate::shim::{self, WriteLockObserver};
+use crate::sidefile::{SideFile, monotonic_ns};
 
 /// Every live connection state by id, so the busy callback can find its
 /// state without holding a raw pointer to it. Entries are removed when the
@@ -52,6 +63,33 @@ pub struct ConnState {
     tracker: Arc<WaitTracker>,
     policy: Mutex<BackoffPolicy>,
     rng: Mutex<SplitMix64>,
+    /// The write-lock queue, in futex mode; `None` in backoff mode.
+    handoff: Mutex<Option<Arc<Handoff>>>,
+    priority: Mutex<Priority>,
+}
+
+/// What the file wrapper reports to in futex mode. A separate object (not
+/// the `ConnState`) so the wrapper's table never keeps a closed
+/// connection's state alive.
+struct LockHooks {
+    handoff: Arc<Handoff>,
+    tracker: Arc<WaitTracker>,
+}
+
+impl WriteLockObserver for LockHooks {
+    fn may_try_write_lock(&self) -> bool {
+        self.handoff.may_try(monotonic_ns())
+    }
+
+    fn write_lock_acquired(&self) {
+        self.handoff.on_acquired(monotonic_ns());
+        // The wait (if any) ends here, exactly: no provisional state.
+        self.tracker.settle();
+    }
+
+    fn write_lock_released(&self) {
+        self.handoff.on_released(monotonic_ns());
+    }
 }
 
 impl ConnState {
@@ -74,6 +112,8 @@ impl ConnState {
             tracker: WaitTracker::new(file),
             policy: Mutex::new(policy),
             rng: Mutex::new(SplitMix64::new(seed)),
+            handoff: Mutex::new(None),
+            priority: Mutex::new(Priority::Interactive),
         });
         LIVE_STATES.lock().insert(id, Arc::downgrade(&state));
         state
@@ -92,7 +132,64 @@ impl ConnState {
     /// Replaces this connection's policy (already validated).
     pub fn set_policy(&self, policy: BackoffPolicy) {
         *self.policy.lock() = policy;
+        if let Some(handoff) = self.handoff.lock().as_ref() {
+            handoff.set_handoff(Duration::from_secs_f64(policy.handoff_ms / 1000.0));
+        }
         self.tracker.file().set_policy_json(policy_to_json(&policy));
+    }
+
+    /// Switches `conn` to futex mode when possible: a writable file
+    /// database whose side file can be mapped. Returns whether it did
+    /// (otherwise the connection stays in backoff mode).
+    pub fn enable_handoff(&self, conn: &Connection) -> bool {
+        let path = match conn.path() {
+            Some(path) if !path.is_empty() => path.to_string(),
+            _ => return false,
+        };
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+            return false; // read-only connections never take the write lock
+        }
+        let Ok(side) = SideFile::open(&path) else {
+            return false;
+        };
+        let handoff = Arc::new(Handoff::new(
+            Arc::clone(&side),
+            Duration::from_secs_f64(self.policy().handoff_ms / 1000.0),
+        ));
+        handoff.set_priority(*self.priority.lock());
+        let hooks = Arc::new(LockHooks {
+            handoff: Arc::clone(&handoff),
+            tracker: Arc::clone(&self.tracker),
+        });
+        // SAFETY: `conn` is this state's open connection, on this thread.
+        if !unsafe { shim::attach(conn.handle(), hooks) } {
+            return false;
+        }
+        self.tracker.file().attach_shared(side);
+        *self.handoff.lock() = Some(handoff);
+        true
+    }
+
+    /// `"futex"` or `"backoff"`.
+    pub fn mode(&self) -> &'static str {
+        if self.handoff.lock().is_some() {
+            "futex"
+        } else {
+            "backoff"
+        }
+    }
+
+    /// This connection's priority class.
+    pub fn priority(&self) -> Priority {
+        *self.priority.lock()
+    }
+
+    /// Sets this connection's priority class.
+    pub fn set_priority(&self, priority: Priority) {
+        *self.priority.lock() = priority;
+        if let Some(handoff) = self.handoff.lock().as_ref() {
+            handoff.set_priority(priority);
+        }
     }
 
     /// Installs this state's busy handler on `conn`, replacing any other
@@ -128,8 +225,31 @@ impl ConnState {
 
     /// One busy-handler call; returns SQLite's answer (0 = give up).
     fn on_busy(&self, count: c_int) -> c_int {
+        let write_lock = shim::take_write_lock_busy();
         let policy = self.policy();
         let call = self.tracker.handler_called(count, Instant::now());
+        let handoff = self.handoff.lock().clone();
+        if let (true, Some(handoff)) = (write_lock, handoff) {
+            let left_ms = policy.timeout_ms - call.elapsed.as_secs_f64() * 1000.0;
+            if left_ms <= 0.0 || policy.max_retries.is_some_and(|max| call.attempt >= max) {
+                handoff.leave();
+                self.tracker.gave_up(Instant::now());
+                return 0;
+            }
+            let started = Instant::now();
+            match handoff.wait_turn(monotonic_ns() + (left_ms * 1_000_000.0) as u64) {
+                Turn::Retry => {
+                    self.tracker
+                        .chose_retry(Instant::now(), started.elapsed().as_secs_f64() * 1000.0);
+                    return 1;
+                }
+                Turn::Deadline => {
+                    self.tracker.gave_up(Instant::now());
+                    return 0;
+                }
+                Turn::NoSlot => {} // the queue is full: plain backoff below
+            }
+        }
         let decision = {
             let mut rng = self.rng.lock();
             policy.decide(

@@ -17,7 +17,10 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod handler;
+pub mod handoff;
 pub mod metrics;
+pub mod shim;
+pub mod sidefile;
 pub mod sql;
 
 use std::ffi::{c_char, c_int};
@@ -54,6 +57,8 @@ pub fn register(conn: &Connection) -> rusqlite::Result<Arc<ConnState>> {
     // failure half-way never leaves it pointing at a state nobody owns.
     sql::register_all(conn, &state)?;
     state.install(conn)?;
+    // Futex mode where possible; backoff mode otherwise (never an error).
+    state.enable_handoff(conn);
     Ok(state)
 }
 

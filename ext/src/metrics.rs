@@ -56,7 +56,7 @@ const SUB_BUCKETS: u64 = 8;
 const SUB_BITS: u32 = 3;
 /// Values at or above 2^41 µs (~25 days) share the last bucket.
 const MAX_MSB: u32 = 40;
-const BUCKETS: usize = ((MAX_MSB - SUB_BITS + 2) as usize) * SUB_BUCKETS as usize;
+pub const BUCKETS: usize = ((MAX_MSB - SUB_BITS + 2) as usize) * SUB_BUCKETS as usize;
 
 /// A fixed-memory histogram of microsecond values with log-linear buckets
 /// (HdrHistogram's layout with 3 significant bits). Values below 8 µs are
@@ -106,6 +106,22 @@ impl LogHistogram {
         let shift = group - 1;
         let low = (SUB_BUCKETS + sub) << shift;
         low as f64 + (1u64 << shift) as f64 / 2.0
+    }
+
+    /// The bucket a value falls in (for histograms kept elsewhere, such as
+    /// the shared side file, with the same layout).
+    pub fn bucket_of(value_us: u64) -> usize {
+        Self::index(value_us)
+    }
+
+    /// A histogram from bucket counts kept elsewhere.
+    pub fn from_counts(counts: impl IntoIterator<Item = u64>) -> LogHistogram {
+        let mut histogram = LogHistogram::default();
+        for (slot, count) in histogram.counts.iter_mut().zip(counts) {
+            *slot = count;
+            histogram.total += count;
+        }
+        histogram
     }
 
     /// Counts one value.
@@ -197,6 +213,21 @@ impl EventLog {
 }
 
 // ---------------------------------------------------------------------------
+// File-wide counters (shared by every process, e.g. the side file)
+
+/// Where a file's waits are also counted for every process (the side file,
+/// see `sidefile.rs`). Implementations use atomics only: they are called
+/// under this module's locks.
+pub trait SharedCounters: Send + Sync + std::fmt::Debug {
+    /// A wait started.
+    fn busy_event(&self, at_unix_ms: u64);
+    /// The busy handler was called.
+    fn handler_call(&self);
+    /// A wait ended.
+    fn finished(&self, outcome: Outcome, wait_us: u64, at_unix_ms: u64);
+}
+
+// ---------------------------------------------------------------------------
 // Per-file counters
 
 #[derive(Debug, Default)]
@@ -232,9 +263,22 @@ pub struct FileMetrics {
     trackers: Mutex<Vec<Weak<WaitTracker>>>,
     policy_json: Mutex<String>,
     events: Arc<EventLog>,
+    shared: Mutex<Option<Arc<dyn SharedCounters>>>,
 }
 
 impl FileMetrics {
+    /// Also counts this file's waits in `shared` (set once per process).
+    pub fn attach_shared(&self, shared: Arc<dyn SharedCounters>) {
+        let mut slot = self.shared.lock();
+        if slot.is_none() {
+            *slot = Some(shared);
+        }
+    }
+
+    fn shared(&self) -> Option<Arc<dyn SharedCounters>> {
+        self.shared.lock().clone()
+    }
+
     /// The database file's path as SQLite reports it.
     pub fn path(&self) -> &str {
         &self.path
@@ -430,12 +474,19 @@ impl WaitTracker {
         let mut episode = self.episode.lock();
         let mut stats = self.file.stats.lock();
         stats.handler_calls += 1;
+        let shared = self.file.shared();
+        if let Some(shared) = &shared {
+            shared.handler_call();
+        }
         if count <= 0 || episode.is_none() {
             if let Some(previous) = episode.take() {
                 self.settle_locked(previous, &mut stats);
             }
             stats.busy_events += 1;
             stats.last_event_unix_ms = Some(now_unix_ms());
+            if let Some(shared) = &shared {
+                shared.busy_event(now_unix_ms());
+            }
             *episode = Some(Episode {
                 generation: stats.generation,
                 started: now,
@@ -513,6 +564,10 @@ impl WaitTracker {
         at_unix_ms: u64,
         stats: &mut FileStats,
     ) {
+        // The file-wide view counts every wait (its own reset is separate).
+        if let Some(shared) = self.file.shared() {
+            shared.finished(outcome, wait_us, at_unix_ms);
+        }
         if episode.generation != stats.generation {
             return;
         }
@@ -596,6 +651,7 @@ impl Registry {
             trackers: Mutex::new(Vec::new()),
             policy_json: Mutex::new(String::new()),
             events: Arc::clone(&self.events),
+            shared: Mutex::new(None),
         });
         files.insert(path, Arc::clone(&file));
         file

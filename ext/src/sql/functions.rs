@@ -16,7 +16,9 @@ use rusqlite::{Connection, Error, Result};
 use crate::backoff::MAX_TIMEOUT_MS;
 use crate::config::{apply_json_patch, policy_to_json, truncate};
 use crate::handler::ConnState;
+use crate::handoff::Priority;
 use crate::metrics::{self, MAX_EVENT_CAPACITY};
+use crate::sidefile::SideFile;
 use crate::sql::{health, tune};
 
 /// The extension's version, as `hybrid_version()` returns it.
@@ -75,17 +77,60 @@ pub fn register(conn: &Connection, state: &Arc<ConnState>) -> Result<()> {
 
     let s = Arc::clone(state);
     conn.create_scalar_function("hybrid_lock_metrics_reset", -1, direct, move |ctx| {
-        if !ctx.is_empty() {
-            return Err(arity_error(
-                "hybrid_lock_metrics_reset",
-                "no arguments",
-                ctx.len(),
-            ));
-        }
+        let also_file = match ctx.len() {
+            0 => false,
+            1 => match ctx.get_raw(0) {
+                ValueRef::Text(b"process") => false,
+                ValueRef::Text(b"file") => true,
+                other => {
+                    return Err(user_error(format!(
+                        "hybrid_lock_metrics_reset: scope must be 'process' or 'file', got {}",
+                        describe(other)
+                    )));
+                }
+            },
+            n => {
+                return Err(arity_error(
+                    "hybrid_lock_metrics_reset",
+                    "0 or 1 argument",
+                    n,
+                ));
+            }
+        };
         s.refresh(&*connection(ctx)?)?;
-        let files = metrics::global().files().len();
+        let files = metrics::global().files();
+        if also_file {
+            for file in &files {
+                if let Some(side) = SideFile::existing(file.path()) {
+                    side.reset_counters();
+                }
+            }
+        }
         metrics::global().reset();
-        Ok(files as i64)
+        Ok(files.len() as i64)
+    })?;
+
+    let s = Arc::clone(state);
+    conn.create_scalar_function("hybrid_priority", -1, direct, move |ctx| {
+        s.refresh(&*connection(ctx)?)?;
+        match ctx.len() {
+            0 => {}
+            1 => {
+                let priority = match ctx.get_raw(0) {
+                    ValueRef::Text(t) => std::str::from_utf8(t).ok().and_then(Priority::from_name),
+                    _ => None,
+                };
+                let Some(priority) = priority else {
+                    return Err(user_error(format!(
+                        "hybrid_priority: class must be 'interactive' or 'background', got {}",
+                        describe(ctx.get_raw(0))
+                    )));
+                };
+                s.set_priority(priority);
+            }
+            n => return Err(arity_error("hybrid_priority", "0 or 1 argument", n)),
+        }
+        Ok(s.priority().name())
     })?;
 
     let s = Arc::clone(state);

@@ -5,6 +5,7 @@ pub mod functions;
 pub mod health;
 pub mod lock_events;
 pub mod lock_metrics;
+pub mod lock_waiters;
 pub mod table;
 pub mod tune;
 
@@ -20,6 +21,7 @@ pub fn register_all(conn: &Connection, state: &Arc<ConnState>) -> Result<()> {
     functions::register(conn, state)?;
     table::register::<lock_metrics::LockMetrics>(conn, state)?;
     table::register::<lock_events::LockEvents>(conn, state)?;
+    table::register::<lock_waiters::LockWaiters>(conn, state)?;
     table::register::<health::Health>(conn, state)?;
     Ok(())
 }
