@@ -41,10 +41,16 @@ pub struct SchemaHealth {
 pub struct LockMetrics {
     /// The main database file's path.
     pub db: String,
-    /// Open connections on the file with the extension registered.
-    pub connections: i64,
+    /// `process` (this process's waits) or `file` (every process's, from
+    /// the shared side file).
+    pub scope: String,
+    /// `futex` (queued hand-off through the side file) or `backoff`.
+    pub mode: String,
+    /// Open connections of this process on the file with the extension
+    /// registered (`None` for the `file` scope).
+    pub connections: Option<i64>,
     /// How many of them have the hybrid busy handler in force.
-    pub handler_active: i64,
+    pub handler_active: Option<i64>,
     /// Waits started.
     pub busy_events: i64,
     /// Busy-handler calls.
@@ -128,24 +134,30 @@ fn schema_health(r: &SqlRow<'_>) -> rusqlite::Result<SchemaHealth> {
 fn lock_metrics(r: &SqlRow<'_>) -> rusqlite::Result<LockMetrics> {
     Ok(LockMetrics {
         db: r.get(0)?,
-        connections: r.get(1)?,
-        handler_active: r.get(2)?,
-        busy_events: r.get(3)?,
-        retries: r.get(4)?,
-        acquired: r.get(5)?,
-        gave_up: r.get(6)?,
-        in_flight: r.get(7)?,
-        wait_total_ms: r.get(8)?,
-        wait_avg_ms: r.get(9)?,
-        wait_max_ms: r.get(10)?,
-        wait_p50_ms: r.get(11)?,
-        wait_p95_ms: r.get(12)?,
-        wait_p99_ms: r.get(13)?,
-        failure_rate: r.get(14)?,
-        last_event_at: r.get(15)?,
-        policy: r.get(16)?,
+        scope: r.get(1)?,
+        mode: r.get(2)?,
+        connections: r.get(3)?,
+        handler_active: r.get(4)?,
+        busy_events: r.get(5)?,
+        retries: r.get(6)?,
+        acquired: r.get(7)?,
+        gave_up: r.get(8)?,
+        in_flight: r.get(9)?,
+        wait_total_ms: r.get(10)?,
+        wait_avg_ms: r.get(11)?,
+        wait_max_ms: r.get(12)?,
+        wait_p50_ms: r.get(13)?,
+        wait_p95_ms: r.get(14)?,
+        wait_p99_ms: r.get(15)?,
+        failure_rate: r.get(16)?,
+        last_event_at: r.get(17)?,
+        policy: r.get(18)?,
     })
 }
+
+const LOCK_METRICS_COLUMNS: &str = "db, scope, mode, connections, handler_active, busy_events, retries, acquired, \
+     gave_up, in_flight, wait_total_ms, wait_avg_ms, wait_max_ms, wait_p50_ms, wait_p95_ms, wait_p99_ms, \
+     failure_rate, last_event_at, policy";
 
 impl Database {
     /// The extension's `hybrid_health` and `hybrid_lock_metrics`, typed.
@@ -168,11 +180,7 @@ impl Database {
                 .query_map([], schema_health)?
                 .collect::<rusqlite::Result<_>>()?;
             let locks = conn
-                .prepare(
-                    "SELECT db, connections, handler_active, busy_events, retries, acquired, gave_up, in_flight, \
-                     wait_total_ms, wait_avg_ms, wait_max_ms, wait_p50_ms, wait_p95_ms, wait_p99_ms, \
-                     failure_rate, last_event_at, policy FROM hybrid_lock_metrics",
-                )?
+                .prepare(&format!("SELECT {LOCK_METRICS_COLUMNS} FROM hybrid_lock_metrics"))?
                 .query_map([], lock_metrics)?
                 .collect::<rusqlite::Result<_>>()?;
             Ok(Health { schemas, locks })
@@ -186,19 +194,39 @@ impl Database {
     /// let dir = tempfile::tempdir()?;
     /// let db = sqlite_hybrid::Database::open(dir.path().join("m.db"))?;
     /// let metrics = db.lock_metrics()?;
-    /// assert_eq!((metrics.connections, metrics.busy_events), (5, 0));
+    /// assert_eq!((metrics.connections, metrics.busy_events), (Some(5), 0));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn lock_metrics(&self) -> Result<LockMetrics> {
+        self.lock_metrics_scope("process")?
+            .ok_or_else(|| crate::Error::InvalidInput("no lock metrics for this database".into()))
+    }
+
+    /// Every process's waits on this database file, from the shared side
+    /// file (`None` when the file is not in futex mode).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let db = sqlite_hybrid::Database::open(dir.path().join("f.db"))?;
+    /// let file = db.file_lock_metrics()?.expect("futex mode on Linux");
+    /// assert_eq!((file.scope.as_str(), file.mode.as_str()), ("file", "futex"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn file_lock_metrics(&self) -> Result<Option<LockMetrics>> {
+        self.lock_metrics_scope("file")
+    }
+
+    fn lock_metrics_scope(&self, scope: &str) -> Result<Option<LockMetrics>> {
         self.read(|conn| {
-            Ok(conn.query_row(
-                "SELECT db, connections, handler_active, busy_events, retries, acquired, gave_up, in_flight, \
-                 wait_total_ms, wait_avg_ms, wait_max_ms, wait_p50_ms, wait_p95_ms, wait_p99_ms, \
-                 failure_rate, last_event_at, policy FROM hybrid_lock_metrics \
-                 WHERE db = (SELECT file FROM pragma_database_list WHERE name = 'main')",
-                [],
-                lock_metrics,
-            )?)
+            let sql = format!(
+                "SELECT {LOCK_METRICS_COLUMNS} FROM hybrid_lock_metrics \
+                 WHERE scope = ?1 AND db = (SELECT file FROM pragma_database_list WHERE name = 'main')"
+            );
+            match conn.query_row(&sql, [scope], lock_metrics) {
+                Ok(row) => Ok(Some(row)),
+                Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
         })
     }
 

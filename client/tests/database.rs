@@ -60,8 +60,8 @@ fn open_applies_pragmas_and_registers_the_extension() {
     );
     let file = db.lock_metrics().unwrap();
     assert!(health.locks.contains(&file));
-    assert_eq!(file.connections, 5, "writer + 4 readers registered");
-    assert_eq!(file.handler_active, 5);
+    assert_eq!(file.connections, Some(5), "writer + 4 readers registered");
+    assert_eq!(file.handler_active, Some(5));
 }
 
 #[test]

@@ -344,6 +344,13 @@ impl Handoff {
                     Duration::from_nanos(spin_from - now).min(HEAD_POLL)
                 } else if self.spin_for_release(now) {
                     return self.retry(my_slot.wake.load(Ordering::Acquire), monotonic_ns());
+                } else if now.saturating_sub(self.last_retry_ns.load(Ordering::Relaxed))
+                    >= HEAD_POLL.as_nanos() as u64
+                {
+                    // Held far longer than usual: the holder may have been
+                    // killed (the kernel freed its lock, but not our `held`
+                    // flag). Trying costs one failed attempt per HEAD_POLL.
+                    return self.retry(word, now);
                 } else {
                     HEAD_POLL
                 }

@@ -20,7 +20,7 @@ first.load_extension(ext)
 
 
 def active(conn, path):
-    return conn.execute("SELECT handler_active FROM hybrid_lock_metrics WHERE db = ?",
+    return conn.execute("SELECT handler_active FROM hybrid_lock_metrics WHERE scope = 'process' AND db = ?",
                         (os.path.realpath(path),)).fetchone()[0]
 
 

@@ -25,7 +25,7 @@ db.execute("SELECT hybrid_busy_config(?)", (policy,))
 
 COLUMNS = ("connections", "handler_active", "busy_events", "retries", "acquired",
            "gave_up", "in_flight", "wait_max_ms", "failure_rate")
-QUERY = "SELECT %s FROM hybrid_lock_metrics WHERE db = ?" % ", ".join(COLUMNS)
+QUERY = "SELECT %s FROM hybrid_lock_metrics WHERE scope = 'process' AND db = ?" % ", ".join(COLUMNS)
 real_path = os.path.realpath(path)
 
 

@@ -23,7 +23,7 @@ fn shell(script: &str) -> (String, String) {
 fn loads_and_reports_version_and_one_metrics_row() {
     let (out, err) = shell(
         "SELECT hybrid_version();\n\
-         SELECT count(*), sum(connections), sum(handler_active), sum(busy_events) FROM hybrid_lock_metrics WHERE db LIKE '%/shell.db';\n",
+         SELECT count(*), sum(connections), sum(handler_active), sum(busy_events) FROM hybrid_lock_metrics WHERE scope = 'process' AND db LIKE '%/shell.db';\n",
     );
     assert_eq!(err, "");
     let lines: Vec<&str> = out.lines().collect();
@@ -33,11 +33,11 @@ fn loads_and_reports_version_and_one_metrics_row() {
 #[test]
 fn pragma_busy_timeout_flips_handler_active_and_hybrid_busy_timeout_restores_it() {
     let (out, err) = shell(
-        "SELECT handler_active FROM hybrid_lock_metrics WHERE db LIKE '%/shell.db';\n\
+        "SELECT handler_active FROM hybrid_lock_metrics WHERE scope = 'process' AND db LIKE '%/shell.db';\n\
          PRAGMA busy_timeout = 250;\n\
-         SELECT handler_active FROM hybrid_lock_metrics WHERE db LIKE '%/shell.db';\n\
+         SELECT handler_active FROM hybrid_lock_metrics WHERE scope = 'process' AND db LIKE '%/shell.db';\n\
          SELECT hybrid_busy_timeout(1500);\n\
-         SELECT handler_active, json_extract(policy, '$.timeout_ms') FROM hybrid_lock_metrics WHERE db LIKE '%/shell.db';\n\
+         SELECT handler_active, json_extract(policy, '$.timeout_ms') FROM hybrid_lock_metrics WHERE scope = 'process' AND db LIKE '%/shell.db';\n\
          PRAGMA busy_timeout;\n",
     );
     assert_eq!(err, "");
@@ -134,7 +134,28 @@ fn bad_arguments_give_errors_never_a_crash() {
         ),
         (
             "SELECT hybrid_lock_metrics_reset(1);".into(),
-            "takes no arguments",
+            "scope must be 'process' or 'file'",
+        ),
+        (
+            "SELECT hybrid_lock_metrics_reset('all');".into(),
+            "got text 'all'",
+        ),
+        (
+            "SELECT hybrid_lock_metrics_reset('file', 2);".into(),
+            "takes 0 or 1 argument",
+        ),
+        (
+            "SELECT hybrid_priority('urgent');".into(),
+            "class must be 'interactive' or 'background'",
+        ),
+        ("SELECT hybrid_priority(NULL);".into(), "got NULL"),
+        (
+            "SELECT hybrid_priority(1, 2);".into(),
+            "takes 0 or 1 argument",
+        ),
+        (
+            "SELECT hybrid_busy_config('{\"handoff_ms\":-2}');".into(),
+            "handoff_ms",
         ),
         (
             "SELECT hybrid_lock_events_capacity(0);".into(),
@@ -167,7 +188,9 @@ fn bad_arguments_give_errors_never_a_crash() {
         script.push_str(sql);
         script.push('\n');
     }
-    script.push_str("SELECT json_extract(hybrid_busy_config(), '$.timeout_ms'), hybrid_lock_events_capacity();\n");
+    script.push_str(
+        "SELECT json_extract(hybrid_busy_config(), '$.timeout_ms'), hybrid_lock_events_capacity(), hybrid_priority();\n",
+    );
     script.push_str("SELECT 'still alive';\n");
     let (out, err) = shell(&script);
 
@@ -197,7 +220,7 @@ fn bad_arguments_give_errors_never_a_crash() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[lines.len() - 2..],
-        ["1234.0|256", "still alive"],
+        ["1234.0|256|interactive", "still alive"],
         "state unchanged after bad calls"
     );
 }
@@ -227,7 +250,7 @@ fn every_connection_of_the_shell_is_registered() {
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("other.db");
     let (out, err) = shell(&format!(
-        ".open {}\nSELECT count(*) FROM hybrid_lock_metrics WHERE db LIKE '%/other.db' AND handler_active = 1;\n",
+        ".open {}\nSELECT count(*) FROM hybrid_lock_metrics WHERE scope = 'process' AND db LIKE '%/other.db' AND handler_active = 1;\n",
         other.display()
     ));
     assert_eq!(err, "");
