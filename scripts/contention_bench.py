@@ -22,9 +22,19 @@ latency p99, and Jain's fairness index over per-writer commit counts
 writer processes used (user + system seconds / duration; includes Python's
 own work and start-up). The last columns are hybrid/default ratios.
 
+Scenarios beyond writers x hold:
+  --priorities mixed   odd-numbered writers run as 'background' in the hybrid
+                       mode; waits are also reported per class.
+  --kill-one           writer 0 is killed (SIGKILL) half-way through, in both
+                       modes; the others must see no errors and no stall.
+  --suite issue6       every scenario of issue #6: 2/8/32 writers x hold
+                       0/0.1/1 ms, plus mixed priorities and kill-one at 8
+                       writers and hold 1 ms.
+
 Usage:
   contention_bench.py --ext dist/libhybrid.so [--writers 8] [--hold-ms 0,1]
                       [--duration 5] [--policy JSON] [--json out.json]
+                      [--priorities mixed] [--kill-one] [--suite issue6]
 """
 import argparse
 import json
@@ -50,6 +60,8 @@ def worker(args):
         policy = json.loads(args.policy) if args.policy else {}
         policy["timeout_ms"] = TIMEOUT_S * 1000
         conn.execute("SELECT hybrid_busy_config(?)", (json.dumps(policy),))
+        if args.priority:
+            conn.execute("SELECT hybrid_priority(?)", (args.priority,))
     hold_s = args.hold_ms / 1000.0
     payload = "x" * 100
     # Start together: sleep until the shared wall-clock start time.
@@ -95,36 +107,52 @@ def jain(counts):
     return (total * total) / (len(counts) * squares) if squares else 0.0
 
 
-def run_mode(mode, writers, hold_ms, duration, ext, policy, workdir):
-    db = os.path.join(workdir, f"{mode}-{writers}w-{hold_ms}ms.db")
+def run_mode(mode, writers, hold_ms, duration, ext, policy, workdir, mixed=False, kill_one=False):
+    tag = ("-mixed" if mixed else "") + ("-kill" if kill_one else "")
+    db = os.path.join(workdir, f"{mode}-{writers}w-{hold_ms}ms{tag}.db")
     init = sqlite3.connect(db, isolation_level=None)
     init.execute("PRAGMA journal_mode=WAL")
     init.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, writer INTEGER, payload TEXT)")
     init.close()
     start_at = time.time() + 0.5 + 0.05 * writers
+    priority = lambda i: "background" if mixed and mode == "hybrid" and i % 2 == 1 else ""
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--worker", "--db", db, "--mode", mode,
              "--writer-id", str(i), "--hold-ms", str(hold_ms), "--duration", str(duration),
-             "--start-at", str(start_at), "--ext", ext or "", "--policy", policy or ""],
+             "--start-at", str(start_at), "--ext", ext or "", "--policy", policy or "",
+             "--priority", priority(i)],
             stdout=subprocess.PIPE, text=True)
         for i in range(writers)
     ]
+    if kill_one:
+        time.sleep(max(0.0, start_at + duration / 2 - time.time()))
+        procs[0].kill()
     results = []
-    for p in procs:
+    for i, p in enumerate(procs):
         out, _ = p.communicate()
+        if kill_one and i == 0:
+            continue  # killed mid-run: no report
         if p.returncode != 0:
             raise SystemExit(f"worker failed ({mode}): exit {p.returncode}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    rows = sqlite3.connect(db).execute("SELECT count(*) FROM t").fetchone()[0]
+        result = json.loads(out.strip().splitlines()[-1])
+        result["class"] = "background" if priority(i) else "interactive"
+        results.append(result)
+    rows = sqlite3.connect(db).execute("SELECT count(*) FROM t WHERE writer != 0 OR ?", (not kill_one,)).fetchone()[0]
     waits = sorted(w for r in results for w in r["waits_ms"])
     latencies = sorted(x for r in results for x in r["latencies_ms"])
     counts = [r["commits"] for r in results]
     committed_rows = sum(len(r["waits_ms"]) for r in results)
     if rows != committed_rows:
         raise SystemExit(f"{mode}: {rows} rows in the file but {committed_rows} commits reported")
+    by_class = {}
+    for cls in ("interactive", "background"):
+        w = sorted(x for r in results if r["class"] == cls for x in r["waits_ms"])
+        if w:
+            by_class[cls] = {"p99": quantile(w, 0.99), "max": w[-1]}
     return {
         "mode": mode, "writers": writers, "hold_ms": hold_ms, "duration_s": duration,
+        "scenario": ("mixed priorities" if mixed else "") + ("kill one" if kill_one else ""),
         "tx_per_s": sum(counts) / duration,
         "errors": sum(r["errors"] for r in results),
         "wait_p50_ms": quantile(waits, 0.50), "wait_p99_ms": quantile(waits, 0.99),
@@ -132,6 +160,7 @@ def run_mode(mode, writers, hold_ms, duration, ext, policy, workdir):
         "latency_p99_ms": quantile(latencies, 0.99),
         "jain": jain(counts), "min_commits": min(counts), "max_commits": max(counts),
         "cpu_cores": sum(r["cpu_s"] for r in results) / duration,
+        "by_class": by_class,
     }
 
 
@@ -161,6 +190,10 @@ def main():
     ap.add_argument("--policy", default="", help="JSON policy for the hybrid mode (default: extension defaults)")
     ap.add_argument("--modes", default="default,hybrid", help="modes to run (default: default,hybrid)")
     ap.add_argument("--json", help="also write all results to this file")
+    ap.add_argument("--priority", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--priorities", default="", help="'mixed': odd writers run as background")
+    ap.add_argument("--kill-one", action="store_true", help="kill writer 0 half-way through")
+    ap.add_argument("--suite", default="", help="'issue6': every scenario of issue #6")
     args = ap.parse_args()
 
     if args.worker:
@@ -180,22 +213,32 @@ def main():
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     all_results = []
+    scenarios = [(int(w), float(h), args.priorities == "mixed", args.kill_one)
+                 for w in args.writers.split(",") for h in args.hold_ms.split(",")]
+    if args.suite == "issue6":
+        scenarios = [(w, h, False, False) for w in (2, 8, 32) for h in (0.0, 0.1, 1.0)]
+        scenarios += [(8, 1.0, True, False), (8, 1.0, False, True)]
     try:
-        for writers in [int(w) for w in args.writers.split(",")]:
-            for hold_ms in [float(h) for h in args.hold_ms.split(",")]:
-                base = None
-                for mode in modes:
-                    r = run_mode(mode, writers, hold_ms, args.duration, ext_arg, args.policy, workdir)
-                    all_results.append(r)
-                    if mode == "default":
-                        base = r
-                    ratio = (f"{r['tx_per_s'] / base['tx_per_s']:.2f}" if base and mode != "default" else "")
-                    max_ratio = (f"{r['wait_max_ms'] / base['wait_max_ms']:.3f}"
-                                 if base and mode != "default" and base["wait_max_ms"] else "")
-                    print(f"| {writers} | {hold_ms:g} | {mode} | {r['tx_per_s']:.0f} | {r['errors']} "
-                          f"| {r['wait_p50_ms']:.2f} | {r['wait_p99_ms']:.1f} | {r['wait_max_ms']:.1f} "
-                          f"| {r['latency_p99_ms']:.1f} | {r['jain']:.3f} "
-                          f"| {r['min_commits']}/{r['max_commits']} | {r['cpu_cores']:.2f} | {ratio} | {max_ratio} |",
+        for writers, hold_ms, mixed, kill_one in scenarios:
+            base = None
+            for mode in modes:
+                r = run_mode(mode, writers, hold_ms, args.duration, ext_arg, args.policy, workdir, mixed, kill_one)
+                all_results.append(r)
+                if mode == "default":
+                    base = r
+                ratio = (f"{r['tx_per_s'] / base['tx_per_s']:.2f}" if base and mode != "default" else "")
+                max_ratio = (f"{r['wait_max_ms'] / base['wait_max_ms']:.3f}"
+                             if base and mode != "default" and base["wait_max_ms"] else "")
+                label = f"{writers}" + (" mixed" if mixed else "") + (" kill-1" if kill_one else "")
+                print(f"| {label} | {hold_ms:g} | {mode} | {r['tx_per_s']:.0f} | {r['errors']} "
+                      f"| {r['wait_p50_ms']:.2f} | {r['wait_p99_ms']:.1f} | {r['wait_max_ms']:.1f} "
+                      f"| {r['latency_p99_ms']:.1f} | {r['jain']:.3f} "
+                      f"| {r['min_commits']}/{r['max_commits']} | {r['cpu_cores']:.2f} | {ratio} | {max_ratio} |",
+                      flush=True)
+                if mixed and mode == "hybrid":
+                    c = r["by_class"]
+                    print(f"|  | | (interactive p99/max {c['interactive']['p99']:.1f}/{c['interactive']['max']:.1f} ms, "
+                          f"background {c['background']['p99']:.1f}/{c['background']['max']:.1f} ms) | | | | | | | | | | | |",
                           flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -20,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hybrid::ConnState;
+use hybrid::handoff::Priority;
 use hybrid::backoff::{BackoffPolicy, MAX_TIMEOUT_MS, SplitMix64, mix64};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
@@ -312,10 +313,17 @@ fn open_reader(path: &Path) -> Result<Connection> {
 }
 
 impl Core {
-    pub(crate) fn write<T>(&self, mut f: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    pub(crate) fn write<T>(&self, f: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.write_as(Priority::Interactive, f)
+    }
+
+    /// [`Core::write`] with the write lock requested at `priority` (the
+    /// buffer's flusher uses `Background`, so request handlers go first).
+    pub(crate) fn write_as<T>(&self, priority: Priority, mut f: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let _in_write = InWriteGuard::enter();
         let mut writer = self.writer.lock();
         let writer = &mut *writer;
+        writer.state.set_priority(priority);
         let start = Instant::now();
         let (mut attempts, mut previous) = (0u32, Duration::ZERO);
         loop {

@@ -680,3 +680,41 @@ fn a_failed_batch_stays_queued_and_is_retried() {
         "the retried entry merged with the newer one, in order"
     );
 }
+
+#[test]
+fn the_flusher_queues_for_the_lock_as_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buf.db");
+    let db = Database::builder(&path)
+        .retry(RetryPolicy { deadline: Duration::from_secs(20), ..RetryPolicy::default() })
+        .write_buffer(BufferOptions { flush_interval: Duration::from_secs(600), ..BufferOptions::default() })
+        .open()
+        .unwrap();
+    db.write(|tx| Ok(tx.execute_batch(SCHEMA)?)).unwrap();
+    let holder = Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let ticket = db.buffer().upsert("stock", row("a", 1), &["sku"]).unwrap();
+    let flush = std::thread::spawn({
+        let ticket = ticket.clone();
+        move || ticket.wait(Duration::from_secs(20))
+    });
+    let start = Instant::now();
+    let priority = loop {
+        let waiting: Option<String> = db
+            .read(|c| {
+                Ok(c.query_row("SELECT priority FROM hybrid_lock_waiters LIMIT 1", [], |r| r.get(0))
+                    .map(Some)
+                    .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?)
+            })
+            .unwrap();
+        if let Some(p) = waiting {
+            break p;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the flusher never queued");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(priority, "background");
+    holder.execute_batch("COMMIT").unwrap();
+    flush.join().unwrap().unwrap();
+    assert_eq!(ticket.status(), TicketStatus::Committed);
+}

@@ -52,7 +52,7 @@ pub const HEAD_SPIN: Duration = Duration::from_micros(300);
 /// The head starts spinning this long before the expected release.
 pub const SPIN_LEAD: Duration = Duration::from_micros(150);
 /// Longest sleep of other waiters (their heartbeat interval).
-pub const HEARTBEAT: Duration = Duration::from_millis(5);
+pub const HEARTBEAT: Duration = Duration::from_millis(20);
 /// Background waiters waiting longer than this are served as interactive.
 pub const BACKGROUND_PROMOTE: Duration = Duration::from_millis(250);
 

@@ -27,6 +27,7 @@ use rusqlite::{Transaction, ffi, params_from_iter};
 use super::pending::{Before, Columns};
 use super::{EntryKey, InFlightView, Item, Shared, State, TicketStatus};
 use crate::error::{Error, Result};
+use hybrid::handoff::Priority;
 use crate::sql;
 
 /// Attempts at close before unwritten entries are failed.
@@ -236,7 +237,7 @@ fn write_batch(shared: &Shared, batch: &[Item]) -> Result<Vec<(usize, String)>> 
         let skip: HashSet<usize> = excluded.iter().map(|(i, _)| *i).collect();
         let mut restart: Option<(usize, String)> = None;
         let mut attempts = 0u32;
-        let result = shared.core.write(|tx| {
+        let result = shared.core.write_as(Priority::Background, |tx| {
             attempts += 1;
             let mut statements = Statements::new(tx);
             let mut failed = Vec::new();
