@@ -42,7 +42,9 @@ demo: check-tools ext
 	@scripts/demo.sh
 
 bench: check-tools ext
-	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT)
+	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --modes default,backoff,hybrid
+	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --suite issue6 --duration 4 --modes default,backoff,hybrid
+	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --suite issue6 --duration 4
 	$(CARGO) run --release -q -p sqlite-hybrid --example buffer_bench
 
 lint:

@@ -13,7 +13,10 @@ the other, with the same duration:
   default  sqlite3.connect(timeout=T): SQLite's sqliteDefaultBusyCallback
            (sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms ...).
   hybrid   the extension loaded, policy from --policy (default: the
-           extension's own defaults), deadline T.
+           extension's own defaults), deadline T. On Linux this is futex
+           mode: a queue in the shared side file, wake on release.
+  backoff  the same, but with the side file made unusable (a directory in
+           its place), so the extension falls back to its jittered backoff.
 
 Reported per mode: committed tx/s, lock errors (SQLITE_BUSY reaching the
 caller), lock-wait p50/p99/max (time spent in BEGIN IMMEDIATE), transaction
@@ -54,7 +57,7 @@ def worker(args):
     """One writer process; prints its results as one JSON line."""
     conn = sqlite3.connect(args.db, isolation_level=None, timeout=TIMEOUT_S,
                            check_same_thread=False)
-    if args.mode == "hybrid":
+    if args.mode in ("hybrid", "backoff"):
         conn.enable_load_extension(True)
         conn.load_extension(args.ext)
         policy = json.loads(args.policy) if args.policy else {}
@@ -114,8 +117,10 @@ def run_mode(mode, writers, hold_ms, duration, ext, policy, workdir, mixed=False
     init.execute("PRAGMA journal_mode=WAL")
     init.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, writer INTEGER, payload TEXT)")
     init.close()
+    if mode == "backoff":
+        os.mkdir(db + "-hybrid")  # no side file: the extension falls back to backoff
     start_at = time.time() + 0.5 + 0.05 * writers
-    priority = lambda i: "background" if mixed and mode == "hybrid" and i % 2 == 1 else ""
+    priority = lambda i: "background" if mixed and mode != "default" and i % 2 == 1 else ""
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--worker", "--db", db, "--mode", mode,
@@ -201,7 +206,7 @@ def main():
         return worker(args)
 
     ext = os.path.abspath(args.ext)
-    if "hybrid" in args.modes and not os.path.exists(ext):
+    if args.modes != "default" and not os.path.exists(ext):
         raise SystemExit(f"{ext} not found: run `make ext` first")
     ext_arg = ext[:-3] if ext.endswith(".so") else ext
     modes = args.modes.split(",")
@@ -235,7 +240,7 @@ def main():
                       f"| {r['latency_p99_ms']:.1f} | {r['jain']:.3f} "
                       f"| {r['min_commits']}/{r['max_commits']} | {r['cpu_cores']:.2f} | {ratio} | {max_ratio} |",
                       flush=True)
-                if mixed and mode == "hybrid":
+                if mixed and mode != "default":
                     c = r["by_class"]
                     print(f"|  | | (interactive p99/max {c['interactive']['p99']:.1f}/{c['interactive']['max']:.1f} ms, "
                           f"background {c['background']['p99']:.1f}/{c['background']['max']:.1f} ms) | | | | | | | | | | | |",

@@ -20,8 +20,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hybrid::ConnState;
-use hybrid::handoff::Priority;
 use hybrid::backoff::{BackoffPolicy, MAX_TIMEOUT_MS, SplitMix64, mix64};
+use hybrid::handoff::Priority;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
@@ -319,7 +319,11 @@ impl Core {
 
     /// [`Core::write`] with the write lock requested at `priority` (the
     /// buffer's flusher uses `Background`, so request handlers go first).
-    pub(crate) fn write_as<T>(&self, priority: Priority, mut f: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    pub(crate) fn write_as<T>(
+        &self,
+        priority: Priority,
+        mut f: impl FnMut(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         let _in_write = InWriteGuard::enter();
         let mut writer = self.writer.lock();
         let writer = &mut *writer;

@@ -686,8 +686,14 @@ fn the_flusher_queues_for_the_lock_as_background() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("buf.db");
     let db = Database::builder(&path)
-        .retry(RetryPolicy { deadline: Duration::from_secs(20), ..RetryPolicy::default() })
-        .write_buffer(BufferOptions { flush_interval: Duration::from_secs(600), ..BufferOptions::default() })
+        .retry(RetryPolicy {
+            deadline: Duration::from_secs(20),
+            ..RetryPolicy::default()
+        })
+        .write_buffer(BufferOptions {
+            flush_interval: Duration::from_secs(600),
+            ..BufferOptions::default()
+        })
         .open()
         .unwrap();
     db.write(|tx| Ok(tx.execute_batch(SCHEMA)?)).unwrap();
@@ -702,15 +708,28 @@ fn the_flusher_queues_for_the_lock_as_background() {
     let priority = loop {
         let waiting: Option<String> = db
             .read(|c| {
-                Ok(c.query_row("SELECT priority FROM hybrid_lock_waiters LIMIT 1", [], |r| r.get(0))
-                    .map(Some)
-                    .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })?)
+                Ok(c.query_row(
+                    "SELECT priority FROM hybrid_lock_waiters LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .map(Some)
+                .or_else(|e| {
+                    if e == rusqlite::Error::QueryReturnedNoRows {
+                        Ok(None)
+                    } else {
+                        Err(e)
+                    }
+                })?)
             })
             .unwrap();
         if let Some(p) = waiting {
             break p;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "the flusher never queued");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the flusher never queued"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(priority, "background");

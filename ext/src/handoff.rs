@@ -29,6 +29,13 @@
 //!   head at once. During a tenure it wakes nobody (the holder will be back
 //!   in microseconds); the head polls at least every [`HEAD_POLL`] in case
 //!   it is not.
+//! * **Only participants are refused.** A refusal is answered by the hybrid
+//!   busy handler, which queues the connection. If the connection's busy
+//!   handler was replaced (`PRAGMA busy_timeout`, Python's
+//!   `connect(timeout=...)`), nobody answers; after
+//!   [`UNANSWERED_REFUSALS`] such refusals it is treated like a process
+//!   without the extension (tries the lock freely) until the hybrid
+//!   handler runs for it again.
 //! * **Nothing hangs.** Every sleep is bounded; waiters refresh a heartbeat
 //!   every few ms, a head whose heartbeat is stale is skipped, and a slot of
 //!   a dead process is freed. Background waiters older than
@@ -53,6 +60,9 @@ pub const HEAD_SPIN: Duration = Duration::from_micros(300);
 pub const SPIN_LEAD: Duration = Duration::from_micros(150);
 /// Longest sleep of other waiters (their heartbeat interval).
 pub const HEARTBEAT: Duration = Duration::from_millis(20);
+/// Refusals not followed by the hybrid busy handler before the connection
+/// is taken to have another busy handler (and is no longer refused).
+pub const UNANSWERED_REFUSALS: u32 = 3;
 /// Background waiters waiting longer than this are served as interactive.
 pub const BACKGROUND_PROMOTE: Duration = Duration::from_millis(250);
 
@@ -110,6 +120,8 @@ pub struct Handoff {
     last_retry_ns: AtomicU64,
     priority: AtomicU32,
     handoff_ns: AtomicU64,
+    /// Refusals since the hybrid busy handler last ran for this connection.
+    unanswered_refusals: AtomicU32,
 }
 
 impl Handoff {
@@ -126,6 +138,7 @@ impl Handoff {
             last_retry_ns: AtomicU64::new(0),
             priority: AtomicU32::new(Priority::Interactive as u32),
             handoff_ns: AtomicU64::new(handoff.as_nanos() as u64),
+            unanswered_refusals: AtomicU32::new(0),
         }
     }
 
@@ -225,10 +238,17 @@ impl Handoff {
         if !self.others_waiting(now_ns) {
             return true;
         }
+        if self.unanswered_refusals.load(Ordering::Relaxed) >= UNANSWERED_REFUSALS {
+            return true; // another busy handler: we cannot queue it
+        }
         let header = self.side.header();
-        header.tenure_owner.load(Ordering::Acquire) == self.token
+        let in_tenure = header.tenure_owner.load(Ordering::Acquire) == self.token
             && now_ns.saturating_sub(header.tenure_start_ns.load(Ordering::Acquire))
-                < self.handoff_ns.load(Ordering::Relaxed)
+                < self.handoff_ns.load(Ordering::Relaxed);
+        if !in_tenure {
+            self.unanswered_refusals.fetch_add(1, Ordering::Relaxed);
+        }
+        in_tenure
     }
 
     /// The write lock was acquired (called while holding it).
@@ -287,6 +307,7 @@ impl Handoff {
     /// is the head and has reason to try (woken, or [`HEAD_POLL`] passed),
     /// or until `deadline_ns` (monotonic).
     pub fn wait_turn(&self, deadline_ns: u64) -> Turn {
+        self.unanswered_refusals.store(0, Ordering::Relaxed);
         let mine = {
             let mut slot = self.slot.lock();
             match *slot {
@@ -575,6 +596,25 @@ mod tests {
         assert!(waiter.may_try(t0 + 60_000_000), "the head may try");
         let newcomer = Handoff::new(Arc::clone(&side), ms(50));
         assert!(!newcomer.may_try(t0), "newcomers never jump the queue");
+    }
+
+    #[test]
+    fn a_connection_whose_handler_never_answers_stops_being_refused() {
+        let (_dir, side) = side();
+        let waiter = Handoff::new(Arc::clone(&side), ms(2));
+        *waiter.slot.lock() = Some(waiter.claim_slot().unwrap());
+        let other = Handoff::new(Arc::clone(&side), ms(2));
+        let now = monotonic_ns();
+        for _ in 0..UNANSWERED_REFUSALS {
+            assert!(!other.may_try(now), "refused while the queue is non-empty");
+        }
+        assert!(
+            other.may_try(now),
+            "nobody answered the refusals: treated as a non-participant"
+        );
+        // Our handler runs for it again (it was re-installed): refused again.
+        assert_eq!(other.wait_turn(monotonic_ns()), Turn::Deadline);
+        assert!(!other.may_try(monotonic_ns()));
     }
 
     #[test]

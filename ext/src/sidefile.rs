@@ -162,6 +162,8 @@ impl SideFile {
             .read(true)
             .write(true)
             .create(true)
+            // Never truncate: other processes may have it mapped and in use.
+            .truncate(false)
             .mode(0o644)
             .open(&path)?;
         let len = file.metadata()?.len();

@@ -27,8 +27,8 @@ use rusqlite::{Transaction, ffi, params_from_iter};
 use super::pending::{Before, Columns};
 use super::{EntryKey, InFlightView, Item, Shared, State, TicketStatus};
 use crate::error::{Error, Result};
-use hybrid::handoff::Priority;
 use crate::sql;
+use hybrid::handoff::Priority;
 
 /// Attempts at close before unwritten entries are failed.
 const CLOSE_ATTEMPTS: u32 = 3;
