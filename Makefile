@@ -22,7 +22,7 @@ export HYBRID_EXT := $(abspath $(EXT))
 all: ext
 
 check-tools:
-	@scripts/check-tools.sh
+	@scripts/check-tools.sh valgrind
 
 # The loadable build is ext alone with --features loadable: features of
 # other workspace members (the client's bundled SQLite) never join it.
