@@ -5,6 +5,7 @@
 #   make bench   contention benchmark: SQLite's default handler vs the extension
 #   make ext     the loadable extension only -> dist/libhybrid.so
 #   make lint    cargo fmt --check and clippy with warnings as errors
+#   make soak    the long reliability run: 10 min soak, 200 kill runs, 20000 property cases
 #
 # Why dist/: a plain `cargo build --release --workspace` rebuilds
 # target/release/libhybrid.so WITHOUT the `loadable` feature (no usable entry
@@ -17,7 +18,7 @@ EXT     := dist/libhybrid.so
 export PYTHON
 export HYBRID_EXT := $(abspath $(EXT))
 
-.PHONY: all ext test unit e2e demo bench lint check-tools clean
+.PHONY: all ext test unit e2e demo bench lint soak check-tools clean
 
 all: ext
 
@@ -46,6 +47,12 @@ bench: check-tools ext
 	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --suite issue6 --duration 4 --modes default,backoff,hybrid
 	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --suite issue6 --duration 4
 	$(CARGO) run --release -q -p sqlite-hybrid --example buffer_bench
+
+# Environment overrides: SOAK_SECONDS, CRASH_RUNS, PROPTEST_CASES.
+soak: check-tools ext
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} CRASH_RUNS=$${CRASH_RUNS:-200} \
+	  $(CARGO) test --release -p sqlite-hybrid-tests --test soak --test crash -- --nocapture
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test --release -p sqlite-hybrid-ext --test bad_input
 
 lint:
 	$(CARGO) fmt --all -- --check

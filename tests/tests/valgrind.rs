@@ -18,14 +18,30 @@ fn shell_session_under_memcheck_has_no_errors() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("vg.db");
     let db_str = db.to_str().unwrap();
-    // A second process takes the write lock, so the session really waits.
+    // A second process takes the write lock and releases it only once an
+    // observer sees the shell queued for it, so the session really waits
+    // however slowly valgrind starts.
     let mut holder = LineProcess::python("holder.py", &[db_str]);
     holder.expect_line("held");
+    let mut observer = LineProcess::python("client.py", &[db_str]);
+    assert!(observer.read_line().starts_with("ready"));
     let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(1500));
+        let start = std::time::Instant::now();
+        loop {
+            observer.send_line("waiters");
+            if observer.read_line() == "1" {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the shell never queued for the lock"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
         holder.send_line("release");
         holder.expect_line("released");
-        holder
+        (holder, observer)
     });
     let script = format!(
         ".load {ext}\n\
