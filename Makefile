@@ -47,6 +47,8 @@ bench: check-tools ext
 	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --suite issue6 --duration 4 --modes default,backoff,hybrid
 	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --suite issue6 --duration 4
 	$(CARGO) run --release -q -p sqlite-hybrid --example buffer_bench
+	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench
+	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --writer-rate 0
 
 # Environment overrides: SOAK_SECONDS, CRASH_RUNS, PROPTEST_CASES.
 soak: check-tools ext

@@ -27,6 +27,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::buffer::{BufferOptions, WriteBuffer};
 use crate::error::{Error, Result};
+use crate::logdb::{LogDatabase, LogOptions};
 use crate::pool::ReaderPool;
 use crate::retry::RetryPolicy;
 use crate::schema::{SchemaCache, TableInfo, load_table};
@@ -77,9 +78,17 @@ pub struct DatabaseBuilder {
     busy: BackoffPolicy,
     tune: bool,
     buffer: BufferOptions,
+    log: Option<LogOptions>,
 }
 
 impl DatabaseBuilder {
+    /// Keeps application logs in a separate database file (see
+    /// [`LogDatabase`]), ATTACHed as `log` on the reader connections.
+    pub fn log_database(mut self, options: LogOptions) -> Self {
+        self.log = Some(options);
+        self
+    }
+
     /// Number of read-only connections (default 4; 0 means reads use the
     /// writer connection). In-memory databases always use the writer.
     pub fn readers(mut self, readers: usize) -> Self {
@@ -140,6 +149,7 @@ impl DatabaseBuilder {
 pub struct Database {
     pub(crate) core: Arc<Core>,
     buffer: OnceLock<WriteBuffer>,
+    log: Option<LogDatabase>,
 }
 
 /// What the `Database` handle, the write buffer's flusher and the log
@@ -175,6 +185,7 @@ impl Database {
             busy: BackoffPolicy::default(),
             tune: true,
             buffer: BufferOptions::default(),
+            log: None,
         }
     }
 
@@ -198,11 +209,20 @@ impl Database {
             hybrid::sql::tune::tune(&conn)?;
         }
         let in_memory = conn.path().is_none_or(str::is_empty);
+        // The log file exists before the readers attach it.
+        let log = match &options.log {
+            Some(log_options) => Some(LogDatabase::open(
+                log_options.path_for(&options.path),
+                log_options.clone(),
+            )?),
+            None => None,
+        };
+        let attach = log.as_ref().map(|l| l.path().to_path_buf());
         let readers = if in_memory {
             Vec::new()
         } else {
             (0..options.readers)
-                .map(|_| open_reader(&options.path))
+                .map(|_| open_reader(&options.path, attach.as_deref()))
                 .collect::<Result<_>>()?
         };
         let seed = mix64(
@@ -226,6 +246,7 @@ impl Database {
         Ok(Database {
             core: Arc::new(core),
             buffer: OnceLock::new(),
+            log,
         })
     }
 
@@ -264,6 +285,11 @@ impl Database {
             .get_or_init(|| WriteBuffer::start(Arc::clone(&self.core)))
     }
 
+    /// The log database, if the builder asked for one.
+    pub fn log(&self) -> Option<&LogDatabase> {
+        self.log.as_ref()
+    }
+
     /// Forgets cached table descriptions; call after changing the schema
     /// of a table the buffer or batch helpers write to.
     pub fn refresh_schema(&self) {
@@ -278,10 +304,15 @@ impl Database {
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        match self.buffer.take() {
+        let buffered = match self.buffer.take() {
             Some(buffer) => buffer.close(),
             None => Ok(()),
+        };
+        // Logs last, so the buffer's final flush can still log.
+        if let Some(log) = self.log.take() {
+            log.close()?;
         }
+        buffered
     }
 }
 
@@ -297,7 +328,7 @@ impl Drop for Database {
     }
 }
 
-fn open_reader(path: &Path) -> Result<Connection> {
+fn open_reader(path: &Path, log: Option<&Path>) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
         | OpenFlags::SQLITE_OPEN_URI
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -309,6 +340,11 @@ fn open_reader(path: &Path) -> Result<Connection> {
         "PRAGMA query_only = ON; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
          PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456;",
     )?;
+    if let Some(log) = log {
+        // Read-only like its connection. Not on the writer: BEGIN IMMEDIATE
+        // would take the log file's write lock too.
+        conn.execute("ATTACH DATABASE ?1 AS log", [log.to_string_lossy()])?;
+    }
     Ok(conn)
 }
 

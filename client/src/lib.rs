@@ -32,6 +32,7 @@ pub mod buffer;
 mod database;
 mod error;
 mod health;
+mod logdb;
 mod pool;
 mod retry;
 mod row;
@@ -47,6 +48,9 @@ pub use database::{Database, DatabaseBuilder};
 pub use error::{Error, Result, is_lock_error};
 pub use health::{Health, LockMetrics, OptimizeOptions, OptimizeReport, SchemaHealth};
 pub use hybrid::backoff::{BackoffPolicy, Jitter};
+pub use logdb::{
+    DbLayer, DbLogger, LogDatabase, LogLevel, LogOptions, LogRecord, LogSink, LogStats,
+};
 pub use retry::RetryPolicy;
 pub use row::Row;
 pub use schema::{ColumnInfo, TableInfo};

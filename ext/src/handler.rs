@@ -55,6 +55,8 @@ use crate::sidefile::{SideFile, monotonic_ns};
 static LIVE_STATES: LazyLock<Mutex<HashMap<u64, Weak<ConnState>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Immediate retries after a snapshot bounce before backing off.
+const BOUNCE_RETRIES: u32 = 3;
 
 /// The per-connection state: its policy, its wait tracker, its jitter source.
 #[derive(Debug)]
@@ -229,6 +231,16 @@ impl ConnState {
         let policy = self.policy();
         let call = self.tracker.handler_called(count, Instant::now());
         let handoff = self.handoff.lock().clone();
+        if let (false, Some(handoff)) = (write_lock, &handoff) {
+            // SQLite took the write lock and gave it straight back (stale
+            // snapshot, SQLITE_BUSY_SNAPSHOT): this connection still owns
+            // the tenure, so retry at once instead of sleeping past the
+            // queue's idle grace and losing the turn.
+            if call.attempt < BOUNCE_RETRIES && handoff.owns_tenure(monotonic_ns()) {
+                self.tracker.chose_retry(Instant::now(), 0.0);
+                return 1;
+            }
+        }
         if let (true, Some(handoff)) = (write_lock, handoff) {
             let left_ms = policy.timeout_ms - call.elapsed.as_secs_f64() * 1000.0;
             if left_ms <= 0.0 || policy.max_retries.is_some_and(|max| call.attempt >= max) {

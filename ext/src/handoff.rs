@@ -26,9 +26,12 @@
 //!   (fairness). The tenure starts at the first acquisition made while
 //!   nobody waited, or when a new connection takes over.
 //! * **Wake on release.** A release after the tenure has expired wakes the
-//!   head at once. During a tenure it wakes nobody (the holder will be back
-//!   in microseconds); the head polls at least every [`HEAD_POLL`] in case
-//!   it is not.
+//!   head at once. During a tenure, the releasing connection predicts from
+//!   its own history whether it is coming straight back: a writer in a loop
+//!   re-takes the lock within microseconds (keep the tenure, wake nobody),
+//!   a request handler does not (give up the tenure and wake the head now,
+//!   so a short collision costs a wake-up, not a tenure). Misjudged idle
+//!   holders are caught by the head's poll and [`IDLE_GRACE`].
 //! * **Only participants are refused.** A refusal is answered by the hybrid
 //!   busy handler, which queues the connection. If the connection's busy
 //!   handler was replaced (`PRAGMA busy_timeout`, Python's
@@ -56,6 +59,13 @@ use crate::sidefile::{
 pub const HEAD_POLL: Duration = Duration::from_millis(1);
 /// Longest spin of the head for a release it expects soon.
 pub const HEAD_SPIN: Duration = Duration::from_micros(300);
+/// During a tenure the head looks at least this often whether the holder
+/// has gone idle (so a short wait stays short).
+pub const TENURE_POLL: Duration = Duration::from_micros(500);
+/// A lock free for this long after a release is free: the holder is not
+/// coming straight back (it re-takes within a few µs when it is), so the
+/// head may take it even during the holder's tenure.
+pub const IDLE_GRACE: Duration = Duration::from_micros(200);
 /// The head starts spinning this long before the expected release.
 pub const SPIN_LEAD: Duration = Duration::from_micros(150);
 /// Longest sleep of other waiters (their heartbeat interval).
@@ -122,6 +132,12 @@ pub struct Handoff {
     handoff_ns: AtomicU64,
     /// Refusals since the hybrid busy handler last ran for this connection.
     unanswered_refusals: AtomicU32,
+    /// When this connection last released the lock (0: not since its last
+    /// attempt).
+    last_release_ns: AtomicU64,
+    /// Moving average of the gap between this connection's release and
+    /// its next attempt: short for a writer in a loop, long for a handler.
+    regrab_ewma_ns: AtomicU64,
 }
 
 impl Handoff {
@@ -139,6 +155,9 @@ impl Handoff {
             priority: AtomicU32::new(Priority::Interactive as u32),
             handoff_ns: AtomicU64::new(handoff.as_nanos() as u64),
             unanswered_refusals: AtomicU32::new(0),
+            last_release_ns: AtomicU64::new(0),
+            // Unknown at first: assume it does not come straight back.
+            regrab_ewma_ns: AtomicU64::new(u64::MAX / 16),
         }
     }
 
@@ -219,12 +238,17 @@ impl Handoff {
     }
 
     /// Whether the current tenure leaves the lock to others: no tenure,
-    /// our own, or expired.
+    /// our own, expired, or its holder released the lock and did not come
+    /// straight back (idle for [`IDLE_GRACE`]).
     fn tenure_over(&self, now_ns: u64) -> bool {
         let header = self.side.header();
         let owner = header.tenure_owner.load(Ordering::Acquire);
+        let idle = header.held.load(Ordering::Acquire) == 0
+            && now_ns.saturating_sub(header.released_at_ns.load(Ordering::Acquire))
+                >= IDLE_GRACE.as_nanos() as u64;
         owner == 0
             || owner == self.token
+            || idle
             || now_ns.saturating_sub(header.tenure_start_ns.load(Ordering::Acquire))
                 >= self.handoff_ns.load(Ordering::Relaxed)
     }
@@ -232,6 +256,16 @@ impl Handoff {
     /// Before an attempt at the write lock: whether to really try it
     /// (false: answer "busy" and let the busy handler queue).
     pub fn may_try(&self, now_ns: u64) -> bool {
+        let released = self.last_release_ns.swap(0, Ordering::Relaxed);
+        if released != 0 {
+            let gap = now_ns.saturating_sub(released);
+            let average = self
+                .regrab_ewma_ns
+                .load(Ordering::Relaxed)
+                .min(1_000_000_000);
+            self.regrab_ewma_ns
+                .store(average - average / 4 + gap / 4, Ordering::Relaxed);
+        }
         if let Some(mine) = *self.slot.lock() {
             return self.head(now_ns) == Some(mine) && self.tenure_over(now_ns);
         }
@@ -275,7 +309,9 @@ impl Handoff {
 
     /// The write lock was released.
     pub fn on_released(&self, now_ns: u64) {
+        self.last_release_ns.store(now_ns.max(1), Ordering::Relaxed);
         let header = self.side.header();
+        header.released_at_ns.store(now_ns, Ordering::Release);
         header.held.store(0, Ordering::Release);
         // Races between processes only blur the average; it is a hint.
         let hold = now_ns.saturating_sub(header.holder_since_ns.load(Ordering::Acquire));
@@ -292,10 +328,22 @@ impl Handoff {
         if header.waiting.load(Ordering::Acquire) == 0 {
             return;
         }
-        let tenure_over = header.tenure_owner.load(Ordering::Acquire) != self.token
+        let mine = header.tenure_owner.load(Ordering::Acquire) == self.token;
+        let tenure_over = !mine
             || now_ns.saturating_sub(header.tenure_start_ns.load(Ordering::Acquire))
                 >= self.handoff_ns.load(Ordering::Relaxed);
-        if tenure_over {
+        let coming_back =
+            self.regrab_ewma_ns.load(Ordering::Relaxed) < IDLE_GRACE.as_nanos() as u64;
+        if mine && !tenure_over && !coming_back {
+            // This connection usually pauses after a release: hand over now.
+            let _ = header.tenure_owner.compare_exchange(
+                self.token,
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+        if tenure_over || !coming_back {
             if let Some(head) = self.head(now_ns) {
                 futex_wake(&self.side.slot(head).wake);
             }
@@ -389,12 +437,22 @@ impl Handoff {
         Turn::Retry
     }
 
-    /// Time until the current tenure ends, at most [`HEAD_POLL`].
+    /// Time until the current tenure ends, at most [`TENURE_POLL`] (to
+    /// notice an idle holder early).
     fn until_tenure_end(&self, now_ns: u64) -> Duration {
         let header = self.side.header();
         let tenure_end = header.tenure_start_ns.load(Ordering::Acquire)
             + self.handoff_ns.load(Ordering::Relaxed);
-        Duration::from_nanos(tenure_end.saturating_sub(now_ns)).min(HEAD_POLL)
+        Duration::from_nanos(tenure_end.saturating_sub(now_ns)).min(TENURE_POLL)
+    }
+
+    /// Whether this connection holds the current, unexpired tenure (it may
+    /// re-take the lock at once, e.g. after SQLite's snapshot bounce).
+    pub fn owns_tenure(&self, now_ns: u64) -> bool {
+        let header = self.side.header();
+        header.tenure_owner.load(Ordering::Acquire) == self.token
+            && now_ns.saturating_sub(header.tenure_start_ns.load(Ordering::Acquire))
+                < self.handoff_ns.load(Ordering::Relaxed)
     }
 
     /// Spins on the release counter for up to [`HEAD_SPIN`]; returns
@@ -583,19 +641,56 @@ mod tests {
         let (_dir, side) = side();
         let holder = Handoff::new(Arc::clone(&side), ms(50));
         let waiter = Handoff::new(Arc::clone(&side), ms(50));
-        let t0 = monotonic_ns();
+        // Teach the holder that it comes straight back after a release
+        // (a writer in a loop), while nobody waits.
+        let mut t = monotonic_ns();
+        for _ in 0..40 {
+            assert!(holder.may_try(t));
+            holder.on_acquired(t);
+            holder.on_released(t + 1_000);
+            t += 11_000;
+        }
+        let t0 = t;
+        holder.may_try(t0);
         holder.on_acquired(t0);
         waiter
             .claim_slot()
             .map(|i| *waiter.slot.lock() = Some(i))
             .unwrap();
-        holder.on_released(t0);
-        assert!(holder.may_try(t0 + 10_000_000), "10 ms into a 50 ms tenure");
-        holder.on_acquired(t0 + 10_000_000);
+        holder.on_released(t0 + 1_000);
+        assert!(
+            holder.may_try(t0 + 10_000),
+            "it comes back within its tenure"
+        );
+        holder.on_acquired(t0 + 10_000);
         assert!(!holder.may_try(t0 + 60_000_000), "tenure over: must queue");
         assert!(waiter.may_try(t0 + 60_000_000), "the head may try");
         let newcomer = Handoff::new(Arc::clone(&side), ms(50));
         assert!(!newcomer.may_try(t0), "newcomers never jump the queue");
+    }
+
+    #[test]
+    fn a_holder_that_pauses_hands_over_at_release() {
+        let (_dir, side) = side();
+        // A request handler: releases, then comes back much later.
+        let handler = Handoff::new(Arc::clone(&side), ms(50));
+        let waiter = Handoff::new(Arc::clone(&side), ms(50));
+        let t0 = monotonic_ns();
+        handler.may_try(t0);
+        handler.on_acquired(t0);
+        waiter
+            .claim_slot()
+            .map(|i| *waiter.slot.lock() = Some(i))
+            .unwrap();
+        handler.on_released(t0 + 1_000);
+        assert!(
+            waiter.may_try(t0 + 2_000),
+            "the tenure was handed over at release"
+        );
+        assert!(
+            !handler.may_try(t0 + 3_000),
+            "and the handler queues if it comes back"
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use crate::metrics::{BUCKETS, LogHistogram, Outcome, SharedCounters};
 
 /// Layout version stored in the header.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Waiter slots (connections waiting at once on one database).
 pub const MAX_SLOTS: usize = 256;
 const HEADER_BYTES: usize = 4096;
@@ -72,6 +72,8 @@ pub struct Header {
     pub holder_since_ns: AtomicU64,
     /// Moving average of how long holders keep the lock (ns).
     pub hold_ewma_ns: AtomicU64,
+    /// When the lock was last released (monotonic ns).
+    pub released_at_ns: AtomicU64,
     /// File-wide wait counters (all processes), as in `metrics.rs`.
     pub busy_events: AtomicU64,
     pub handler_calls: AtomicU64,
