@@ -1,7 +1,7 @@
-//! Crash safety of the write buffer: a client process is killed with
-//! SIGKILL at a random moment while it enqueues and flushes. Afterwards
-//! `PRAGMA integrity_check` is `ok` and every acknowledged write is in the
-//! file. Runs CRASH_RUNS times (default 12; `make soak` runs 200) with
+//! Crash safety of the write buffer and the log database: a client process
+//! is killed with SIGKILL at a random moment while it enqueues, flushes and
+//! logs. Afterwards `PRAGMA integrity_check` is `ok` on both files and every
+//! acknowledged write and log line is there. Runs CRASH_RUNS times (default 12; `make soak` runs 200) with
 //! random kill points; the seed is printed for reproduction.
 
 use std::io::{BufRead, BufReader};
@@ -33,7 +33,7 @@ fn killed_mid_flush_keeps_every_acknowledged_write() {
                 .as_nanos() as u64
         });
     eprintln!("crash test: {runs} runs, CRASH_SEED={seed}");
-    let (mut total_acks, mut total_tickets) = (0u64, 0u64);
+    let (mut total_acks, mut total_tickets, mut total_log_acks) = (0u64, 0u64, 0u64);
     for run in 0..runs {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("crash.db");
@@ -106,13 +106,43 @@ fn killed_mid_flush_keeps_every_acknowledged_write() {
                 values[id as usize]
             );
         }
+        // The log file: intact, and every acknowledged log line present.
+        let logs = rusqlite::Connection::open(dir.path().join("crash-logs.db")).unwrap();
+        let check: String = logs
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            check, "ok",
+            "run {run} (seed {seed}): log file damaged after SIGKILL"
+        );
+        if let Some(acked) = lines
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("LOGACK "))
+            .map(|s| s.parse::<u64>().unwrap())
+        {
+            total_log_acks += 1;
+            let expected = acked / 50 + 1;
+            let present: u64 = logs
+                .query_row(
+                    "SELECT count(DISTINCT message) FROM entries WHERE CAST(substr(message, 4) AS INTEGER) <= ?1",
+                    [acked as i64],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(
+                present, expected,
+                "run {run} (seed {seed}): acknowledged log lines missing (LOGACK {acked})"
+            );
+        }
         let _ = start;
     }
     eprintln!(
-        "crash test: {runs} kills, {total_acks} runs with force_flush acks, {total_tickets} committed tickets verified"
+        "crash test: {runs} kills, {total_acks} runs with force_flush acks, {total_tickets} committed tickets, \
+         {total_log_acks} runs with log flush acks verified"
     );
     assert!(
-        total_acks > 0 && total_tickets > 0,
+        total_acks > 0 && total_tickets > 0 && total_log_acks > 0,
         "the child acknowledged nothing; the test checked nothing"
     );
 }

@@ -1,5 +1,6 @@
-//! Soak: 8 processes (4 Debian python3 with the extension, 4 Rust clients)
-//! write, read and query metrics on one WAL file for SOAK_SECONDS (default
+//! Soak: 8 processes (4 Debian python3 with the extension, 4 Rust clients
+//! that also log every transaction into one shared log database) write,
+//! read and query metrics on one WAL file for SOAK_SECONDS (default
 //! 30; `make soak` runs 600). Required: no lock error reaches any caller,
 //! every committed row is in the file, and each process's memory is flat
 //! after warm-up (anonymous RSS, i.e. heap and page caches, at 25% of the
@@ -87,6 +88,28 @@ fn eight_processes_lose_nothing_and_stay_flat() {
         assert!(
             growth < RSS_GROWTH_LIMIT_KB,
             "writer {writer} grew {growth} KB after warm-up: {r}"
+        );
+    }
+    // Every log line a Rust worker queued is in the shared log file.
+    let logs = rusqlite::Connection::open(dir.path().join("soak-logs.db")).unwrap();
+    let log_check: String = logs
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(log_check, "ok", "log file");
+    for r in reports.iter().filter(|r| r["kind"] == "rust") {
+        let writer = r["writer"].as_i64().unwrap();
+        let lines: i64 = logs
+            .query_row(
+                "SELECT count(*) FROM entries WHERE message LIKE ?1",
+                [format!("w{writer} %")],
+                |q| q.get(0),
+            )
+            .unwrap();
+        assert!(lines > 0, "{r}");
+        assert_eq!(
+            lines,
+            r["logged"].as_i64().unwrap(),
+            "writer {writer}: queued log lines missing: {r}"
         );
     }
     let rust_state: i64 = conn

@@ -1,18 +1,22 @@
-//! A client process for the crash test: upserts into a buffered table as
-//! fast as it can and prints what was acknowledged, until it is killed.
+//! A client process for the crash test: upserts into a buffered table and
+//! logs through the log database as fast as it can, and prints what was
+//! acknowledged, until it is killed.
 //!
 //! Operation `seq` sets `items.id = seq % KEYS` to `value = seq`, so the
-//! value of an id only grows. Output lines:
+//! value of an id only grows; every 50th operation also logs `op <seq>`.
+//! Output lines:
 //! * `ACK <seq>`: `force_flush()` returned Ok after operation `seq` was
 //!   enqueued, so every operation up to `seq` is committed;
-//! * `TICKET <id> <value>`: that operation's ticket reported Committed.
+//! * `TICKET <id> <value>`: that operation's ticket reported Committed;
+//! * `LOGACK <seq>`: the log database's `flush()` returned Ok after the
+//!   log lines of every operation up to `seq` were sent.
 //!
 //! Usage: buffer_child DB
 
 use std::io::Write;
 use std::time::Duration;
 
-use sqlite_hybrid::{BufferOptions, Database, Row, TicketStatus};
+use sqlite_hybrid::{BufferOptions, Database, LogLevel, LogOptions, LogRecord, Row, TicketStatus};
 
 const KEYS: u64 = 5000;
 
@@ -24,7 +28,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             flush_interval: Duration::from_millis(20),
             ..BufferOptions::default()
         })
+        .log_database(LogOptions {
+            channel_capacity: 1_000_000,
+            flush_interval: Duration::from_millis(50),
+            ..LogOptions::default()
+        })
         .open()?;
+    let logs = db.log().ok_or("no log database")?.sink();
     db.write(|tx| {
         Ok(tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, value INTEGER NOT NULL)",
@@ -45,9 +55,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if seq % 37 == 0 {
             watched.push((seq, ticket));
         }
+        if seq % 50 == 0 && !logs.send(LogRecord::new(LogLevel::Info, "child", format!("op {seq}")))
+        {
+            return Err("a log line was dropped; the test needs every one queued".into());
+        }
         if seq % 500 == 499 {
             db.buffer().force_flush()?;
             writeln!(out, "ACK {seq}")?;
+            if seq % 2000 == 1999 {
+                logs.flush(Duration::from_secs(30))?;
+                writeln!(out, "LOGACK {seq}")?;
+            }
         }
         watched.retain(|(seq, t)| {
             if t.status() == TicketStatus::Committed {

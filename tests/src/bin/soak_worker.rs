@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use sqlite_hybrid::{Database, Row};
+use sqlite_hybrid::{Database, LogLevel, LogOptions, LogRecord, Row};
 
 /// Anonymous resident memory (heap, SQLite's page caches) in KB. File
 /// pages (the mmap'd database) are left out: they are the OS's cache.
@@ -25,7 +25,13 @@ fn rss_kb() -> u64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (path, writer, seconds): (&str, i64, f64) = (&args[1], args[2].parse()?, args[3].parse()?);
-    let db = Database::open(path)?;
+    // All Rust workers log into one shared log file (several processes
+    // writing it, like several app instances).
+    let db = Database::builder(path)
+        .log_database(LogOptions::default())
+        .open()?;
+    let logs = db.log().ok_or("no log database")?.sink();
+    let mut logged = 0u64;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
     let warm = start + Duration::from_secs_f64(seconds / 4.0);
@@ -39,7 +45,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (writer, seq, "rust"),
             )?)
         }) {
-            Ok(_) => committed = seq,
+            Ok(_) => {
+                committed = seq;
+                if logs.send(LogRecord::new(
+                    LogLevel::Info,
+                    "soak",
+                    format!("w{writer} {seq}"),
+                )) {
+                    logged += 1;
+                }
+            }
             Err(e) => {
                 errors += 1;
                 eprintln!("soak_worker {writer}: {e}");
@@ -71,10 +86,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     db.buffer().force_flush()?;
+    db.log()
+        .ok_or("no log database")?
+        .flush(Duration::from_secs(60))?;
+    let dropped = db.log().map_or(0, |l| l.stats().dropped);
     let metrics = db.lock_metrics()?;
     println!(
         "{{\"writer\":{writer},\"kind\":\"rust\",\"committed\":{committed},\"errors\":{errors},\"reads\":{reads},\
-         \"lock_gave_up\":{},\"rss_warm_kb\":{rss_warm},\"rss_end_kb\":{}}}",
+         \"lock_gave_up\":{},\"logged\":{logged},\"log_dropped\":{dropped},\"rss_warm_kb\":{rss_warm},\"rss_end_kb\":{}}}",
         metrics.gave_up,
         rss_kb()
     );
