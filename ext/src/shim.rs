@@ -73,19 +73,10 @@ const UNLOCK_EXCLUSIVE: c_int = ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSI
 /// # Safety
 /// `db` must be an open connection used by the calling thread.
 pub unsafe fn attach(db: *mut ffi::sqlite3, observer: Arc<dyn WriteLockObserver>) -> bool {
-    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-    // SAFETY: FILE_POINTER writes the pager's sqlite3_file* into `file`.
-    let rc = unsafe {
-        ffi::sqlite3_file_control(
-            db,
-            c"main".as_ptr() as *const c_char,
-            ffi::SQLITE_FCNTL_FILE_POINTER,
-            &mut file as *mut _ as *mut c_void,
-        )
-    };
-    if rc != ffi::SQLITE_OK || file.is_null() {
+    // SAFETY: per this function's contract.
+    let Some(file) = (unsafe { main_file(db) }) else {
         return false;
-    }
+    };
     // SAFETY: `file` is the open main database file of `db`.
     let methods = unsafe { (*file).pMethods };
     if methods.is_null() {
@@ -117,14 +108,13 @@ pub unsafe fn attach(db: *mut ffi::sqlite3, observer: Arc<dyn WriteLockObserver>
     true
 }
 
-/// Stops reporting for `db`'s main file (the wrapper stays; it then only
-/// forwards).
+/// The main database file of `db` (`SQLITE_FCNTL_FILE_POINTER`).
 ///
 /// # Safety
-/// As for [`attach`].
-pub unsafe fn detach(db: *mut ffi::sqlite3) {
+/// `db` must be an open connection used by the calling thread.
+unsafe fn main_file(db: *mut ffi::sqlite3) -> Option<*mut ffi::sqlite3_file> {
     let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-    // SAFETY: as in `attach`.
+    // SAFETY: FILE_POINTER writes the pager's sqlite3_file* into `file`.
     let rc = unsafe {
         ffi::sqlite3_file_control(
             db,
@@ -133,9 +123,7 @@ pub unsafe fn detach(db: *mut ffi::sqlite3) {
             &mut file as *mut _ as *mut c_void,
         )
     };
-    if rc == ffi::SQLITE_OK && !file.is_null() {
-        FILES.lock().remove(&(file as usize));
-    }
+    (rc == ffi::SQLITE_OK && !file.is_null()).then_some(file)
 }
 
 /// The original methods of a wrapped file.
