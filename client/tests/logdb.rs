@@ -12,6 +12,16 @@ use tracing_subscriber::layer::SubscriberExt;
 
 const FLUSH: Duration = Duration::from_secs(10);
 
+/// (level, target, message, fields, module, line) of a stored entry.
+type StoredEntry = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
+
 fn open(dir: &tempfile::TempDir, options: LogOptions) -> Database {
     let db = Database::builder(dir.path().join("app.db"))
         .log_database(options)
@@ -136,14 +146,7 @@ fn levels_targets_and_tracing_fields_are_stored() {
     });
     logs.flush(FLUSH).unwrap();
     let conn = log_conn(&db);
-    let rows: Vec<(
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<i64>,
-    )> = conn
+    let rows: Vec<StoredEntry> = conn
         .prepare("SELECT level, target, message, fields, module, line FROM entries ORDER BY id")
         .unwrap()
         .query_map([], |r| {
