@@ -45,7 +45,6 @@ demo: check-tools ext
 bench: check-tools ext
 	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --modes default,backoff,hybrid
 	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --suite issue6 --duration 4 --modes default,backoff,hybrid
-	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --suite issue6 --duration 4
 	$(CARGO) run --release -q -p sqlite-hybrid --example buffer_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --writer-rate 0

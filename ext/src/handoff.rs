@@ -66,6 +66,14 @@ pub const TENURE_POLL: Duration = Duration::from_micros(500);
 /// coming straight back (it re-takes within a few µs when it is), so the
 /// head may take it even during the holder's tenure.
 pub const IDLE_GRACE: Duration = Duration::from_micros(200);
+/// A connection whose release-to-next-attempt gap averages below this is
+/// "coming straight back" (a writer in a loop): it keeps its tenure at
+/// release. Longer than [`IDLE_GRACE`] so that scheduling noise on a busy
+/// machine does not flip a looping writer into handing over every time.
+pub const REGRAB_LIMIT: Duration = Duration::from_micros(500);
+/// Gaps are clipped to this before averaging, so one long pause (or the
+/// unknown start) is forgotten after a few dozen quick cycles.
+const REGRAB_CLIP: Duration = Duration::from_millis(10);
 /// The head starts spinning this long before the expected release.
 pub const SPIN_LEAD: Duration = Duration::from_micros(150);
 /// Longest sleep of other waiters (their heartbeat interval).
@@ -258,13 +266,13 @@ impl Handoff {
     pub fn may_try(&self, now_ns: u64) -> bool {
         let released = self.last_release_ns.swap(0, Ordering::Relaxed);
         if released != 0 {
-            let gap = now_ns.saturating_sub(released);
-            let average = self
-                .regrab_ewma_ns
-                .load(Ordering::Relaxed)
-                .min(1_000_000_000);
+            // Weight 1/8: one slow cycle (a preemption) must not flip the
+            // prediction; a changed habit shows within a dozen cycles.
+            let clip = REGRAB_CLIP.as_nanos() as u64;
+            let gap = now_ns.saturating_sub(released).min(clip);
+            let average = self.regrab_ewma_ns.load(Ordering::Relaxed).min(clip);
             self.regrab_ewma_ns
-                .store(average - average / 4 + gap / 4, Ordering::Relaxed);
+                .store(average - average / 8 + gap / 8, Ordering::Relaxed);
         }
         if let Some(mine) = *self.slot.lock() {
             return self.head(now_ns) == Some(mine) && self.tenure_over(now_ns);
@@ -333,7 +341,7 @@ impl Handoff {
             || now_ns.saturating_sub(header.tenure_start_ns.load(Ordering::Acquire))
                 >= self.handoff_ns.load(Ordering::Relaxed);
         let coming_back =
-            self.regrab_ewma_ns.load(Ordering::Relaxed) < IDLE_GRACE.as_nanos() as u64;
+            self.regrab_ewma_ns.load(Ordering::Relaxed) < REGRAB_LIMIT.as_nanos() as u64;
         if mine && !tenure_over && !coming_back {
             // This connection usually pauses after a release: hand over now.
             let _ = header.tenure_owner.compare_exchange(
