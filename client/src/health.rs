@@ -1,7 +1,7 @@
 //! Typed views of the extension's health and lock-metrics tables, and
 //! routine maintenance.
 
-use rusqlite::Row as SqlRow;
+use rusqlite::{OptionalExtension, Row as SqlRow};
 
 use crate::database::Database;
 use crate::error::Result;
@@ -222,11 +222,7 @@ impl Database {
                 "SELECT {LOCK_METRICS_COLUMNS} FROM hybrid_lock_metrics \
                  WHERE scope = ?1 AND db = (SELECT file FROM pragma_database_list WHERE name = 'main')"
             );
-            match conn.query_row(&sql, [scope], lock_metrics) {
-                Ok(row) => Ok(Some(row)),
-                Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-                Err(e) => Err(e.into()),
-            }
+            Ok(conn.query_row(&sql, [scope], lock_metrics).optional()?)
         })
     }
 

@@ -5,7 +5,7 @@
 //! handler (SQLite keeps one handler per connection).
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, Result};
+use rusqlite::{Connection, OptionalExtension, Result};
 use serde_json::{Map, json};
 
 use crate::sql::health::{quote_identifier, schemas};
@@ -27,11 +27,7 @@ fn read(conn: &Connection, sql: &str) -> Result<Value> {
 /// Like `read`, but `None` when the pragma has no value here (e.g.
 /// `mmap_size` on an in-memory database returns no row).
 fn read_optional(conn: &Connection, sql: &str) -> Result<Option<Value>> {
-    match conn.query_row(sql, [], |row| row.get::<_, Value>(0)) {
-        Ok(value) => Ok(Some(value)),
-        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-        Err(e) => Err(e),
-    }
+    read(conn, sql).optional()
 }
 
 fn to_json(value: &Value) -> serde_json::Value {
