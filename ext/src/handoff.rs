@@ -165,7 +165,7 @@ impl Handoff {
             unanswered_refusals: AtomicU32::new(0),
             last_release_ns: AtomicU64::new(0),
             // Unknown at first: assume it does not come straight back.
-            regrab_ewma_ns: AtomicU64::new(u64::MAX / 16),
+            regrab_ewma_ns: AtomicU64::new(REGRAB_CLIP.as_nanos() as u64),
         }
     }
 
@@ -270,7 +270,8 @@ impl Handoff {
             // prediction; a changed habit shows within a dozen cycles.
             let clip = REGRAB_CLIP.as_nanos() as u64;
             let gap = now_ns.saturating_sub(released).min(clip);
-            let average = self.regrab_ewma_ns.load(Ordering::Relaxed).min(clip);
+            // Never above `clip`: it starts there and averages clipped gaps.
+            let average = self.regrab_ewma_ns.load(Ordering::Relaxed);
             self.regrab_ewma_ns
                 .store(average - average / 8 + gap / 8, Ordering::Relaxed);
         }
