@@ -168,3 +168,15 @@ pub fn last_json(text: &str) -> serde_json::Value {
         })
         .unwrap_or_else(|| panic!("no JSON object line in output:\n{text}"))
 }
+
+/// `PRAGMA integrity_check` of `conn`'s main database: "ok" when intact.
+pub fn integrity_check(conn: &rusqlite::Connection) -> String {
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check runs")
+}
+
+/// The environment variable `name` parsed as a `T` (None when unset or not
+/// a `T`): the knobs `make soak` turns up, such as SOAK_SECONDS.
+pub fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}

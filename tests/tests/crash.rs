@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use sqlite_hybrid_tests::{env_parse, integrity_check};
+
 const KEYS: u64 = 5000;
 
 fn next(seed: &mut u64) -> u64 {
@@ -17,21 +19,25 @@ fn next(seed: &mut u64) -> u64 {
     *seed >> 33
 }
 
+/// The number on the child's last line that starts with `prefix`: its
+/// latest acknowledgement of that kind.
+fn last_number(lines: &[String], prefix: &str) -> Option<u64> {
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(|s| s.parse().unwrap())
+}
+
 #[test]
 fn killed_mid_flush_keeps_every_acknowledged_write() {
-    let runs: u32 = std::env::var("CRASH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let mut seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let runs: u32 = env_parse("CRASH_RUNS").unwrap_or(12);
+    let mut seed = env_parse("CRASH_SEED").unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
     eprintln!("crash test: {runs} runs, CRASH_SEED={seed}");
     let (mut total_acks, mut total_tickets, mut total_log_acks) = (0u64, 0u64, 0u64);
     for run in 0..runs {
@@ -63,11 +69,9 @@ fn killed_mid_flush_keeps_every_acknowledged_write() {
         );
 
         let conn = rusqlite::Connection::open(&db).unwrap();
-        let check: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
         assert_eq!(
-            check, "ok",
+            integrity_check(&conn),
+            "ok",
             "run {run} (seed {seed}): file damaged after SIGKILL"
         );
         let mut values = vec![-1i64; KEYS as usize];
@@ -80,12 +84,7 @@ fn killed_mid_flush_keeps_every_acknowledged_write() {
             values[id as usize] = value;
         }
         // ACK <seq>: for every id, the value is at least the last write to it up to seq.
-        if let Some(acked) = lines
-            .iter()
-            .rev()
-            .find_map(|l| l.strip_prefix("ACK "))
-            .map(|s| s.parse::<u64>().unwrap())
-        {
+        if let Some(acked) = last_number(&lines, "ACK ") {
             total_acks += 1;
             for id in 0..KEYS.min(acked + 1) {
                 let last_write = acked - ((acked - id) % KEYS);
@@ -108,19 +107,12 @@ fn killed_mid_flush_keeps_every_acknowledged_write() {
         }
         // The log file: intact, and every acknowledged log line present.
         let logs = rusqlite::Connection::open(dir.path().join("crash-logs.db")).unwrap();
-        let check: String = logs
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
         assert_eq!(
-            check, "ok",
+            integrity_check(&logs),
+            "ok",
             "run {run} (seed {seed}): log file damaged after SIGKILL"
         );
-        if let Some(acked) = lines
-            .iter()
-            .rev()
-            .find_map(|l| l.strip_prefix("LOGACK "))
-            .map(|s| s.parse::<u64>().unwrap())
-        {
+        if let Some(acked) = last_number(&lines, "LOGACK ") {
             total_log_acks += 1;
             let expected = acked / 50 + 1;
             let present: u64 = logs

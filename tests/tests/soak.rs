@@ -8,17 +8,14 @@
 
 use std::process::{Command, Stdio};
 
-use sqlite_hybrid_tests::{ext_load_arg, last_json, py_script, python};
+use sqlite_hybrid_tests::{env_parse, ext_load_arg, integrity_check, last_json, py_script, python};
 
 /// Growth allowed between warm-up and the end, per process.
 const RSS_GROWTH_LIMIT_KB: i64 = 8 * 1024;
 
 #[test]
 fn eight_processes_lose_nothing_and_stay_flat() {
-    let seconds: f64 = std::env::var("SOAK_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30.0);
+    let seconds: f64 = env_parse("SOAK_SECONDS").unwrap_or(30.0);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("soak.db");
     {
@@ -92,10 +89,7 @@ fn eight_processes_lose_nothing_and_stay_flat() {
     }
     // Every log line a Rust worker queued is in the shared log file.
     let logs = rusqlite::Connection::open(dir.path().join("soak-logs.db")).unwrap();
-    let log_check: String = logs
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(log_check, "ok", "log file");
+    assert_eq!(integrity_check(&logs), "ok", "log file");
     for r in reports.iter().filter(|r| r["kind"] == "rust") {
         let writer = r["writer"].as_i64().unwrap();
         let lines: i64 = logs
@@ -119,9 +113,6 @@ fn eight_processes_lose_nothing_and_stay_flat() {
         rust_state, 4,
         "every Rust worker's buffered state was flushed"
     );
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
+    assert_eq!(integrity_check(&conn), "ok");
     eprintln!("soak: {seconds} s, 8 processes, {total} committed transactions, 0 lock errors");
 }
