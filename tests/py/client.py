@@ -9,6 +9,8 @@ Loads the hybrid extension ($HYBRID_EXT) unless --plain, then prints
   waiters         prints the number of rows in hybrid_lock_waiters for DB
   metrics         prints one JSON line: {scope: {column: value}}
   mode            prints this connection's mode for DB
+  hog SECONDS     prints "hogging", then loops BEGIN IMMEDIATE; INSERT; COMMIT
+                  for SECONDS and prints "hogged <transactions>"
 Times are wall-clock (time.time()) so several processes can be compared.
 """
 import json
@@ -55,6 +57,16 @@ for line in sys.stdin:
             names = [d[0] for d in cur.description]
             rows = {r[1]: dict(zip(names, r)) for r in cur.fetchall()}
             print(json.dumps(rows), flush=True)
+        elif command.startswith("hog "):
+            end = time.monotonic() + float(command.split()[1])
+            print("hogging", flush=True)
+            n = 0
+            while time.monotonic() < end:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("INSERT INTO t(who) VALUES (?)", (os.getpid(),))
+                db.execute("COMMIT")
+                n += 1
+            print("hogged", n, flush=True)
         elif command == "mode":
             print(db.execute("SELECT mode FROM hybrid_lock_metrics WHERE db = ? AND scope = 'process'", (path,)).fetchone()[0], flush=True)
     except sqlite3.Error as e:

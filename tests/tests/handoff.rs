@@ -14,7 +14,8 @@ use sqlite_hybrid_tests::LineProcess;
 const SLOW_BACKOFF: &str =
     r#"{"base_ms": 2000, "cap_ms": 4000, "jitter": "none", "aging_ms": null, "timeout_ms": 20000}"#;
 
-struct Client(LineProcess, u32);
+/// A `tests/py/client.py` process.
+struct Client(LineProcess);
 
 impl Client {
     fn start(db: &str, extra: &[&str]) -> Client {
@@ -22,16 +23,18 @@ impl Client {
         args.extend_from_slice(extra);
         let mut p = LineProcess::python("client.py", &args);
         let ready = p.read_line();
-        let pid = ready
-            .strip_prefix("ready ")
-            .expect("ready line")
-            .parse()
-            .expect("pid");
-        Client(p, pid)
+        assert!(ready.starts_with("ready "), "{ready}");
+        Client(p)
     }
 
     fn send(&mut self, command: &str) {
         self.0.send_line(command);
+    }
+
+    /// Takes the write lock; returns what [`Client::began`] does.
+    fn begin(&mut self) -> (f64, f64) {
+        self.send("begin");
+        self.began()
     }
 
     /// Reads "began <time> <waited>" and returns (unix time, waited ms).
@@ -56,16 +59,10 @@ impl Client {
         self.0.read_line()
     }
 
+    /// SIGKILL: dropping a `LineProcess` kills (std's `Child::kill`) and reaps it.
     fn kill(self) {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc_kill(self.1 as i32, 9) };
         drop(self.0);
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// Waits until `observer` sees `n` live waiters on the database.
@@ -95,8 +92,7 @@ fn waiter_resumes_at_release_not_at_its_backoff() {
     let mut observer = Client::start(&db, &[]);
     let mut waiter = Client::start(&db, &["--policy", SLOW_BACKOFF]);
     assert_eq!(waiter.ask("mode"), "futex");
-    holder.send("begin");
-    holder.began();
+    holder.begin();
     waiter.send("begin");
     wait_for_waiters(&mut observer, 1);
     std::thread::sleep(Duration::from_millis(200));
@@ -130,8 +126,7 @@ fn a_plain_holder_without_the_extension_is_still_noticed_promptly() {
     let mut holder = Client::start(&db, &["--plain"]);
     let mut observer = Client::start(&db, &[]);
     let mut waiter = Client::start(&db, &["--policy", SLOW_BACKOFF]);
-    holder.send("begin");
-    holder.began();
+    holder.begin();
     waiter.send("begin");
     wait_for_waiters(&mut observer, 1);
     let released = holder.committed();
@@ -152,8 +147,7 @@ fn queue_order_and_priority() {
     let mut background = Client::start(&db, &["--priority", "background"]);
     let mut first = Client::start(&db, &[]);
     let mut second = Client::start(&db, &[]);
-    holder.send("begin");
-    holder.began();
+    holder.begin();
     background.send("begin");
     wait_for_waiters(&mut observer, 1);
     first.send("begin");
@@ -182,8 +176,7 @@ fn a_killed_queued_waiter_does_not_stall_the_queue() {
     let mut observer = Client::start(&db, &[]);
     let mut doomed = Client::start(&db, &[]);
     let mut survivor = Client::start(&db, &["--policy", SLOW_BACKOFF]);
-    holder.send("begin");
-    holder.began();
+    holder.begin();
     doomed.send("begin");
     wait_for_waiters(&mut observer, 1);
     survivor.send("begin");
@@ -206,8 +199,7 @@ fn a_killed_holder_does_not_stall_the_waiters() {
     let mut holder = Client::start(&db, &[]);
     let mut observer = Client::start(&db, &[]);
     let mut waiter = Client::start(&db, &["--policy", SLOW_BACKOFF]);
-    holder.send("begin");
-    holder.began();
+    holder.begin();
     waiter.send("begin");
     wait_for_waiters(&mut observer, 1);
     let killed_at = std::time::SystemTime::now()
@@ -229,40 +221,19 @@ fn a_killed_holder_does_not_stall_the_waiters() {
 fn a_hog_cannot_starve_a_newcomer() {
     let dir = tempfile::tempdir().unwrap();
     let db = db_path(&dir);
-    let hog_script = format!(
-        "import sqlite3, os, time\n\
-         db = sqlite3.connect({db:?}, isolation_level=None)\n\
-         db.enable_load_extension(True)\n\
-         db.load_extension(os.environ['HYBRID_EXT'])\n\
-         db.execute('PRAGMA journal_mode=WAL')\n\
-         db.execute('CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, who INTEGER)')\n\
-         end = time.monotonic() + 3\n\
-         print('hogging', flush=True)\n\
-         while time.monotonic() < end:\n\
-         \x20   db.execute('BEGIN IMMEDIATE'); db.execute('INSERT INTO t(who) VALUES (0)'); db.execute('COMMIT')\n"
-    );
-    let script_path = dir.path().join("hog.py");
-    std::fs::write(&script_path, hog_script).unwrap();
-    let mut hog = std::process::Command::new(sqlite_hybrid_tests::python())
-        .arg(&script_path)
-        .env("HYBRID_EXT", sqlite_hybrid_tests::ext_load_arg())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(hog.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "hogging");
+    let mut hog = Client::start(&db, &[]);
+    hog.send("hog 3");
+    assert_eq!(hog.0.read_line(), "hogging");
     std::thread::sleep(Duration::from_millis(300));
     let mut newcomer = Client::start(&db, &["--policy", SLOW_BACKOFF]);
     let mut worst_ms: f64 = 0.0;
     for _ in 0..20 {
-        newcomer.send("begin");
-        let (_, waited) = newcomer.began();
+        let (_, waited) = newcomer.begin();
         newcomer.committed();
         worst_ms = worst_ms.max(waited);
     }
-    assert!(hog.wait().unwrap().success());
+    let hogged = hog.0.read_line();
+    assert!(hogged.starts_with("hogged "), "the hog failed: {hogged}");
     // The hog may re-take the lock for handoff_ms (2 ms) while others wait.
     assert!(
         worst_ms < 500.0,
@@ -279,8 +250,7 @@ fn without_a_usable_side_file_it_falls_back_to_backoff() {
     let mut holder = Client::start(&db, &[]);
     let mut waiter = Client::start(&db, &["--policy", r#"{"timeout_ms": 20000}"#]);
     assert_eq!(waiter.ask("mode"), "backoff");
-    holder.send("begin");
-    holder.began();
+    holder.begin();
     waiter.send("begin");
     std::thread::sleep(Duration::from_millis(200));
     holder.committed();
