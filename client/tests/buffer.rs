@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
 use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension};
 use sqlite_hybrid::{
     Backpressure, BufferOptions, Database, Error, FailedOp, PendingRow, RetryPolicy, Row,
     TicketStatus,
@@ -17,7 +17,16 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS strict_t(k INTEGER PRIMARY KEY, n INTEGER, b BLOB) STRICT;";
 
 fn open_with(dir: &tempfile::TempDir, options: BufferOptions) -> Database {
+    open_with_retry(dir, options, RetryPolicy::default())
+}
+
+fn open_with_retry(
+    dir: &tempfile::TempDir,
+    options: BufferOptions,
+    retry: RetryPolicy,
+) -> Database {
     let db = Database::builder(dir.path().join("buf.db"))
+        .retry(retry)
         .write_buffer(options)
         .open()
         .unwrap();
@@ -25,13 +34,26 @@ fn open_with(dir: &tempfile::TempDir, options: BufferOptions) -> Database {
     db
 }
 
+/// A long interval: flushes happen only when asked, so tests see pending state.
+fn manual_flush() -> BufferOptions {
+    BufferOptions {
+        flush_interval: Duration::from_secs(600),
+        ..BufferOptions::default()
+    }
+}
+
 fn open(dir: &tempfile::TempDir) -> Database {
-    // A long interval: flushes happen only when asked, so tests see pending state.
-    open_with(
+    open_with(dir, manual_flush())
+}
+
+/// Like [`open`], with write retries (and so flush attempts) ending after `deadline`.
+fn open_retrying_for(dir: &tempfile::TempDir, deadline: Duration) -> Database {
+    open_with_retry(
         dir,
-        BufferOptions {
-            flush_interval: Duration::from_secs(600),
-            ..BufferOptions::default()
+        manual_flush(),
+        RetryPolicy {
+            deadline,
+            ..RetryPolicy::default()
         },
     )
 }
@@ -201,15 +223,10 @@ fn backpressure_reject_and_block() {
     let options = BufferOptions {
         max_pending: 3,
         batch_size: 100,
-        flush_interval: Duration::from_secs(600),
         backpressure: Backpressure::Reject,
-        ..BufferOptions::default()
+        ..manual_flush()
     };
-    let db = Database::builder(&path)
-        .write_buffer(options.clone())
-        .open()
-        .unwrap();
-    db.write(|tx| Ok(tx.execute_batch(SCHEMA)?)).unwrap();
+    let db = open_with(&dir, options.clone());
     let b = db.buffer();
     for sku in ["a", "b", "c"] {
         b.upsert("stock", row(sku, 1), &["sku"]).unwrap();
@@ -327,8 +344,7 @@ fn force_flush_covers_everything_enqueued_before_it() {
         &dir,
         BufferOptions {
             batch_size: 7,
-            flush_interval: Duration::from_secs(600),
-            ..BufferOptions::default()
+            ..manual_flush()
         },
     ));
     let writer = {
@@ -646,22 +662,10 @@ fn interval_and_batch_size_start_flushes_on_their_own() {
 #[test]
 fn a_failed_batch_stays_queued_and_is_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("buf.db");
-    let db = Database::builder(&path)
-        .retry(RetryPolicy {
-            deadline: Duration::from_millis(200),
-            ..RetryPolicy::default()
-        })
-        .write_buffer(BufferOptions {
-            flush_interval: Duration::from_secs(600),
-            ..BufferOptions::default()
-        })
-        .open()
-        .unwrap();
-    db.write(|tx| Ok(tx.execute_batch(SCHEMA)?)).unwrap();
+    let db = open_retrying_for(&dir, Duration::from_millis(200));
     let b = db.buffer();
     let ticket = b.upsert("stock", row("a", 1), &["sku"]).unwrap();
-    let holder = Connection::open(&path).unwrap();
+    let holder = Connection::open(dir.path().join("buf.db")).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
     let err = b.force_flush().unwrap_err();
     assert!(
@@ -684,20 +688,8 @@ fn a_failed_batch_stays_queued_and_is_retried() {
 #[test]
 fn the_flusher_queues_for_the_lock_as_background() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("buf.db");
-    let db = Database::builder(&path)
-        .retry(RetryPolicy {
-            deadline: Duration::from_secs(20),
-            ..RetryPolicy::default()
-        })
-        .write_buffer(BufferOptions {
-            flush_interval: Duration::from_secs(600),
-            ..BufferOptions::default()
-        })
-        .open()
-        .unwrap();
-    db.write(|tx| Ok(tx.execute_batch(SCHEMA)?)).unwrap();
-    let holder = Connection::open(&path).unwrap();
+    let db = open_retrying_for(&dir, Duration::from_secs(20));
+    let holder = Connection::open(dir.path().join("buf.db")).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
     let ticket = db.buffer().upsert("stock", row("a", 1), &["sku"]).unwrap();
     let flush = std::thread::spawn({
@@ -713,14 +705,7 @@ fn the_flusher_queues_for_the_lock_as_background() {
                     [],
                     |r| r.get(0),
                 )
-                .map(Some)
-                .or_else(|e| {
-                    if e == rusqlite::Error::QueryReturnedNoRows {
-                        Ok(None)
-                    } else {
-                        Err(e)
-                    }
-                })?)
+                .optional()?)
             })
             .unwrap();
         if let Some(p) = waiting {
