@@ -31,6 +31,15 @@ fn fresh(dir: &tempfile::TempDir, name: &str, options: BufferOptions) -> Databas
     db
 }
 
+/// Row `i` of the flush measurements; the plain baseline writes the same
+/// values (`k{i}`, `i`, `"x"`).
+fn row(i: usize) -> Row {
+    Row::new()
+        .set("k", format!("k{i}"))
+        .set("v", i as i64)
+        .set("note", "x")
+}
+
 fn enqueue_rate(
     dir: &tempfile::TempDir,
     name: &str,
@@ -85,16 +94,7 @@ fn buffer_end_to_end_rate(dir: &tempfile::TempDir, rows: usize) -> f64 {
     let buffer = db.buffer();
     let start = Instant::now();
     for i in 0..rows {
-        buffer
-            .upsert(
-                "kv",
-                Row::new()
-                    .set("k", format!("k{i}"))
-                    .set("v", i as i64)
-                    .set("note", "x"),
-                &["k"],
-            )
-            .expect("enqueue");
+        buffer.upsert("kv", row(i), &["k"]).expect("enqueue");
     }
     buffer.force_flush().expect("flush");
     rows as f64 / start.elapsed().as_secs_f64()
@@ -117,16 +117,7 @@ fn buffer_flush_rate(dir: &tempfile::TempDir, rows: usize) -> f64 {
     holder.execute_batch("BEGIN IMMEDIATE").expect("hold");
     let buffer = db.buffer();
     for i in 0..rows {
-        buffer
-            .upsert(
-                "kv",
-                Row::new()
-                    .set("k", format!("k{i}"))
-                    .set("v", i as i64)
-                    .set("note", "x"),
-                &["k"],
-            )
-            .expect("enqueue");
+        buffer.upsert("kv", row(i), &["k"]).expect("enqueue");
     }
     let start = Instant::now();
     holder.execute_batch("COMMIT").expect("release");
@@ -156,16 +147,7 @@ fn buffer_sustained_rate(dir: &tempfile::TempDir, rows: usize) -> f64 {
             let db = Arc::clone(&db);
             std::thread::spawn(move || {
                 for i in (t..rows).step_by(THREADS) {
-                    db.buffer()
-                        .upsert(
-                            "kv",
-                            Row::new()
-                                .set("k", format!("k{i}"))
-                                .set("v", i as i64)
-                                .set("note", "x"),
-                            &["k"],
-                        )
-                        .expect("enqueue");
+                    db.buffer().upsert("kv", row(i), &["k"]).expect("enqueue");
                 }
             })
         })
