@@ -18,6 +18,8 @@ use rusqlite::ffi;
 ///   read-only, permissions, corruption).
 /// * [`Error::BufferFull`], [`Error::Timeout`], [`Error::Closed`],
 ///   [`Error::FlushFailed`]: write-buffer outcomes.
+/// * [`Error::Spawn`]: a background thread could not be started (the
+///   system is out of threads or memory).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -59,6 +61,9 @@ pub enum Error {
         /// The first failure's message.
         first_error: String,
     },
+    /// A background thread (the write buffer's flusher, the log writer)
+    /// could not be started.
+    Spawn(std::io::Error),
     /// Any other SQLite error.
     Sqlite(rusqlite::Error),
 }
@@ -187,6 +192,7 @@ impl fmt::Display for Error {
                     "{failed} buffered entr(y/ies) could not be written; first: {first_error}"
                 )
             }
+            Error::Spawn(e) => write!(f, "cannot start a background thread: {e}"),
             Error::Sqlite(e) => write!(f, "sqlite: {e}"),
         }
     }
@@ -197,6 +203,7 @@ impl std::error::Error for Error {
         match self {
             Error::LockTimeout { source, .. } => Some(source),
             Error::Constraint(e) | Error::Io(e) | Error::Sqlite(e) => Some(e),
+            Error::Spawn(e) => Some(e),
             _ => None,
         }
     }

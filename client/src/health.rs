@@ -1,7 +1,13 @@
-//! Typed views of the extension's health and lock-metrics tables, and
-//! routine maintenance.
+//! Health and lock statistics of a [`Database`], typed, and routine
+//! maintenance.
+//!
+//! Lock statistics come straight from the writer connection's extension
+//! state ([`hybrid::ConnState::snapshot`]): no SQL, and the policy shown is
+//! the writer's own. Schema health is read from the extension's
+//! `hybrid_health` table on a reader.
 
-use rusqlite::{OptionalExtension, Row as SqlRow};
+use hybrid::LockStats;
+use rusqlite::Row as SqlRow;
 
 use crate::database::Database;
 use crate::error::Result;
@@ -35,59 +41,14 @@ pub struct SchemaHealth {
     pub sqlite_version: String,
 }
 
-/// One file's lock metrics, from the extension's `hybrid_lock_metrics`
-/// (this process's waits; see the README for each field).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LockMetrics {
-    /// The main database file's path.
-    pub db: String,
-    /// `process` (this process's waits) or `file` (every process's, from
-    /// the shared side file).
-    pub scope: String,
-    /// `futex` (queued hand-off through the side file) or `backoff`.
-    pub mode: String,
-    /// Open connections of this process on the file with the extension
-    /// registered (`None` for the `file` scope).
-    pub connections: Option<i64>,
-    /// How many of them have the hybrid busy handler in force.
-    pub handler_active: Option<i64>,
-    /// Waits started.
-    pub busy_events: i64,
-    /// Busy-handler calls.
-    pub retries: i64,
-    /// Waits that ended with the lock.
-    pub acquired: i64,
-    /// Waits that ended in `SQLITE_BUSY`.
-    pub gave_up: i64,
-    /// Waits in progress.
-    pub in_flight: i64,
-    /// Total time of finished waits.
-    pub wait_total_ms: f64,
-    /// Mean wait.
-    pub wait_avg_ms: Option<f64>,
-    /// Longest wait.
-    pub wait_max_ms: f64,
-    /// Median wait.
-    pub wait_p50_ms: Option<f64>,
-    /// 95th percentile wait.
-    pub wait_p95_ms: Option<f64>,
-    /// 99th percentile wait.
-    pub wait_p99_ms: Option<f64>,
-    /// `gave_up / (acquired + gave_up)`.
-    pub failure_rate: Option<f64>,
-    /// ISO-8601 time of the last wait start or end.
-    pub last_event_at: Option<String>,
-    /// JSON backoff policy.
-    pub policy: Option<String>,
-}
-
 /// [`Database::health`]'s answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
     /// Every attached schema.
     pub schemas: Vec<SchemaHealth>,
-    /// Every database file this process has opened with the extension.
-    pub locks: Vec<LockMetrics>,
+    /// This database's lock statistics: this process's row, then (when the
+    /// side file is in use) every process's.
+    pub locks: Vec<LockStats>,
 }
 
 /// What [`Database::optimize`] should do besides `PRAGMA optimize`.
@@ -131,36 +92,9 @@ fn schema_health(r: &SqlRow<'_>) -> rusqlite::Result<SchemaHealth> {
     })
 }
 
-fn lock_metrics(r: &SqlRow<'_>) -> rusqlite::Result<LockMetrics> {
-    Ok(LockMetrics {
-        db: r.get(0)?,
-        scope: r.get(1)?,
-        mode: r.get(2)?,
-        connections: r.get(3)?,
-        handler_active: r.get(4)?,
-        busy_events: r.get(5)?,
-        retries: r.get(6)?,
-        acquired: r.get(7)?,
-        gave_up: r.get(8)?,
-        in_flight: r.get(9)?,
-        wait_total_ms: r.get(10)?,
-        wait_avg_ms: r.get(11)?,
-        wait_max_ms: r.get(12)?,
-        wait_p50_ms: r.get(13)?,
-        wait_p95_ms: r.get(14)?,
-        wait_p99_ms: r.get(15)?,
-        failure_rate: r.get(16)?,
-        last_event_at: r.get(17)?,
-        policy: r.get(18)?,
-    })
-}
-
-const LOCK_METRICS_COLUMNS: &str = "db, scope, mode, connections, handler_active, busy_events, retries, acquired, \
-     gave_up, in_flight, wait_total_ms, wait_avg_ms, wait_max_ms, wait_p50_ms, wait_p95_ms, wait_p99_ms, \
-     failure_rate, last_event_at, policy";
-
 impl Database {
-    /// The extension's `hybrid_health` and `hybrid_lock_metrics`, typed.
+    /// The extension's `hybrid_health` (every attached schema) and this
+    /// database's lock statistics.
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
@@ -171,24 +105,24 @@ impl Database {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn health(&self) -> Result<Health> {
-        self.read(|conn| {
-            let schemas = conn
+        let schemas = self.read(|conn| {
+            Ok(conn
                 .prepare(
                     "SELECT schema, file, journal_mode, synchronous, page_size, page_count, freelist_count, \
                      file_bytes, wal_bytes, foreign_keys, busy_timeout, sqlite_version FROM hybrid_health",
                 )?
                 .query_map([], schema_health)?
-                .collect::<rusqlite::Result<_>>()?;
-            let locks = conn
-                .prepare(&format!("SELECT {LOCK_METRICS_COLUMNS} FROM hybrid_lock_metrics"))?
-                .query_map([], lock_metrics)?
-                .collect::<rusqlite::Result<_>>()?;
-            Ok(Health { schemas, locks })
-        })
+                .collect::<rusqlite::Result<_>>()?)
+        })?;
+        let snapshot = self.core.writer_state().snapshot();
+        let locks = std::iter::once(snapshot.process)
+            .chain(snapshot.file)
+            .collect();
+        Ok(Health { schemas, locks })
     }
 
-    /// This database file's row of [`Database::health`]'s lock metrics
-    /// (waits of every connection of this process on the file).
+    /// This process's waits on this database file (every connection of the
+    /// process on it, other `Database`s included), with the writer's policy.
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
@@ -197,9 +131,8 @@ impl Database {
     /// assert_eq!((metrics.connections, metrics.busy_events), (Some(5), 0));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn lock_metrics(&self) -> Result<LockMetrics> {
-        self.lock_metrics_scope("process")?
-            .ok_or_else(|| crate::Error::InvalidInput("no lock metrics for this database".into()))
+    pub fn lock_metrics(&self) -> Result<LockStats> {
+        Ok(self.core.writer_state().snapshot().process)
     }
 
     /// Every process's waits on this database file, from the shared side
@@ -209,21 +142,11 @@ impl Database {
     /// let dir = tempfile::tempdir()?;
     /// let db = sqlite_hybrid::Database::open(dir.path().join("f.db"))?;
     /// let file = db.file_lock_metrics()?.expect("futex mode on Linux");
-    /// assert_eq!((file.scope.as_str(), file.mode.as_str()), ("file", "futex"));
+    /// assert_eq!((file.scope, file.mode), ("file", "futex"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn file_lock_metrics(&self) -> Result<Option<LockMetrics>> {
-        self.lock_metrics_scope("file")
-    }
-
-    fn lock_metrics_scope(&self, scope: &str) -> Result<Option<LockMetrics>> {
-        self.read(|conn| {
-            let sql = format!(
-                "SELECT {LOCK_METRICS_COLUMNS} FROM hybrid_lock_metrics \
-                 WHERE scope = ?1 AND db = (SELECT file FROM pragma_database_list WHERE name = 'main')"
-            );
-            Ok(conn.query_row(&sql, [scope], lock_metrics).optional()?)
-        })
+    pub fn file_lock_metrics(&self) -> Result<Option<LockStats>> {
+        Ok(self.core.writer_state().snapshot().file)
     }
 
     /// `PRAGMA optimize`, a WAL checkpoint, and optionally incremental vacuum.

@@ -29,6 +29,7 @@
 
 mod batch;
 pub mod buffer;
+mod core;
 mod database;
 mod error;
 mod health;
@@ -38,6 +39,7 @@ mod retry;
 mod row;
 mod schema;
 mod sql;
+mod write_scope;
 
 pub use batch::BatchReport;
 pub use buffer::{
@@ -46,8 +48,11 @@ pub use buffer::{
 };
 pub use database::{Database, DatabaseBuilder};
 pub use error::{Error, Result, is_lock_error};
-pub use health::{Health, LockMetrics, OptimizeOptions, OptimizeReport, SchemaHealth};
-pub use hybrid::backoff::{BackoffPolicy, Jitter};
+pub use health::{Health, OptimizeOptions, OptimizeReport, SchemaHealth};
+/// Re-exported from the extension crate because this crate's API takes or
+/// returns them (`busy_policy`, `lock_metrics`): an app configures and reads
+/// the busy handler without a second dependency.
+pub use hybrid::{BackoffPolicy, Jitter, LockStats};
 pub use logdb::{
     DbLayer, DbLogger, LogDatabase, LogLevel, LogOptions, LogRecord, LogSink, LogStats,
 };

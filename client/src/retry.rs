@@ -10,9 +10,10 @@
 //! `SQLITE_LOCKED`, or a busy error SQLite returns without calling the
 //! handler (deadlock avoidance in rollback-journal mode).
 
+use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
-use hybrid::backoff::{BackoffPolicy, Decision, Jitter, SplitMix64};
+use hybrid::{BackoffPolicy, Jitter};
 
 /// How [`crate::Database::write`] retries a transaction on lock errors.
 ///
@@ -73,33 +74,41 @@ impl RetryPolicy {
             base_ms: self.base.as_secs_f64() * 1000.0,
             cap_ms: self.cap.as_secs_f64() * 1000.0,
             jitter: self.jitter,
-            timeout_ms: self.deadline.as_secs_f64() * 1000.0,
-            max_retries: Some(self.max_attempts.saturating_sub(1)),
             aging_ms: None,
-            handoff_ms: 0.0,
+            ..BackoffPolicy::default()
         }
     }
 
     /// After `attempts` failed attempts and `elapsed` time: the delay before
-    /// the next attempt, or `None` to give up.
+    /// the next attempt (cut to the time left), or `None` to give up.
     pub fn next_delay(
         &self,
         attempts: u32,
         elapsed: Duration,
         previous: Duration,
-        rng: &mut SplitMix64,
     ) -> Option<Duration> {
-        let previous_ms = previous.as_secs_f64() * 1000.0;
-        match self.as_backoff().decide(
-            attempts.saturating_sub(1),
-            elapsed,
-            previous_ms,
-            &mut || rng.next_unit(),
-        ) {
-            Decision::RetryAfter(delay) => Some(delay),
-            Decision::GiveUp(_) => None,
+        if attempts >= self.max_attempts {
+            return None;
         }
+        let left = self
+            .deadline
+            .checked_sub(elapsed)
+            .filter(|d| !d.is_zero())?;
+        let delay_ms = self.as_backoff().delay_ms(
+            attempts.saturating_sub(1),
+            elapsed.as_secs_f64() * 1000.0,
+            previous.as_secs_f64() * 1000.0,
+            &mut random_unit,
+        );
+        Some(Duration::from_secs_f64(delay_ms / 1000.0).min(left))
     }
+}
+
+/// A uniform number in `[0, 1)`. Each call hashes with fresh random keys
+/// (std's `RandomState` draws them per instance), so two `Database`s, or two
+/// processes, never jitter in step, and there is no generator state to seed.
+fn random_unit() -> f64 {
+    (RandomState::new().hash_one(0u8) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -112,40 +121,41 @@ mod tests {
             max_attempts: 3,
             ..RetryPolicy::default()
         };
-        let mut rng = SplitMix64::new(1);
-        assert!(
-            p.next_delay(1, Duration::ZERO, Duration::ZERO, &mut rng)
-                .is_some()
-        );
-        assert!(
-            p.next_delay(2, Duration::ZERO, Duration::ZERO, &mut rng)
-                .is_some()
-        );
-        assert!(
-            p.next_delay(3, Duration::ZERO, Duration::ZERO, &mut rng)
-                .is_none()
-        );
+        assert!(p.next_delay(1, Duration::ZERO, Duration::ZERO).is_some());
+        assert!(p.next_delay(2, Duration::ZERO, Duration::ZERO).is_some());
+        assert!(p.next_delay(3, Duration::ZERO, Duration::ZERO).is_none());
     }
 
     #[test]
     fn gives_up_at_the_deadline_and_caps_delays() {
         let p = RetryPolicy::default();
-        let mut rng = SplitMix64::new(2);
         assert!(
-            p.next_delay(1, Duration::from_secs(5), Duration::ZERO, &mut rng)
+            p.next_delay(1, Duration::from_secs(5), Duration::ZERO)
                 .is_none()
         );
         for attempt in 1..19 {
             let d = p
-                .next_delay(attempt, Duration::ZERO, Duration::ZERO, &mut rng)
+                .next_delay(attempt, Duration::ZERO, Duration::ZERO)
                 .unwrap();
             assert!(d <= Duration::from_millis(50));
         }
         // The last delay is cut to the time left.
         let d = p
-            .next_delay(10, Duration::from_millis(4999), Duration::ZERO, &mut rng)
+            .next_delay(10, Duration::from_millis(4999), Duration::ZERO)
             .unwrap();
         assert!(d <= Duration::from_millis(1));
+    }
+
+    #[test]
+    fn two_policies_do_not_jitter_in_step() {
+        let p = RetryPolicy::default();
+        let a: Vec<_> = (0..8)
+            .map(|_| p.next_delay(6, Duration::ZERO, Duration::ZERO))
+            .collect();
+        let b: Vec<_> = (0..8)
+            .map(|_| p.next_delay(6, Duration::ZERO, Duration::ZERO))
+            .collect();
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -203,20 +203,24 @@ fn retention_deletes_exactly_the_old_entries_in_chunks() {
         },
     );
     let logs = db.log().unwrap();
-    let now = hybrid::clock::now_unix_ms();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let day = 86_400_000u64;
     {
         let conn = log_conn(&db);
         let mut insert = conn
             .prepare(
-                "INSERT INTO entries(ts, level, target, message) VALUES (?1, 'INFO', 'old', ?2)",
+                "INSERT INTO entries(ts, level, target, message) \
+                 VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch'), 'INFO', 'old', ?2)",
             )
             .unwrap();
         // 30 entries just past 7 days, 20 just inside.
         for i in 0..30u64 {
             insert
                 .execute(rusqlite::params![
-                    hybrid::clock::iso8601_utc(now - 7 * day - 60_000 - i),
+                    (now - 7 * day - 60_000 - i) as i64,
                     format!("old {i}")
                 ])
                 .unwrap();
@@ -224,7 +228,7 @@ fn retention_deletes_exactly_the_old_entries_in_chunks() {
         for i in 0..20u64 {
             insert
                 .execute(rusqlite::params![
-                    hybrid::clock::iso8601_utc(now - 7 * day + 60_000 + i),
+                    (now - 7 * day + 60_000 + i) as i64,
                     format!("kept {i}")
                 ])
                 .unwrap();

@@ -1,22 +1,58 @@
-//! Wall-clock timestamps for metrics rows.
+//! Clocks: this process's monotonic time, this thread's CPU time, and
+//! wall-clock labels for events.
 //!
-//! Durations are always measured with `Instant` (monotonic); the wall clock
-//! is only used to label events, as ISO 8601 UTC text with milliseconds
-//! (`2026-11-24T19:07:03.120Z`), which sorts correctly as text and which
-//! SQLite's date functions accept.
+//! Why no timestamp is ever shared between processes: two processes on one
+//! machine may read different monotonic clocks (a time namespace per
+//! container), and the side file outlives a reboot, after which
+//! `CLOCK_MONOTONIC` starts again from zero. So every duration that matters
+//! is measured by the process that acts on it, on its own clock
+//! ([`now_ns`]); the side file holds counters, tokens and durations only.
+//! The wall clock ([`now_unix_ms`]) only labels events for people.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// `CLOCK_MONOTONIC` now, in nanoseconds: only ever compared with other
+/// readings of this process.
+pub(crate) fn now_ns() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use std::sync::LazyLock;
+        use std::time::Instant;
+        static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+        START.elapsed().as_nanos() as u64
+    }
+}
+
+/// CPU time used by the calling thread, in nanoseconds (user + system).
+/// Used to hold a long wait to a CPU budget (see `busy.rs`).
+pub(crate) fn thread_cpu_ns() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
 /// Milliseconds since the Unix epoch now (0 if the clock is before 1970).
-pub fn now_unix_ms() -> u64 {
+pub(crate) fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-/// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub fn iso8601_utc(unix_ms: u64) -> String {
+/// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`, which sorts
+/// correctly as text and which SQLite's date functions accept.
+pub(crate) fn iso8601_utc(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
     let millis = unix_ms % 1000;
     let days = (secs / 86_400) as i64;
@@ -58,7 +94,16 @@ mod tests {
     }
 
     #[test]
-    fn now_is_after_2020() {
+    fn clocks_move_forward() {
         assert!(now_unix_ms() > 1_577_836_800_000);
+        let a = now_ns();
+        let cpu = thread_cpu_ns();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(now_ns() > a);
+        assert!(thread_cpu_ns() > cpu, "a busy loop uses CPU time");
     }
 }

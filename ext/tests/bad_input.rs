@@ -127,19 +127,28 @@ proptest! {
             Err(rusqlite::Error::SqlInputError { msg, .. }) => prop_assert!(msg.contains("wrong number of arguments"), "{msg}"),
             Err(other) => prop_assert!(false, "unexpected error kind: {other:?}"),
         }
-        // The connection still works and its policy is valid.
+        // The connection still works and its policy is valid: it applies
+        // cleanly to a fresh connection's default policy.
         let policy: String = conn.query_row("SELECT hybrid_busy_config()", [], |r| r.get(0)).unwrap();
-        let reparsed = hybrid::config::apply_json_patch(&hybrid::BackoffPolicy::default(), &policy);
-        prop_assert!(reparsed.is_ok(), "{policy}: {reparsed:?}");
+        let (_dir2, fresh) = connection();
+        let reparsed: rusqlite::Result<String> =
+            fresh.query_row("SELECT hybrid_busy_config(?1)", [&policy], |r| r.get(0));
+        prop_assert_eq!(reparsed.as_ref().ok(), Some(&policy), "{}", policy);
         let rows: i64 = conn.query_row("SELECT count(*) FROM hybrid_lock_metrics", [], |r| r.get(0)).unwrap();
         prop_assert!(rows >= 1);
     }
 
     #[test]
     fn any_json_patch_gives_a_valid_policy_or_an_error(patch in json_text()) {
-        let start = hybrid::BackoffPolicy::default();
-        if let Ok(policy) = hybrid::config::apply_json_patch(&start, &patch) {
+        let (_dir, conn) = connection();
+        let state = hybrid::register(&conn).unwrap();
+        let applied: rusqlite::Result<String> =
+            conn.query_row("SELECT hybrid_busy_config(?1)", [&patch], |r| r.get(0));
+        if applied.is_ok() {
+            let policy = state.policy();
             prop_assert_eq!(policy.validated(), Ok(policy));
+        } else {
+            prop_assert_eq!(state.policy(), hybrid::BackoffPolicy::default(), "unchanged on error");
         }
     }
 }

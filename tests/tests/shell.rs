@@ -74,7 +74,7 @@ fn bad_arguments_give_errors_never_a_crash() {
         ),
         (
             "SELECT hybrid_busy_config(1, 2);".into(),
-            "takes 0 or 1 argument, got 2",
+            "wrong number of arguments",
         ),
         ("SELECT hybrid_busy_config(NULL);".into(), "got NULL"),
         ("SELECT hybrid_busy_config(42);".into(), "got integer 42"),
@@ -115,7 +115,10 @@ fn bad_arguments_give_errors_never_a_crash() {
             format!("SELECT hybrid_busy_config('{{\"{long}\":1}}');"),
             "unknown key",
         ),
-        ("SELECT hybrid_busy_timeout();".into(), "takes 1 argument"),
+        (
+            "SELECT hybrid_busy_timeout();".into(),
+            "wrong number of arguments",
+        ),
         ("SELECT hybrid_busy_timeout(NULL);".into(), "got NULL"),
         ("SELECT hybrid_busy_timeout(-1);".into(), "got integer -1"),
         (
@@ -142,7 +145,7 @@ fn bad_arguments_give_errors_never_a_crash() {
         ),
         (
             "SELECT hybrid_lock_metrics_reset('file', 2);".into(),
-            "takes 0 or 1 argument",
+            "wrong number of arguments",
         ),
         (
             "SELECT hybrid_priority('urgent');".into(),
@@ -151,7 +154,7 @@ fn bad_arguments_give_errors_never_a_crash() {
         ("SELECT hybrid_priority(NULL);".into(), "got NULL"),
         (
             "SELECT hybrid_priority(1, 2);".into(),
-            "takes 0 or 1 argument",
+            "wrong number of arguments",
         ),
         (
             "SELECT hybrid_busy_config('{\"handoff_ms\":-2}');".into(),
@@ -167,7 +170,7 @@ fn bad_arguments_give_errors_never_a_crash() {
         ),
         (
             "SELECT hybrid_lock_events_capacity(1, 2);".into(),
-            "takes 0 or 1 argument",
+            "wrong number of arguments",
         ),
         (
             "SELECT hybrid_health_check(1);".into(),
@@ -179,9 +182,9 @@ fn bad_arguments_give_errors_never_a_crash() {
         ),
         (
             "SELECT hybrid_health_check('a', 'b');".into(),
-            "takes 0 or 1 argument",
+            "wrong number of arguments",
         ),
-        ("SELECT hybrid_tune(1);".into(), "takes no arguments"),
+        ("SELECT hybrid_tune(1);".into(), "wrong number of arguments"),
     ];
     let mut script = String::from("SELECT hybrid_busy_config('{\"timeout_ms\":1234}');\n");
     for (sql, _) in &cases {

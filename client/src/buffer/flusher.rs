@@ -8,6 +8,11 @@
 //!   with two statements runs inside a savepoint so it fails as a whole.
 //!   If the error ended the transaction (an `ON CONFLICT ROLLBACK` clause),
 //!   the batch restarts without that entry.
+//! * A constraint that fails only at **COMMIT** (a `DEFERRABLE INITIALLY
+//!   DEFERRED` foreign key) belongs to some entries of the batch, not to the
+//!   batch: the entries are split in halves, each half written on its own,
+//!   down to the single entries that cause it. Those fail; every other entry
+//!   commits.
 //! * A **batch-level** error (lock timeout, disk full, I/O, read-only)
 //!   says nothing about the rows: the batch and everything after it go
 //!   back into the queue (merged with newer operations on the same keys,
@@ -16,7 +21,6 @@
 //!   still unwritten then fail with the error, so nothing vanishes.
 
 use std::collections::HashMap;
-use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,11 +28,13 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Transaction, ffi, params_from_iter};
 
+use super::entry::{EntryKey, Item};
 use super::pending::{Before, Columns};
-use super::{EntryKey, InFlightView, Item, Shared, State, TicketStatus};
+use super::{InFlightView, Shared, State, TicketStatus};
+use crate::core::Attempt;
 use crate::error::{Error, Result};
 use crate::sql;
-use hybrid::handoff::Priority;
+use hybrid::Priority;
 
 /// Attempts at close before unwritten entries are failed.
 const CLOSE_ATTEMPTS: u32 = 3;
@@ -157,7 +163,7 @@ fn end_drain(state: &mut State) {
 }
 
 /// Writes `items` batch by batch; returns false if a batch failed as a
-/// whole (the rest were put back).
+/// whole (its unwritten entries and the rest were put back).
 fn write_all(shared: &Shared, items: Vec<Item>) -> bool {
     // Batches are taken from an iterator: peeling them off the front of the
     // Vec moved the whole remaining queue per batch (quadratic; it was 40%
@@ -169,16 +175,42 @@ fn write_all(shared: &Shared, items: Vec<Item>) -> bool {
             return true;
         }
         let started = Instant::now();
-        match write_batch(shared, &batch) {
-            Ok(failures) => finish_batch(shared, batch, failures, started.elapsed()),
-            Err(error) => {
-                let mut back = batch;
-                back.extend(items);
-                requeue(shared, back, &error);
-                return false;
-            }
+        let mut outcomes = vec![Outcome::Unwritten; batch.len()];
+        let all: Vec<usize> = (0..batch.len()).collect();
+        let stopped = write_entries(shared, &batch, &all, &mut outcomes).err();
+        let (done, back): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .zip(outcomes)
+            .partition(|(_, outcome)| !matches!(outcome, Outcome::Unwritten));
+        if !done.is_empty() {
+            finish_batch(shared, done, started.elapsed());
+        }
+        if let Some(error) = stopped {
+            let mut back: Vec<Item> = back.into_iter().map(|(item, _)| item).collect();
+            back.extend(items);
+            requeue(shared, back, &error);
+            return false;
         }
     }
+}
+
+/// What became of one entry of a batch.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Committed,
+    /// A row-level failure: rolled back alone, reported with this message.
+    Failed(String),
+    /// Not written: a batch-level error stopped the batch first.
+    Unwritten,
+}
+
+/// How one attempt at a set of entries ended.
+enum Step {
+    /// Written; these (index, message) failed for row-level reasons.
+    Done(Vec<(usize, String)>),
+    /// A row error rolled the whole transaction back (`ON CONFLICT
+    /// ROLLBACK`): write again without this entry.
+    Restart(usize, String),
 }
 
 /// Prepared statements for one batch, by (table, kind, columns): the SQL
@@ -229,22 +261,26 @@ impl<'tx> Statements<'tx> {
     }
 }
 
-/// One batch in one transaction. Ok: the indexes of entries that failed
-/// for row-level reasons (the others committed). Err: nothing committed.
-fn write_batch(shared: &Shared, batch: &[Item]) -> Result<Vec<(usize, String)>> {
-    let mut excluded: Vec<(usize, String)> = Vec::new();
-    loop {
-        let skip: HashSet<usize> = excluded.iter().map(|(i, _)| *i).collect();
-        let mut restart: Option<(usize, String)> = None;
+/// Writes the entries `indexes` of `batch` in one transaction and records
+/// each one's outcome. A failure at COMMIT (a deferred constraint) is
+/// narrowed down by writing each half on its own. Stops at the first
+/// batch-level error (lock timeout, I/O, full disk): entries not yet
+/// written stay `Unwritten`.
+fn write_entries(
+    shared: &Shared,
+    batch: &[Item],
+    indexes: &[usize],
+    outcomes: &mut [Outcome],
+) -> Result<()> {
+    let mut live: Vec<usize> = indexes.to_vec();
+    while !live.is_empty() {
         let mut attempts = 0u32;
-        let result = shared.core.write_as(Priority::Background, |tx| {
+        let result = shared.core.write_attempts(Priority::Background, |tx| {
             attempts += 1;
             let mut statements = Statements::new(tx);
             let mut failed = Vec::new();
-            for (index, item) in batch.iter().enumerate() {
-                if skip.contains(&index) {
-                    continue;
-                }
+            for &index in &live {
+                let item = &batch[index];
                 let statement_count = statement_count(item);
                 if statement_count > 1 {
                     tx.execute_batch(&format!("SAVEPOINT {SAVEPOINT}"))?;
@@ -258,8 +294,10 @@ fn write_batch(shared: &Shared, batch: &[Item]) -> Result<Vec<(usize, String)>> 
                     Err(error) if is_row_error(&error) => {
                         if tx.is_autocommit() {
                             // The error rolled back the whole transaction.
-                            restart = Some((index, error.to_string()));
-                            return Err(Error::InvalidInput("batch restarted".into()));
+                            return Ok(Attempt::RolledBack(Step::Restart(
+                                index,
+                                error.to_string(),
+                            )));
                         }
                         if statement_count > 1 {
                             tx.execute_batch(&format!(
@@ -271,17 +309,38 @@ fn write_batch(shared: &Shared, batch: &[Item]) -> Result<Vec<(usize, String)>> 
                     Err(error) => return Err(error.into()),
                 }
             }
-            Ok(failed)
+            Ok(Attempt::Commit(Step::Done(failed)))
         });
         shared.state.lock().stats.lock_retries += u64::from(attempts.saturating_sub(1));
-        if let Some(failure) = restart {
-            excluded.push(failure);
-            continue;
+        match result {
+            Ok(Step::Restart(index, message)) => {
+                outcomes[index] = Outcome::Failed(message);
+                live.retain(|&i| i != index);
+            }
+            Ok(Step::Done(failed)) => {
+                for &index in &live {
+                    outcomes[index] = Outcome::Committed;
+                }
+                for (index, message) in failed {
+                    outcomes[index] = Outcome::Failed(message);
+                }
+                return Ok(());
+            }
+            // Row-level errors are caught above, so a constraint error here
+            // came from COMMIT: a deferred constraint some entry broke.
+            Err(Error::Constraint(error)) if live.len() == 1 => {
+                outcomes[live[0]] = Outcome::Failed(format!("at commit: {error}"));
+                return Ok(());
+            }
+            Err(Error::Constraint(_)) => {
+                let (first, second) = live.split_at(live.len() / 2);
+                write_entries(shared, batch, first, outcomes)?;
+                return write_entries(shared, batch, second, outcomes);
+            }
+            Err(error) => return Err(error),
         }
-        let mut failed = result?;
-        failed.extend(excluded);
-        return Ok(failed);
     }
+    Ok(())
 }
 
 fn statement_count(item: &Item) -> usize {
@@ -357,28 +416,25 @@ fn is_row_error(error: &rusqlite::Error) -> bool {
     }
 }
 
-/// Marks a written batch: committed entries' tickets, failed entries to
+/// Marks written entries: committed entries' tickets, failed entries to
 /// `take_failed`, counters; wakes waiters.
-fn finish_batch(shared: &Shared, batch: Vec<Item>, failures: Vec<(usize, String)>, took: Duration) {
+fn finish_batch(shared: &Shared, entries: Vec<(Item, Outcome)>, took: Duration) {
     let mut state = shared.state.lock();
-    let failed_index: std::collections::HashMap<usize, &str> =
-        failures.iter().map(|(i, m)| (*i, m.as_str())).collect();
-    for (index, item) in batch.iter().enumerate() {
-        match failed_index.get(&index) {
-            None => item.cells().iter().for_each(|c| c.commit()),
-            Some(message) => {
+    let mut failed = 0u64;
+    for (item, outcome) in &entries {
+        match outcome {
+            Outcome::Failed(message) => {
                 item.cells().iter().for_each(|c| c.fail(message));
                 keep_failed(&mut state, shared, item.to_failed(message));
+                state.stats.last_error = Some(message.clone());
+                failed += 1;
             }
+            _ => item.cells().iter().for_each(|c| c.commit()),
         }
     }
-    state.in_flight -= batch.len().min(state.in_flight);
-    let committed = batch.len() - failures.len();
-    state.stats.flushed_entries += committed as u64;
-    state.stats.failed_entries += failures.len() as u64;
-    if let Some((_, message)) = failures.first() {
-        state.stats.last_error = Some(message.clone());
-    }
+    state.in_flight -= entries.len().min(state.in_flight);
+    state.stats.flushed_entries += entries.len() as u64 - failed;
+    state.stats.failed_entries += failed;
     state.stats.flushed_batches += 1;
     let ms = took.as_secs_f64() * 1000.0;
     state.flush_total_ms += ms;
@@ -393,7 +449,7 @@ fn finish_batch(shared: &Shared, batch: Vec<Item>, failures: Vec<(usize, String)
     shared.board.notify();
 }
 
-fn keep_failed(state: &mut State, shared: &Shared, entry: super::FailedEntry) {
+fn keep_failed(state: &mut State, shared: &Shared, entry: super::entry::FailedEntry) {
     if state.failed.len() >= shared.options.max_pending {
         state.failed.pop_front();
         state.stats.failed_evicted += 1;

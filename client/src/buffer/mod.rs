@@ -44,7 +44,10 @@
 //! the flusher would see it. The lock is held for a hash-map update per
 //! enqueue (validation happens before it); `make bench` measures the rate.
 
+mod entry;
 mod flusher;
+mod keys;
+mod options;
 mod pending;
 mod ticket;
 
@@ -58,266 +61,16 @@ use parking_lot::{Condvar, Mutex};
 use rusqlite::types::Value;
 
 use crate::Row;
-use crate::database::Core;
+use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::schema::{TableInfo, shorten};
-use pending::{Coalesced, Columns, KeyedOp, affinity, encode_key, normalize_key};
+use crate::schema::TableInfo;
+use entry::{EntryKey, Item, TableMode};
+pub use entry::{FailedEntry, FailedOp, PendingRow};
+use keys::{same_columns, split_key, unique_key};
+pub use options::{Backpressure, BufferOptions, BufferStats};
+use pending::{Coalesced, Columns, KeyedOp, encode_key};
 pub use ticket::{Ticket, TicketStatus};
 use ticket::{TicketBoard, TicketCell};
-
-/// What an enqueue does when the buffer is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backpressure {
-    /// Wait for room up to `timeout`, then fail with [`Error::BufferFull`].
-    Block {
-        /// Longest wait.
-        timeout: Duration,
-    },
-    /// Fail at once with [`Error::BufferFull`].
-    Reject,
-}
-
-/// Write-buffer settings (defaults: flush at 100 entries or every 5 s,
-/// at most 1000 pending, block up to 5 s when full).
-///
-/// ```
-/// use std::time::Duration;
-/// use sqlite_hybrid::{Backpressure, BufferOptions, Database};
-///
-/// let dir = tempfile::tempdir()?;
-/// let db = Database::builder(dir.path().join("o.db"))
-///     .write_buffer(BufferOptions {
-///         flush_interval: Duration::from_millis(500),
-///         backpressure: Backpressure::Reject,
-///         table_priority: vec![("parents".into(), 10)],
-///         ..BufferOptions::default()
-///     })
-///     .open()?;
-/// assert_eq!(db.buffer().stats().pending, 0);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct BufferOptions {
-    /// Entries per transaction, and the pending count that starts a flush.
-    pub batch_size: usize,
-    /// Longest time an entry waits before a flush starts.
-    pub flush_interval: Duration,
-    /// Most entries queued or being written at once.
-    pub max_pending: usize,
-    /// What happens when `max_pending` is reached.
-    pub backpressure: Backpressure,
-    /// `(table, priority)`: higher priorities flush first (e.g. parent
-    /// tables before children with foreign keys). Others have priority 0.
-    pub table_priority: Vec<(String, i32)>,
-}
-
-impl Default for BufferOptions {
-    fn default() -> Self {
-        BufferOptions {
-            batch_size: 100,
-            flush_interval: Duration::from_secs(5),
-            max_pending: 1000,
-            backpressure: Backpressure::Block {
-                timeout: Duration::from_secs(5),
-            },
-            table_priority: Vec::new(),
-        }
-    }
-}
-
-impl BufferOptions {
-    /// Checks the settings.
-    pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 || self.max_pending == 0 {
-            return Err(Error::InvalidInput(
-                "BufferOptions: batch_size and max_pending must be at least 1".into(),
-            ));
-        }
-        if self.flush_interval.is_zero() {
-            return Err(Error::InvalidInput(
-                "BufferOptions: flush_interval must be positive".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn priority(&self, table: &str) -> i32 {
-        self.table_priority
-            .iter()
-            .find(|(t, _)| t.eq_ignore_ascii_case(table))
-            .map_or(0, |(_, p)| *p)
-    }
-}
-
-/// Counters of a [`WriteBuffer`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BufferStats {
-    /// Entries queued, not yet being written.
-    pub pending: usize,
-    /// Entries in the batch being written now.
-    pub in_flight: usize,
-    /// Operations accepted.
-    pub enqueued: u64,
-    /// Operations merged into an existing entry.
-    pub coalesced: u64,
-    /// Entries committed.
-    pub flushed_entries: u64,
-    /// Transactions committed by the flusher.
-    pub flushed_batches: u64,
-    /// Entries that failed (moved to `take_failed`).
-    pub failed_entries: u64,
-    /// Batches that failed as a whole (kept and retried).
-    pub failed_batches: u64,
-    /// Transaction attempts beyond the first, caused by lock errors.
-    pub lock_retries: u64,
-    /// Enqueues refused because the buffer was full.
-    pub rejected: u64,
-    /// Duration of the last committed batch.
-    pub last_flush_ms: Option<f64>,
-    /// Mean duration of committed batches.
-    pub avg_flush_ms: Option<f64>,
-    /// Longest committed batch.
-    pub max_flush_ms: f64,
-    /// The last error the flusher met.
-    pub last_error: Option<String>,
-    /// Failed entries waiting in `take_failed`.
-    pub failed_kept: usize,
-    /// Failed entries dropped from `take_failed` because it was full
-    /// (their tickets had already reported the failure).
-    pub failed_evicted: u64,
-}
-
-/// A pending view of one row, from [`WriteBuffer::get`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum PendingRow {
-    /// The row will be deleted.
-    Deleted,
-    /// The row will be inserted, or these columns updated if it exists.
-    Upserted(Row),
-    /// These columns will be updated, if the row exists.
-    Updated(Row),
-    /// The row will be deleted and inserted again with exactly these columns.
-    Replaced(Row),
-    /// These columns updated if it exists, then the upsert applied.
-    UpdatedThenUpserted {
-        /// Columns of the update.
-        update: Row,
-        /// Columns of the upsert.
-        upsert: Row,
-    },
-}
-
-/// One operation inside a failed entry.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FailedOp {
-    /// Was an insert of this row.
-    Insert(Row),
-    /// Was an upsert of this row.
-    Upsert(Row),
-    /// Was an update of these columns.
-    Update(Row),
-    /// Was a delete.
-    Delete,
-}
-
-/// An entry the flusher could not write, with everything needed to retry it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FailedEntry {
-    /// The table.
-    pub table: String,
-    /// The key (empty for inserts).
-    pub key: Row,
-    /// The operations, in order.
-    pub ops: Vec<FailedOp>,
-    /// Why it failed.
-    pub error: String,
-}
-
-type EntryKey = (Arc<str>, Box<[u8]>);
-
-#[derive(Debug, Clone)]
-enum TableMode {
-    Keyed(Arc<[usize]>),
-    Append,
-}
-
-/// An entry ready to be written.
-#[derive(Debug, Clone)]
-pub(crate) enum Item {
-    Keyed {
-        key: EntryKey,
-        table: Arc<TableInfo>,
-        key_columns: Arc<[usize]>,
-        key_values: Vec<Value>,
-        ops: Arc<Coalesced>,
-        tickets: Vec<Arc<TicketCell>>,
-    },
-    Insert {
-        table: Arc<TableInfo>,
-        columns: Columns,
-        ticket: Arc<TicketCell>,
-    },
-}
-
-impl Item {
-    fn table(&self) -> &Arc<TableInfo> {
-        match self {
-            Item::Keyed { table, .. } | Item::Insert { table, .. } => table,
-        }
-    }
-
-    fn cells(&self) -> &[Arc<TicketCell>] {
-        match self {
-            Item::Keyed { tickets, .. } => tickets,
-            Item::Insert { ticket, .. } => std::slice::from_ref(ticket),
-        }
-    }
-
-    fn to_failed(&self, error: &str) -> FailedEntry {
-        let row_of = |table: &TableInfo, columns: &Columns| {
-            let mut row = Row::new();
-            for (c, v) in columns {
-                row.put(&table.columns[*c].name, v.clone());
-            }
-            row
-        };
-        match self {
-            Item::Insert { table, columns, .. } => FailedEntry {
-                table: table.name.clone(),
-                key: Row::new(),
-                ops: vec![FailedOp::Insert(row_of(table, columns))],
-                error: error.to_string(),
-            },
-            Item::Keyed {
-                table,
-                key_columns,
-                key_values,
-                ops,
-                ..
-            } => {
-                let key: Columns = key_columns
-                    .iter()
-                    .copied()
-                    .zip(key_values.iter().cloned())
-                    .collect();
-                FailedEntry {
-                    table: table.name.clone(),
-                    key: row_of(table, &key),
-                    ops: ops
-                        .ops()
-                        .into_iter()
-                        .map(|op| match op {
-                            KeyedOp::Upsert(c) => FailedOp::Upsert(row_of(table, &c)),
-                            KeyedOp::Update(c) => FailedOp::Update(row_of(table, &c)),
-                            KeyedOp::Delete => FailedOp::Delete,
-                        })
-                        .collect(),
-                    error: error.to_string(),
-                }
-            }
-        }
-    }
-}
 
 /// Hash maps keyed by caller data: foldhash is fast and seeded per map
 /// (SipHash was 8% of flush time).
@@ -392,6 +145,9 @@ impl Shared {
 pub struct WriteBuffer {
     shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Why the flusher thread could not start: every call then fails with
+    /// it, instead of queueing entries nobody would write.
+    start_error: Option<std::io::Error>,
     wake_flusher: Arc<dyn Fn() + Send + Sync>,
 }
 
@@ -424,8 +180,11 @@ impl WriteBuffer {
         let for_thread = Arc::clone(&shared);
         let flusher = std::thread::Builder::new()
             .name("sqlite-hybrid-flusher".into())
-            .spawn(move || flusher::run(&for_thread))
-            .ok();
+            .spawn(move || flusher::run(&for_thread));
+        let (flusher, start_error) = match flusher {
+            Ok(handle) => (Some(handle), None),
+            Err(error) => (None, Some(error)),
+        };
         let weak = Arc::downgrade(&shared);
         let wake_flusher: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             if let Some(shared) = weak.upgrade() {
@@ -435,6 +194,7 @@ impl WriteBuffer {
         WriteBuffer {
             shared,
             flusher: Mutex::new(flusher),
+            start_error,
             wake_flusher,
         }
     }
@@ -569,7 +329,19 @@ impl WriteBuffer {
         })
     }
 
+    /// The error to give when the flusher never started.
+    fn check_started(&self) -> Result<()> {
+        match &self.start_error {
+            Some(error) => Err(Error::Spawn(std::io::Error::new(
+                error.kind(),
+                error.to_string(),
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn enqueue(&self, op: NewOp) -> Result<Ticket> {
+        self.check_started()?;
         let shared = &self.shared;
         let cell = TicketCell::new();
         let mut state = shared.state.lock();
@@ -792,7 +564,8 @@ impl WriteBuffer {
     /// [`WriteBuffer::force_flush`] with an explicit wait limit
     /// ([`Error::Timeout`] when reached; the entries stay queued).
     pub fn force_flush_timeout(&self, timeout: Duration) -> Result<()> {
-        if crate::database::in_write() {
+        self.check_started()?;
+        if crate::write_scope::in_write() {
             return Err(Error::InvalidInput(
                 "force_flush inside Database::write would deadlock (the flusher needs the writer)"
                     .into(),
@@ -936,64 +709,4 @@ impl Drop for WriteBuffer {
             }
         }
     }
-}
-
-fn same_columns(a: &[usize], b: &[usize]) -> bool {
-    let (mut a, mut b) = (a.to_vec(), b.to_vec());
-    a.sort_unstable();
-    b.sort_unstable();
-    a == b
-}
-
-/// Resolves `names` to a unique key of `info`.
-fn unique_key(info: &TableInfo, names: &[&str]) -> Result<Arc<[usize]>> {
-    if names.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "no key columns given for {}",
-            info.name
-        )));
-    }
-    let keys = info.resolve_columns(names)?;
-    if !info.is_unique_key(&keys) {
-        let names: Vec<String> = names.iter().map(|n| shorten(n)).collect();
-        return Err(Error::InvalidInput(format!(
-            "({}) is not the PRIMARY KEY or a UNIQUE index of {}",
-            names.join(", "),
-            info.name
-        )));
-    }
-    Ok(keys.into())
-}
-
-/// Takes the key values out of `columns` (normalised, in key order) and
-/// returns them with the full column list.
-fn split_key(info: &TableInfo, keys: &[usize], columns: Columns) -> Result<(Vec<Value>, Columns)> {
-    let mut values = Vec::with_capacity(keys.len());
-    for &k in keys {
-        let column = &info.columns[k];
-        let value = columns
-            .iter()
-            .find(|(c, _)| *c == k)
-            .map(|(_, v)| v)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "key column {}.{} is missing",
-                    info.name, column.name
-                ))
-            })?;
-        let normal = normalize_key(affinity(&column.declared_type), value).map_err(|expected| {
-            Error::InvalidInput(format!(
-                "key column {}.{} must be {expected}, got {value:?}",
-                info.name, column.name
-            ))
-        })?;
-        values.push(normal);
-    }
-    let mut columns = columns;
-    for (k, v) in keys.iter().zip(&values) {
-        if let Some(slot) = columns.iter_mut().find(|(c, _)| c == k) {
-            slot.1 = v.clone();
-        }
-    }
-    Ok((values, columns))
 }

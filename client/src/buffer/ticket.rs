@@ -137,7 +137,7 @@ impl Ticket {
     /// [`Error::FlushFailed`]; running out of time returns
     /// [`Error::Timeout`] (the operation stays queued).
     pub fn wait(&self, timeout: Duration) -> Result<()> {
-        if crate::database::in_write() {
+        if crate::write_scope::in_write() {
             return Err(Error::InvalidInput(
                 "Ticket::wait inside Database::write would deadlock (the flusher needs the writer)"
                     .into(),

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, unbounded};
 use parking_lot::Mutex;
@@ -49,6 +49,20 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 pub use layer::DbLayer;
 pub use logger::DbLogger;
+
+/// Milliseconds since the Unix epoch now.
+pub(crate) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Unix milliseconds as ISO-8601 UTC text with milliseconds
+/// (`2026-11-25T10:00:00.123Z`): sorts as text, and SQLite's date functions
+/// read it.
+pub(crate) fn iso8601_utc(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+}
 
 /// Settings of the log database (defaults: 10,000 queued records, batches
 /// of up to 50 every 2 s, 7 days of retention checked every minute).
@@ -187,7 +201,7 @@ impl LogRecord {
     /// A record of `level` and `message` from the current thread, now.
     pub fn new(level: LogLevel, target: &str, message: impl Into<String>) -> LogRecord {
         LogRecord {
-            ts_unix_ms: hybrid::clock::now_unix_ms(),
+            ts_unix_ms: now_unix_ms(),
             level,
             target: target.to_string(),
             message: message.into(),
@@ -354,7 +368,7 @@ impl LogDatabase {
         let handle = std::thread::Builder::new()
             .name("sqlite-hybrid-log".into())
             .spawn(move || thread.run())
-            .map_err(|e| Error::InvalidInput(format!("cannot start the log writer thread: {e}")))?;
+            .map_err(Error::Spawn)?;
         Ok(LogDatabase {
             path,
             sink,
@@ -428,7 +442,7 @@ impl LogDatabase {
             failed: c.failed.load(Ordering::Relaxed),
             deleted: c.deleted.load(Ordering::Relaxed),
             queue_depth: self.records_rx.len(),
-            last_flush_at: (last > 0).then(|| hybrid::clock::iso8601_utc(last)),
+            last_flush_at: (last > 0).then(|| iso8601_utc(last)),
             file_bytes: size(&self.path) + size(&wal),
         }
     }

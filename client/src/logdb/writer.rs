@@ -42,7 +42,7 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(path, flags)?;
     let state = hybrid::register(&conn)?;
     // Log writes yield to anything interactive on the same file.
-    state.set_priority(hybrid::handoff::Priority::Background);
+    state.set_priority(hybrid::Priority::Background);
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
     schema::create(&conn)?;
     Ok(conn)
@@ -191,7 +191,7 @@ impl Writer {
                     .as_ref()
                     .map(|f| serde_json::Value::Object(f.clone()).to_string());
                 insert.execute(rusqlite::params![
-                    hybrid::clock::iso8601_utc(r.ts_unix_ms),
+                    super::iso8601_utc(r.ts_unix_ms),
                     r.level.as_str(),
                     r.target,
                     r.message,
@@ -203,7 +203,7 @@ impl Writer {
                 ])?;
             }
         }
-        let now = hybrid::clock::now_unix_ms();
+        let now = super::now_unix_ms();
         let c = &self.counters;
         tx.execute(
             schema::UPSERT_STATS,
@@ -213,7 +213,7 @@ impl Writer {
                 c.dropped.load(Ordering::Relaxed) as i64,
                 c.failed.load(Ordering::Relaxed) as i64,
                 c.deleted.load(Ordering::Relaxed) as i64,
-                hybrid::clock::iso8601_utc(now),
+                super::iso8601_utc(now),
                 std::process::id(),
             ],
         )?;
@@ -228,9 +228,8 @@ impl Writer {
     fn retention(&self) -> Result<u64> {
         let mut deleted = 0u64;
         if let Some(retention) = self.options.retention {
-            let cutoff_ms =
-                hybrid::clock::now_unix_ms().saturating_sub(retention.as_millis() as u64);
-            let cutoff = hybrid::clock::iso8601_utc(cutoff_ms);
+            let cutoff_ms = super::now_unix_ms().saturating_sub(retention.as_millis() as u64);
+            let cutoff = super::iso8601_utc(cutoff_ms);
             loop {
                 let n =
                     schema::delete_older_than(&self.conn, &cutoff, self.options.retention_chunk)?;

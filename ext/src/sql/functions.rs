@@ -1,11 +1,12 @@
-//! The extension's scalar SQL functions. Each validates its arguments and
-//! reports a problem as an SQL error naming the function, the argument and
-//! what is allowed; none can crash the host (rusqlite wraps every call in
-//! `catch_unwind`).
+//! The extension's scalar SQL functions, registered from one declarative
+//! table ([`FUNCTIONS`]): name, the arities it accepts, flags, body.
 //!
-//! Functions that change state are registered `SQLITE_DIRECTONLY`: they run
-//! only from top-level SQL, never from a view or trigger of a database
-//! someone else prepared.
+//! Each body validates its arguments and reports a problem as an SQL error
+//! naming the function, the argument and what is allowed; a wrong number of
+//! arguments is refused by SQLite itself when the statement is prepared.
+//! Functions that change state are `SQLITE_DIRECTONLY`: they run only from
+//! top-level SQL, never from a view or trigger of a database someone else
+//! prepared. rusqlite runs every body under `catch_unwind`.
 
 use std::sync::Arc;
 
@@ -13,35 +14,111 @@ use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, Error, Result};
 
-use crate::backoff::MAX_TIMEOUT_MS;
-use crate::config::{apply_json_patch, policy_to_json, truncate};
-use crate::handler::ConnState;
-use crate::handoff::Priority;
-use crate::metrics::{self, MAX_EVENT_CAPACITY};
-use crate::sidefile::SideFile;
+use crate::conn::ConnState;
+use crate::policy::backoff::{BackoffPolicy, MAX_TIMEOUT_MS};
+use crate::policy::json::{apply_json_patch, policy_to_json};
+use crate::queue::Priority;
+use crate::shared::SideFile;
 use crate::sql::{health, tune};
+use crate::stats::registry::{self as stats_registry, MAX_EVENT_CAPACITY};
+use crate::text::describe;
 
 /// The extension's version, as `hybrid_version()` returns it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+type Body = fn(&Context<'_>, &ConnState) -> Result<Value>;
+
+/// One SQL function.
+pub(crate) struct FunctionSpec {
+    pub(crate) name: &'static str,
+    /// Every accepted argument count (one registration each).
+    pub(crate) arities: &'static [i32],
+    /// Deterministic and harmless (no state read or changed).
+    pure: bool,
+    body: Body,
+}
+
+/// Every function the extension adds.
+pub(crate) const FUNCTIONS: &[FunctionSpec] = &[
+    FunctionSpec {
+        name: "hybrid_version",
+        arities: &[0],
+        pure: true,
+        body: |_, _| Ok(Value::Text(VERSION.into())),
+    },
+    FunctionSpec {
+        name: "hybrid_busy_config",
+        arities: &[0, 1],
+        pure: false,
+        body: busy_config,
+    },
+    FunctionSpec {
+        name: "hybrid_busy_timeout",
+        arities: &[1],
+        pure: false,
+        body: busy_timeout,
+    },
+    FunctionSpec {
+        name: "hybrid_lock_metrics_reset",
+        arities: &[0, 1],
+        pure: false,
+        body: metrics_reset,
+    },
+    FunctionSpec {
+        name: "hybrid_priority",
+        arities: &[0, 1],
+        pure: false,
+        body: priority,
+    },
+    FunctionSpec {
+        name: "hybrid_lock_events_capacity",
+        arities: &[0, 1],
+        pure: false,
+        body: events_capacity,
+    },
+    FunctionSpec {
+        name: "hybrid_health_check",
+        arities: &[0, 1],
+        pure: false,
+        body: health_check,
+    },
+    FunctionSpec {
+        name: "hybrid_tune",
+        arities: &[0],
+        pure: false,
+        body: |ctx, state| {
+            let conn = connection(ctx)?;
+            state.refresh(&conn)?;
+            tune::tune(&conn).map(Value::Text)
+        },
+    },
+];
+
+/// Registers `spec` on `conn` (every arity); its closures own a reference to
+/// `state`, which is how the state lives exactly as long as the connection.
+pub(crate) fn register(
+    conn: &Connection,
+    spec: &'static FunctionSpec,
+    state: &Arc<ConnState>,
+) -> Result<()> {
+    let flags = if spec.pure {
+        FunctionFlags::SQLITE_UTF8
+            | FunctionFlags::SQLITE_DETERMINISTIC
+            | FunctionFlags::SQLITE_INNOCUOUS
+    } else {
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY
+    };
+    for &arity in spec.arities {
+        let state = Arc::clone(state);
+        let body = spec.body;
+        conn.create_scalar_function(spec.name, arity, flags, move |ctx| body(ctx, &state))?;
+    }
+    Ok(())
+}
 
 /// An error message for the caller of an SQL function.
 fn user_error(message: String) -> Error {
     Error::UserFunctionError(message.into())
-}
-
-/// Describes a value for an error message without echoing huge inputs.
-fn describe(value: ValueRef<'_>) -> String {
-    match value {
-        ValueRef::Null => "NULL".to_string(),
-        ValueRef::Integer(i) => format!("integer {i}"),
-        ValueRef::Real(r) => format!("real {r}"),
-        ValueRef::Text(t) => format!("text '{}'", truncate(&String::from_utf8_lossy(t), 40)),
-        ValueRef::Blob(b) => format!("a blob of {} bytes", b.len()),
-    }
-}
-
-fn arity_error(name: &str, allowed: &str, got: usize) -> Error {
-    user_error(format!("{name}() takes {allowed}, got {got}"))
 }
 
 /// The connection running the current function call.
@@ -51,193 +128,39 @@ fn connection<'a>(ctx: &'a Context<'_>) -> Result<rusqlite::functions::Connectio
     unsafe { ctx.get_connection() }
 }
 
-/// Registers every function on `conn`; each closure owns a reference to
-/// `state`, which is how the state lives exactly as long as the connection.
-pub fn register(conn: &Connection, state: &Arc<ConnState>) -> Result<()> {
-    let pure = FunctionFlags::SQLITE_UTF8
-        | FunctionFlags::SQLITE_DETERMINISTIC
-        | FunctionFlags::SQLITE_INNOCUOUS;
-    let direct = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY;
-
-    let s = Arc::clone(state);
-    conn.create_scalar_function("hybrid_version", 0, pure, move |_ctx| {
-        let _owner = &s;
-        Ok(VERSION)
-    })?;
-
-    let s = Arc::clone(state);
-    conn.create_scalar_function("hybrid_busy_config", -1, direct, move |ctx| {
-        busy_config(ctx, &s)
-    })?;
-
-    let s = Arc::clone(state);
-    conn.create_scalar_function("hybrid_busy_timeout", -1, direct, move |ctx| {
-        busy_timeout(ctx, &s)
-    })?;
-
-    let s = Arc::clone(state);
-    conn.create_scalar_function("hybrid_lock_metrics_reset", -1, direct, move |ctx| {
-        let also_file = match ctx.len() {
-            0 => false,
-            1 => match ctx.get_raw(0) {
-                ValueRef::Text(b"process") => false,
-                ValueRef::Text(b"file") => true,
-                other => {
-                    return Err(user_error(format!(
-                        "hybrid_lock_metrics_reset: scope must be 'process' or 'file', got {}",
-                        describe(other)
-                    )));
-                }
-            },
-            n => {
-                return Err(arity_error(
-                    "hybrid_lock_metrics_reset",
-                    "0 or 1 argument",
-                    n,
-                ));
-            }
-        };
-        s.refresh(&*connection(ctx)?)?;
-        let files = metrics::global().files();
-        if also_file {
-            for file in &files {
-                if let Some(side) = SideFile::existing(file.path()) {
-                    side.reset_counters();
-                }
-            }
-        }
-        metrics::global().reset();
-        Ok(files.len() as i64)
-    })?;
-
-    let s = Arc::clone(state);
-    conn.create_scalar_function("hybrid_priority", -1, direct, move |ctx| {
-        s.refresh(&*connection(ctx)?)?;
-        match ctx.len() {
-            0 => {}
-            1 => {
-                let priority = match ctx.get_raw(0) {
-                    ValueRef::Text(t) => std::str::from_utf8(t).ok().and_then(Priority::from_name),
-                    _ => None,
-                };
-                let Some(priority) = priority else {
-                    return Err(user_error(format!(
-                        "hybrid_priority: class must be 'interactive' or 'background', got {}",
-                        describe(ctx.get_raw(0))
-                    )));
-                };
-                s.set_priority(priority);
-            }
-            n => return Err(arity_error("hybrid_priority", "0 or 1 argument", n)),
-        }
-        Ok(s.priority().name())
-    })?;
-
-    let s = Arc::clone(state);
-    conn.create_scalar_function("hybrid_lock_events_capacity", -1, direct, move |ctx| {
-        s.refresh(&*connection(ctx)?)?;
-        match ctx.len() {
-            0 => {}
-            1 => {
-                let wanted = match ctx.get_raw(0) {
-                    ValueRef::Integer(n) => usize::try_from(n)
-                        .ok()
-                        .filter(|n| (1..=MAX_EVENT_CAPACITY).contains(n)),
-                    _ => None,
-                };
-                let Some(wanted) = wanted else {
-                    return Err(user_error(format!(
-                        "hybrid_lock_events_capacity: capacity must be an integer from 1 to \
-                         {MAX_EVENT_CAPACITY}, got {}",
-                        describe(ctx.get_raw(0))
-                    )));
-                };
-                metrics::global()
-                    .set_event_capacity(wanted)
-                    .map_err(user_error)?;
-            }
-            n => {
-                return Err(arity_error(
-                    "hybrid_lock_events_capacity",
-                    "0 or 1 argument",
-                    n,
-                ));
-            }
-        }
-        Ok(metrics::global().event_capacity() as i64)
-    })?;
-
-    let s = Arc::clone(state);
-    conn.create_scalar_function("hybrid_health_check", -1, direct, move |ctx| {
-        let conn = connection(ctx)?;
-        let conn: &Connection = &conn;
-        s.refresh(conn)?;
-        let schema = match ctx.len() {
-            0 => None,
-            1 => match ctx.get_raw(0) {
-                ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-                other => {
-                    return Err(user_error(format!(
-                        "hybrid_health_check: schema must be text (e.g. 'main'), got {}",
-                        describe(other)
-                    )));
-                }
-            },
-            n => return Err(arity_error("hybrid_health_check", "0 or 1 argument", n)),
-        };
-        health::health_check(conn, schema.as_deref()).map_err(user_error)
-    })?;
-
-    let s = Arc::clone(state);
-    conn.create_scalar_function("hybrid_tune", -1, direct, move |ctx| {
-        if !ctx.is_empty() {
-            return Err(arity_error("hybrid_tune", "no arguments", ctx.len()));
-        }
-        let conn = connection(ctx)?;
-        let conn: &Connection = &conn;
-        s.refresh(conn)?;
-        tune::tune(conn)
-    })?;
-    Ok(())
+/// The optional first argument (the registered arities guarantee 0 or 1).
+fn argument<'a>(ctx: &'a Context<'_>) -> Option<ValueRef<'a>> {
+    (!ctx.is_empty()).then(|| ctx.get_raw(0))
 }
 
 /// `hybrid_busy_config()` → the policy as JSON;
 /// `hybrid_busy_config(json)` → applies the changes, returns the new policy.
-fn busy_config(ctx: &Context<'_>, state: &ConnState) -> Result<String> {
+fn busy_config(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
     state.refresh(&*connection(ctx)?)?;
-    match ctx.len() {
-        0 => Ok(policy_to_json(&state.policy())),
-        1 => {
-            let patch = match ctx.get_raw(0) {
-                ValueRef::Text(t) => std::str::from_utf8(t).map_err(|_| {
-                    user_error("hybrid_busy_config: argument is not valid UTF-8".into())
-                })?,
-                other => {
-                    return Err(user_error(format!(
-                        "hybrid_busy_config: argument must be a JSON object as text, e.g. \
-                         '{{\"timeout_ms\":2000}}', got {}",
-                        describe(other)
-                    )));
-                }
-            };
-            let policy = apply_json_patch(&state.policy(), patch).map_err(user_error)?;
-            state.set_policy(policy);
-            Ok(policy_to_json(&policy))
-        }
-        n => Err(arity_error("hybrid_busy_config", "0 or 1 argument", n)),
+    if let Some(argument) = argument(ctx) {
+        let patch = match argument {
+            ValueRef::Text(t) => std::str::from_utf8(t).map_err(|_| {
+                user_error("hybrid_busy_config: argument is not valid UTF-8".into())
+            })?,
+            other => {
+                return Err(user_error(format!(
+                    "hybrid_busy_config: argument must be a JSON object as text, e.g. \
+                     '{{\"timeout_ms\":2000}}', got {}",
+                    describe(other)
+                )));
+            }
+        };
+        let policy = apply_json_patch(&state.policy(), patch).map_err(user_error)?;
+        state
+            .set_policy(policy)
+            .map_err(|e| user_error(format!("hybrid_busy_config: {e}")))?;
     }
+    Ok(Value::Text(policy_to_json(&state.policy())))
 }
 
 /// `hybrid_busy_timeout(ms)`: sets the deadline and (re)installs the hybrid
 /// handler on this connection; returns the deadline in ms.
 fn busy_timeout(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
-    if ctx.len() != 1 {
-        return Err(arity_error(
-            "hybrid_busy_timeout",
-            "1 argument (milliseconds)",
-            ctx.len(),
-        ));
-    }
     let ms = match ctx.get_raw(0) {
         ValueRef::Integer(i) => Some(i as f64),
         ValueRef::Real(r) => Some(r),
@@ -250,19 +173,103 @@ fn busy_timeout(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
             describe(ctx.get_raw(0))
         )));
     };
-    let policy = crate::backoff::BackoffPolicy {
+    let policy = BackoffPolicy {
         timeout_ms: ms,
         ..state.policy()
     };
-    state.set_policy(
-        policy
-            .validated()
-            .map_err(|e| user_error(format!("hybrid_busy_timeout: {e}")))?,
-    );
-    state.install(&*connection(ctx)?)?;
+    state
+        .set_policy(policy)
+        .map_err(|e| user_error(format!("hybrid_busy_timeout: {e}")))?;
+    state.install_handler(&*connection(ctx)?)?;
     Ok(if ms.fract() == 0.0 {
         Value::Integer(ms as i64)
     } else {
         Value::Real(ms)
     })
+}
+
+/// `hybrid_lock_metrics_reset(['process' | 'file'])`.
+fn metrics_reset(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
+    let also_file = match argument(ctx) {
+        None | Some(ValueRef::Text(b"process")) => false,
+        Some(ValueRef::Text(b"file")) => true,
+        Some(other) => {
+            return Err(user_error(format!(
+                "hybrid_lock_metrics_reset: scope must be 'process' or 'file', got {}",
+                describe(other)
+            )));
+        }
+    };
+    state.refresh(&*connection(ctx)?)?;
+    let files = stats_registry::global().files();
+    if also_file {
+        for file in &files {
+            if let Some(side) = SideFile::existing(file.path()) {
+                side.reset_counts();
+            }
+        }
+    }
+    stats_registry::global().reset();
+    Ok(Value::Integer(files.len() as i64))
+}
+
+/// `hybrid_priority(['interactive' | 'background'])`.
+fn priority(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
+    state.refresh(&*connection(ctx)?)?;
+    if let Some(argument) = argument(ctx) {
+        let priority = match argument {
+            ValueRef::Text(t) => std::str::from_utf8(t).ok().and_then(Priority::from_name),
+            _ => None,
+        };
+        let Some(priority) = priority else {
+            return Err(user_error(format!(
+                "hybrid_priority: class must be 'interactive' or 'background', got {}",
+                describe(argument)
+            )));
+        };
+        state.set_priority(priority);
+    }
+    Ok(Value::Text(state.priority().name().into()))
+}
+
+/// `hybrid_lock_events_capacity([n])`.
+fn events_capacity(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
+    state.refresh(&*connection(ctx)?)?;
+    let registry = stats_registry::global();
+    if let Some(argument) = argument(ctx) {
+        let wanted = match argument {
+            ValueRef::Integer(n) => usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=MAX_EVENT_CAPACITY).contains(n)),
+            _ => None,
+        };
+        let Some(wanted) = wanted else {
+            return Err(user_error(format!(
+                "hybrid_lock_events_capacity: capacity must be an integer from 1 to \
+                 {MAX_EVENT_CAPACITY}, got {}",
+                describe(argument)
+            )));
+        };
+        registry.set_event_capacity(wanted).map_err(user_error)?;
+    }
+    Ok(Value::Integer(registry.event_capacity() as i64))
+}
+
+/// `hybrid_health_check([schema])`.
+fn health_check(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
+    let conn = connection(ctx)?;
+    state.refresh(&conn)?;
+    let schema = match argument(ctx) {
+        None => None,
+        Some(ValueRef::Text(t)) => Some(String::from_utf8_lossy(t).into_owned()),
+        Some(other) => {
+            return Err(user_error(format!(
+                "hybrid_health_check: schema must be text (e.g. 'main'), got {}",
+                describe(other)
+            )));
+        }
+    };
+    health::health_check(&conn, schema.as_deref())
+        .map(Value::Text)
+        .map_err(user_error)
 }

@@ -5,22 +5,30 @@
 use rusqlite::types::Value;
 use rusqlite::{Connection, Result};
 
-use crate::handler::ConnState;
-use crate::sql::table::RowSource;
+use crate::conn::ConnState;
+use crate::sql::vtab::TableSpec;
+use crate::text::{quote_identifier, truncate};
 
 /// The `hybrid_health` table.
-pub struct Health;
+pub(crate) const TABLE: TableSpec = TableSpec {
+    name: "hybrid_health",
+    schema: "CREATE TABLE x(
+        schema TEXT, file TEXT, journal_mode TEXT, synchronous TEXT, page_size INTEGER,
+        page_count INTEGER, freelist_count INTEGER, file_bytes INTEGER, wal_bytes INTEGER,
+        foreign_keys INTEGER, busy_timeout INTEGER, sqlite_version TEXT)",
+    rows,
+};
 
 /// One attached schema as `PRAGMA database_list` reports it.
-pub struct Schema {
+pub(crate) struct Schema {
     /// `main`, `temp` or the ATTACH name.
-    pub name: String,
+    pub(crate) name: String,
     /// The file path; empty for temporary and in-memory databases.
-    pub file: String,
+    pub(crate) file: String,
 }
 
 /// Every schema attached to `conn`, in `database_list` order.
-pub fn schemas(conn: &Connection) -> Result<Vec<Schema>> {
+pub(crate) fn schemas(conn: &Connection) -> Result<Vec<Schema>> {
     let mut stmt = conn.prepare("PRAGMA database_list")?;
     let rows = stmt.query_map([], |row| {
         Ok(Schema {
@@ -29,11 +37,6 @@ pub fn schemas(conn: &Connection) -> Result<Vec<Schema>> {
         })
     })?;
     rows.collect()
-}
-
-/// `name` as a double-quoted SQL identifier, safe to paste into a PRAGMA.
-pub fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn pragma(conn: &Connection, schema: &str, name: &str) -> Result<Value> {
@@ -59,56 +62,48 @@ fn file_size(path: &str) -> Value {
     }
 }
 
-impl RowSource for Health {
-    const NAME: &'static str = "hybrid_health";
-    const SCHEMA: &'static str = "CREATE TABLE x(
-        schema TEXT, file TEXT, journal_mode TEXT, synchronous TEXT, page_size INTEGER,
-        page_count INTEGER, freelist_count INTEGER, file_bytes INTEGER, wal_bytes INTEGER,
-        foreign_keys INTEGER, busy_timeout INTEGER, sqlite_version TEXT)";
-
-    fn rows(conn: &Connection, state: &ConnState) -> Result<Vec<Vec<Value>>> {
-        state.refresh(conn)?;
-        let foreign_keys: Value = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
-        let busy_timeout: Value = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
-        let version: Value = conn.query_row("SELECT sqlite_version()", [], |r| r.get(0))?;
-        let mut rows = Vec::new();
-        for schema in schemas(conn)? {
-            let on_disk = !schema.file.is_empty();
-            let (file_bytes, wal_bytes) = if on_disk {
-                let wal = match file_size(&format!("{}-wal", schema.file)) {
-                    Value::Null => Value::Integer(0),
-                    size => size,
-                };
-                (file_size(&schema.file), wal)
-            } else {
-                (Value::Null, Value::Null)
+fn rows(conn: &Connection, state: &ConnState) -> Result<Vec<Vec<Value>>> {
+    state.refresh(conn)?;
+    let foreign_keys: Value = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    let busy_timeout: Value = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
+    let version: Value = conn.query_row("SELECT sqlite_version()", [], |r| r.get(0))?;
+    let mut rows = Vec::new();
+    for schema in schemas(conn)? {
+        let on_disk = !schema.file.is_empty();
+        let (file_bytes, wal_bytes) = if on_disk {
+            let wal = match file_size(&format!("{}-wal", schema.file)) {
+                Value::Null => Value::Integer(0),
+                size => size,
             };
-            rows.push(vec![
-                Value::Text(schema.name.clone()),
-                if on_disk {
-                    Value::Text(schema.file.clone())
-                } else {
-                    Value::Null
-                },
-                pragma(conn, &schema.name, "journal_mode")?,
-                synchronous_name(&pragma(conn, &schema.name, "synchronous")?),
-                pragma(conn, &schema.name, "page_size")?,
-                pragma(conn, &schema.name, "page_count")?,
-                pragma(conn, &schema.name, "freelist_count")?,
-                file_bytes,
-                wal_bytes,
-                foreign_keys.clone(),
-                busy_timeout.clone(),
-                version.clone(),
-            ]);
-        }
-        Ok(rows)
+            (file_size(&schema.file), wal)
+        } else {
+            (Value::Null, Value::Null)
+        };
+        rows.push(vec![
+            Value::Text(schema.name.clone()),
+            if on_disk {
+                Value::Text(schema.file.clone())
+            } else {
+                Value::Null
+            },
+            pragma(conn, &schema.name, "journal_mode")?,
+            synchronous_name(&pragma(conn, &schema.name, "synchronous")?),
+            pragma(conn, &schema.name, "page_size")?,
+            pragma(conn, &schema.name, "page_count")?,
+            pragma(conn, &schema.name, "freelist_count")?,
+            file_bytes,
+            wal_bytes,
+            foreign_keys.clone(),
+            busy_timeout.clone(),
+            version.clone(),
+        ]);
     }
+    Ok(rows)
 }
 
 /// Runs `PRAGMA quick_check` on `schema` (every schema when `None`) and
 /// returns `"ok"` or the problems found, one per line, prefixed by schema.
-pub fn health_check(
+pub(crate) fn health_check(
     conn: &Connection,
     schema: Option<&str>,
 ) -> std::result::Result<String, String> {
@@ -124,7 +119,7 @@ pub fn health_check(
                 let names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
                 return Err(format!(
                     "hybrid_health_check: no schema named '{}'; attached schemas are {}",
-                    crate::config::truncate(wanted, 60),
+                    truncate(wanted, 60),
                     names.join(", ")
                 ));
             }
@@ -151,15 +146,4 @@ pub fn health_check(
     } else {
         problems.join("\n")
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identifiers_are_quoted() {
-        assert_eq!(quote_identifier("main"), "\"main\"");
-        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
-    }
 }

@@ -6,33 +6,32 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, Result};
 
 use crate::clock::iso8601_utc;
-use crate::handler::ConnState;
-use crate::metrics;
-use crate::sql::table::{RowSource, integer};
+use crate::conn::ConnState;
+use crate::sql::vtab::{TableSpec, integer};
+use crate::stats::registry as stats_registry;
 
 /// The `hybrid_lock_events` table.
-pub struct LockEvents;
+pub(crate) const TABLE: TableSpec = TableSpec {
+    name: "hybrid_lock_events",
+    schema: "CREATE TABLE x(
+        at TEXT, db TEXT, outcome TEXT, wait_ms REAL, retries INTEGER, pid INTEGER)",
+    rows,
+};
 
-impl RowSource for LockEvents {
-    const NAME: &'static str = "hybrid_lock_events";
-    const SCHEMA: &'static str = "CREATE TABLE x(
-        at TEXT, db TEXT, outcome TEXT, wait_ms REAL, retries INTEGER, pid INTEGER)";
-
-    fn rows(conn: &Connection, state: &ConnState) -> Result<Vec<Vec<Value>>> {
-        state.refresh(conn)?;
-        Ok(metrics::global()
-            .events()
-            .into_iter()
-            .map(|e| {
-                vec![
-                    Value::Text(iso8601_utc(e.at_unix_ms)),
-                    Value::Text(e.db.to_string()),
-                    Value::Text(e.outcome.name().to_string()),
-                    Value::Real(e.wait_us as f64 / 1000.0),
-                    integer(u64::from(e.retries)),
-                    integer(u64::from(e.pid)),
-                ]
-            })
-            .collect())
-    }
+fn rows(conn: &Connection, state: &ConnState) -> Result<Vec<Vec<Value>>> {
+    state.refresh(conn)?;
+    Ok(stats_registry::global()
+        .events()
+        .into_iter()
+        .map(|e| {
+            vec![
+                Value::Text(iso8601_utc(e.at_unix_ms)),
+                Value::Text(e.db.to_string()),
+                Value::Text(e.outcome.name().to_string()),
+                Value::Real(e.wait_us as f64 / 1000.0),
+                integer(u64::from(e.retries)),
+                integer(u64::from(e.pid)),
+            ]
+        })
+        .collect())
 }

@@ -8,7 +8,8 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Result};
 use serde_json::{Map, json};
 
-use crate::sql::health::{quote_identifier, schemas};
+use crate::sql::health::schemas;
+use crate::text::quote_identifier;
 
 /// `(pragma, value to set, value it reads back when applied)`, per
 /// connection. The why of each value is in the README's `hybrid_tune` entry.
@@ -44,7 +45,7 @@ fn to_json(value: &Value) -> serde_json::Value {
 /// `{"from": before, "to": after}` entry per setting that changed, plus
 /// `"not_applied"` naming any setting SQLite refused (e.g. WAL on an
 /// in-memory database).
-pub fn tune(conn: &Connection) -> Result<String> {
+pub(crate) fn tune(conn: &Connection) -> Result<String> {
     let mut changed = Map::new();
     let mut not_applied = Map::new();
 

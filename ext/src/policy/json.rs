@@ -8,10 +8,11 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::backoff::{BackoffPolicy, Jitter};
+use crate::policy::backoff::{BackoffPolicy, Jitter};
+use crate::text::truncate;
 
 /// The keys `hybrid_busy_config` accepts, in the order they are printed.
-pub const KEYS: [&str; 7] = [
+pub(crate) const KEYS: [&str; 7] = [
     "base_ms",
     "cap_ms",
     "jitter",
@@ -22,11 +23,11 @@ pub const KEYS: [&str; 7] = [
 ];
 
 /// Largest accepted `max_retries`.
-pub const MAX_RETRIES_LIMIT: u64 = 1_000_000_000;
+pub(crate) const MAX_RETRIES_LIMIT: u64 = 1_000_000_000;
 
 /// The policy as a JSON object with every key, e.g.
 /// `{"base_ms":0.1,"cap_ms":2.0,"jitter":"full","timeout_ms":5000.0,"max_retries":null}`.
-pub fn policy_to_json(policy: &BackoffPolicy) -> String {
+pub(crate) fn policy_to_json(policy: &BackoffPolicy) -> String {
     json!({
         "base_ms": policy.base_ms,
         "cap_ms": policy.cap_ms,
@@ -42,7 +43,10 @@ pub fn policy_to_json(policy: &BackoffPolicy) -> String {
 /// Applies a JSON object of changes to `current` and returns the new,
 /// validated policy. On error `current` is untouched and the message names
 /// the offending key.
-pub fn apply_json_patch(current: &BackoffPolicy, patch: &str) -> Result<BackoffPolicy, String> {
+pub(crate) fn apply_json_patch(
+    current: &BackoffPolicy,
+    patch: &str,
+) -> Result<BackoffPolicy, String> {
     let value: Value = serde_json::from_str(patch)
         .map_err(|e| format!("hybrid_busy_config: argument is not valid JSON ({e})"))?;
     let Value::Object(fields) = value else {
@@ -145,15 +149,6 @@ fn kind_of(value: &Value) -> String {
     }
 }
 
-/// Cuts `s` to at most `max_chars` characters, marking the cut, so an error
-/// message never echoes a megabyte of input.
-pub fn truncate(s: &str, max_chars: usize) -> String {
-    match s.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}…", &s[..cut]),
-        None => s.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,11 +242,5 @@ mod tests {
             let err = apply(&patch).unwrap_err();
             assert!(err.len() < 300, "{} bytes", err.len());
         }
-    }
-
-    #[test]
-    fn truncate_counts_characters_not_bytes() {
-        assert_eq!(truncate("héllo", 2), "hé…");
-        assert_eq!(truncate("abc", 3), "abc");
     }
 }

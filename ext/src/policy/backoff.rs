@@ -44,6 +44,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::queue::MAX_HANDOFF_MS;
+
 /// How the exponential delay is randomised. See the module docs for formulas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Jitter {
@@ -105,22 +107,25 @@ pub struct BackoffPolicy {
     pub timeout_ms: f64,
     /// Most retries in one wait; `None` means only the deadline limits them.
     pub max_retries: Option<u32>,
-    /// After a wait has lasted this long (ms), delays drop back to
-    /// `base_ms`; `None` disables aging.
+    /// Once a wait has lasted this long (ms), its ceiling follows the
+    /// wait's age instead of the attempt count: `cap_ms * (aging_ms /
+    /// age)^2`, never below `base_ms / 4`, so the oldest waiter polls
+    /// fastest; `None` disables aging.
     pub aging_ms: Option<f64>,
-    /// With the shared side file (`handoff.rs`): how long a writer may keep
-    /// re-taking the lock while others wait before it must hand it over.
+    /// Futex mode: how long this connection may keep re-taking the lock
+    /// while others wait before it must hand it over (0 to 5 ms: the queue
+    /// caps every tenure, so one connection cannot starve the others).
     pub handoff_ms: f64,
 }
 
 /// Smallest accepted `base_ms`: one microsecond. Zero would turn every
 /// jitter kind into a busy spin.
-pub const MIN_BASE_MS: f64 = 0.001;
+pub(crate) const MIN_BASE_MS: f64 = 0.001;
 /// Largest accepted `cap_ms`: one minute. A longer single sleep is never what
 /// a lock waiter wants, and it bounds how late a give-up can be noticed.
-pub const MAX_CAP_MS: f64 = 60_000.0;
+pub(crate) const MAX_CAP_MS: f64 = 60_000.0;
 /// Largest accepted `timeout_ms`: one day.
-pub const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
+pub(crate) const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
 
 impl Default for BackoffPolicy {
     /// Defaults chosen by measurement (README, "Benchmarks"): 8 writer
@@ -142,7 +147,7 @@ impl Default for BackoffPolicy {
 
 /// What the busy handler should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Sleep this long, then let SQLite try the lock again.
     RetryAfter(Duration),
     /// Stop: SQLite returns `SQLITE_BUSY` to the caller.
@@ -151,7 +156,7 @@ pub enum Decision {
 
 /// Why a wait ended without the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GiveUpReason {
+pub(crate) enum GiveUpReason {
     /// `timeout_ms` has passed since the first busy call.
     Deadline,
     /// `max_retries` retries were already made.
@@ -178,8 +183,14 @@ impl std::error::Error for PolicyError {}
 impl BackoffPolicy {
     /// Checks every invariant and returns the policy, or the first broken rule.
     ///
-    /// Rules: all numbers finite; `MIN_BASE_MS <= base_ms <= cap_ms <=
-    /// MAX_CAP_MS`; `0 <= timeout_ms <= MAX_TIMEOUT_MS`.
+    /// Rules: all numbers finite; 0.001 ms <= `base_ms` <= `cap_ms` <=
+    /// 60 000 ms; 0 <= `timeout_ms` <= one day; 0 <= `handoff_ms` <= 5 ms.
+    ///
+    /// ```
+    /// use hybrid::BackoffPolicy;
+    /// let bad = BackoffPolicy { handoff_ms: 60_000.0, ..BackoffPolicy::default() };
+    /// assert_eq!(bad.validated().unwrap_err().field, "handoff_ms");
+    /// ```
     pub fn validated(self) -> Result<BackoffPolicy, PolicyError> {
         check_ms("base_ms", self.base_ms, MIN_BASE_MS, MAX_CAP_MS)?;
         check_ms("cap_ms", self.cap_ms, MIN_BASE_MS, MAX_CAP_MS)?;
@@ -187,7 +198,7 @@ impl BackoffPolicy {
         if let Some(aging_ms) = self.aging_ms {
             check_ms("aging_ms", aging_ms, 0.0, MAX_TIMEOUT_MS)?;
         }
-        check_ms("handoff_ms", self.handoff_ms, 0.0, MAX_CAP_MS)?;
+        check_ms("handoff_ms", self.handoff_ms, 0.0, MAX_HANDOFF_MS)?;
         if self.cap_ms < self.base_ms {
             return Err(PolicyError {
                 field: "cap_ms",
@@ -239,7 +250,7 @@ impl BackoffPolicy {
         delay.clamp(0.0, self.cap_ms)
     }
 
-    /// Decides the next step of a wait.
+    /// Decides the next step of a wait (the busy handler's one question).
     ///
     /// * `attempt`: retries already made in this wait (SQLite's busy count).
     /// * `elapsed`: time since the wait's first busy call.
@@ -247,7 +258,7 @@ impl BackoffPolicy {
     ///
     /// Gives up when `max_retries` retries were made or the deadline has
     /// passed; otherwise sleeps the jittered delay cut to the time left.
-    pub fn decide(
+    pub(crate) fn decide(
         &self,
         attempt: u32,
         elapsed: Duration,
@@ -285,44 +296,10 @@ fn check_ms(field: &'static str, value: f64, min: f64, max: f64) -> Result<(), P
     Ok(())
 }
 
-/// A small, fast pseudo-random generator (SplitMix64) for jitter.
-///
-/// Why not a crate: jitter needs spread, not cryptographic quality, and the
-/// state is a single `u64` that can live in an atomic. Seed each connection
-/// differently (time, pid, connection id) so processes do not jitter in step.
-#[derive(Debug, Clone)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    /// A generator starting from `seed`.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64 { state: seed }
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.state)
-    }
-
-    /// A uniform number in `[0, 1)` with 53 bits of precision.
-    pub fn next_unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
-
-/// SplitMix64's output function; also a good hash for seeding.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::rng::SplitMix64;
 
     fn policy(jitter: Jitter) -> BackoffPolicy {
         BackoffPolicy {
@@ -618,6 +595,13 @@ mod tests {
                 },
                 "handoff_ms",
             ),
+            (
+                BackoffPolicy {
+                    handoff_ms: 60_000.0,
+                    ..good
+                },
+                "handoff_ms",
+            ),
         ];
         for (policy, field) in cases {
             let err = policy.validated().expect_err(field);
@@ -631,14 +615,5 @@ mod tests {
             assert_eq!(Jitter::from_name(name).map(Jitter::name), Some(name));
         }
         assert_eq!(Jitter::from_name("Full"), None);
-    }
-
-    #[test]
-    fn unit_draws_are_in_range_and_vary() {
-        let mut rng = SplitMix64::new(42);
-        let draws: Vec<f64> = (0..1000).map(|_| rng.next_unit()).collect();
-        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
-        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
-        assert!((0.4..0.6).contains(&mean), "mean {mean}");
     }
 }

@@ -1,0 +1,250 @@
+//! [`Core`]: the connections of one [`crate::Database`] (one writer, a pool of
+//! readers) and the two things every feature does with them: a retried
+//! write transaction and a read transaction.
+//!
+//! Data flows one way: the public handle (`database.rs`), the write buffer's
+//! flusher (`buffer/`) and the batch helpers call down into `Core`; `Core`
+//! calls down into the extension (`hybrid::register`, [`ConnState`]) and
+//! knows nothing of them.
+//!
+//! # Concurrency
+//! Writers in one process take turns on the single writer connection (a
+//! mutex), so they never contend for SQLite's lock with each other; writers
+//! in other processes are handled by `BEGIN IMMEDIATE`, the extension's busy
+//! handler and whole-transaction retry. Readers use their own read-only
+//! connections and, in WAL mode, never wait for the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hybrid::{BackoffPolicy, ConnState, Priority};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::buffer::BufferOptions;
+use crate::error::{Error, Result};
+use crate::pool::ReaderPool;
+use crate::retry::RetryPolicy;
+use crate::schema::{SchemaCache, TableInfo, load_table};
+use crate::write_scope::{InWriteGuard, in_write};
+
+/// What the `Database` handle, the write buffer's flusher and the batch
+/// helpers share.
+pub(crate) struct Core {
+    pub(crate) path: PathBuf,
+    writer: Mutex<Writer>,
+    readers: ReaderPool,
+    pub(crate) schema: SchemaCache,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) buffer_options: BufferOptions,
+}
+
+struct Writer {
+    conn: Connection,
+    state: Arc<ConnState>,
+}
+
+impl Core {
+    pub(crate) fn new(
+        path: PathBuf,
+        (conn, state): (Connection, Arc<ConnState>),
+        readers: Vec<Connection>,
+        retry: RetryPolicy,
+        buffer_options: BufferOptions,
+    ) -> Core {
+        Core {
+            path,
+            writer: Mutex::new(Writer { conn, state }),
+            readers: ReaderPool::new(readers),
+            schema: SchemaCache::default(),
+            retry,
+            buffer_options,
+        }
+    }
+
+    /// Number of read-only connections.
+    pub(crate) fn reader_count(&self) -> usize {
+        self.readers.size()
+    }
+
+    /// The writer connection's extension state (its policy and statistics).
+    pub(crate) fn writer_state(&self) -> Arc<ConnState> {
+        Arc::clone(&self.writer.lock().state)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction at `priority` and
+    /// commits; on lock errors, rolls back and re-runs the whole closure with
+    /// jittered backoff until the retry policy's deadline (see
+    /// [`crate::Database::write`]).
+    pub(crate) fn write_as<T>(
+        &self,
+        priority: Priority,
+        mut f: impl FnMut(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.write_attempts(priority, |tx| f(tx).map(Attempt::Commit))
+    }
+
+    /// [`Core::write_as`] for a closure that may find its transaction ended
+    /// by SQLite itself (see [`Attempt`]).
+    pub(crate) fn write_attempts<T>(
+        &self,
+        priority: Priority,
+        mut f: impl FnMut(&Transaction<'_>) -> Result<Attempt<T>>,
+    ) -> Result<T> {
+        let _in_write = InWriteGuard::enter();
+        let mut writer = self.writer.lock();
+        let writer = &mut *writer;
+        let start = Instant::now();
+        // The busy handler waits inside each attempt; it may wait as long as
+        // the whole call has left, and no longer.
+        writer.state.set_priority(priority);
+        writer.state.set_deadline(Some(start + self.retry.deadline));
+        let result = (|| {
+            let (mut attempts, mut previous) = (0u32, Duration::ZERO);
+            loop {
+                attempts += 1;
+                let error = match run_once(&mut writer.conn, &mut f) {
+                    Ok(value) => return Ok(value),
+                    Err(error) if error.is_lock_error() => error,
+                    Err(error) => return Err(error),
+                };
+                match self.retry.next_delay(attempts, start.elapsed(), previous) {
+                    Some(delay) => {
+                        std::thread::sleep(delay);
+                        previous = delay;
+                    }
+                    None => {
+                        let source = match error {
+                            Error::Sqlite(e) => e,
+                            Error::LockTimeout { source, .. } => source,
+                            other => rusqlite::Error::SqliteFailure(
+                                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                                Some(other.to_string()),
+                            ),
+                        };
+                        return Err(Error::LockTimeout {
+                            attempts,
+                            waited: start.elapsed(),
+                            source,
+                        });
+                    }
+                }
+            }
+        })();
+        writer.state.set_deadline(None);
+        result
+    }
+
+    /// Runs `f` on a read-only connection inside one read transaction.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        if self.readers.size() == 0 {
+            if in_write() {
+                return Err(Error::InvalidInput(
+                    "read() inside write() on an in-memory database would deadlock: use the \
+                     transaction you were given"
+                        .into(),
+                ));
+            }
+            let writer = self.writer.lock();
+            return in_read_transaction(&writer.conn, f);
+        }
+        let reader = self.readers.checkout(self.retry.deadline)?;
+        in_read_transaction(&reader, f)
+    }
+
+    /// The description of `table`, from the cache or read through a reader.
+    pub(crate) fn table(&self, name: &str) -> Result<Arc<TableInfo>> {
+        self.schema
+            .table(name, || self.read(|conn| load_table(conn, name)))
+    }
+
+    /// Runs `f` with the writer connection outside any transaction (for
+    /// maintenance that manages its own statements).
+    pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let writer = self.writer.lock();
+        f(&writer.conn)
+    }
+}
+
+/// How one attempt of a write closure ended.
+pub(crate) enum Attempt<T> {
+    /// Commit the transaction, then return this.
+    Commit(T),
+    /// SQLite already rolled the transaction back (a statement failed with
+    /// an `ON CONFLICT ROLLBACK` clause): nothing to commit; return this.
+    RolledBack(T),
+}
+
+fn run_once<T>(
+    conn: &mut Connection,
+    f: &mut impl FnMut(&Transaction<'_>) -> Result<Attempt<T>>,
+) -> Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    match f(&tx)? {
+        Attempt::Commit(value) => {
+            tx.commit()?;
+            Ok(value)
+        }
+        // Dropping the transaction finishes it (a no-op when SQLite
+        // already ended it).
+        Attempt::RolledBack(value) => Ok(value),
+    }
+}
+
+fn in_read_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    let tx = conn.unchecked_transaction()?;
+    let value = f(&tx)?;
+    tx.commit()?;
+    Ok(value)
+}
+
+/// Opens the writer connection: the extension registered with `busy`, and
+/// (if `tune`) the recommended pragmas of `hybrid_tune()`.
+pub(crate) fn open_writer(
+    path: &Path,
+    busy: BackoffPolicy,
+    tune: bool,
+) -> Result<(Connection, Arc<ConnState>)> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    let state = hybrid::register(&conn)?;
+    state
+        .set_policy(busy)
+        .map_err(|e| Error::InvalidInput(format!("busy policy: {e}")))?;
+    conn.set_prepared_statement_cache_capacity(256);
+    if tune {
+        conn.query_row("SELECT hybrid_tune()", [], |r| r.get::<_, String>(0))?;
+    }
+    // One read now: in WAL mode it maps the side file (futex mode from the
+    // first write on), and it proves the file is a readable database.
+    conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))?;
+    Ok((conn, state))
+}
+
+/// Opens one read-only connection, with the log file (if any) attached.
+pub(crate) fn open_reader(path: &Path, log: Option<&Path>) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    hybrid::register(&conn)?;
+    // The per-connection settings of `hybrid_tune()` (journal mode is the
+    // writer's business), plus query_only as a second guard.
+    conn.execute_batch(
+        "PRAGMA query_only = ON; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456;",
+    )?;
+    if let Some(log) = log {
+        // Read-only like its connection. Not on the writer: BEGIN IMMEDIATE
+        // would take the log file's write lock too.
+        conn.execute("ATTACH DATABASE ?1 AS log", [log.to_string_lossy()])?;
+    }
+    Ok(conn)
+}

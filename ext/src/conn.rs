@@ -1,0 +1,340 @@
+//! [`ConnState`]: everything the extension keeps for one connection (its
+//! policy, wait tracker, queue membership and jitter source), and how it is
+//! installed on and removed from the connection.
+//!
+//! # Lifetime
+//! SQLite 3.40 has no `sqlite3_set_clientdata`, and rusqlite 0.39's
+//! `busy_handler` takes a plain `fn`. So a connection's state is owned by
+//! the SQL functions and tables registered on it (their destructors run
+//! when the connection closes), and the busy handler's user-data pointer
+//! carries only a numeric id looked up in a registry (`busy.rs`): a stale
+//! id can never be a dangling pointer.
+//!
+//! # Futex mode starts with WAL
+//! The file hooks go in at registration, but the side file is opened only
+//! when the file's shared memory is first used, i.e. when the database is in
+//! WAL mode: a rollback-journal database never gets a side file, and its
+//! mode reads `backoff`.
+
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, ffi};
+
+use crate::budget::CpuBudget;
+use crate::clock::now_ns;
+use crate::file_hooks::{self, LockObserver};
+use crate::policy::backoff::BackoffPolicy;
+use crate::policy::json::policy_to_json;
+use crate::policy::rng::{SplitMix64, mix64};
+use crate::queue::{FileQueue, Member, Priority, Settings};
+use crate::shared::SideFile;
+use crate::stats::lock_stats::{LockStats, RowIdentity};
+use crate::stats::registry::{self as stats_registry, SharedCounters};
+use crate::stats::tracker::WaitTracker;
+
+/// The per-connection state: its policy, wait tracker, queue membership
+/// and jitter source. [`crate::register`] returns it; Rust code reads and
+/// changes the policy and statistics through it without SQL.
+#[derive(Debug)]
+pub struct ConnState {
+    pub(crate) id: u64,
+    db_path: String,
+    pub(crate) tracker: Arc<WaitTracker>,
+    policy: Mutex<BackoffPolicy>,
+    pub(crate) rng: Mutex<SplitMix64>,
+    settings: Arc<Settings>,
+    hooks: OnceLock<Arc<LockHooks>>,
+    /// A per-call deadline (our clock, ns; 0: none) that cuts every wait
+    /// shorter than the policy's `timeout_ms`.
+    deadline_ns: AtomicU64,
+    /// The CPU account of the wait in progress.
+    pub(crate) budget: Mutex<Option<CpuBudget>>,
+}
+
+/// A connection's view of its database's lock statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockSnapshot {
+    /// This process's waits on the file.
+    pub process: LockStats,
+    /// Every process's waits (`None` when the side file is not in use).
+    pub file: Option<LockStats>,
+}
+
+impl ConnState {
+    /// State for a connection whose main database is `db_path`, with the
+    /// default policy; nothing is installed yet.
+    pub(crate) fn new(id: u64, db_path: &str) -> ConnState {
+        let policy = BackoffPolicy::default();
+        // Seed from time, pid and id so processes and connections do not
+        // draw the same jitter sequence.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let seed = mix64(nanos ^ (u64::from(std::process::id()) << 32) ^ mix64(id));
+        ConnState {
+            id,
+            db_path: db_path.to_string(),
+            tracker: WaitTracker::new(stats_registry::global().file(db_path)),
+            policy: Mutex::new(policy),
+            rng: Mutex::new(SplitMix64::new(seed)),
+            settings: Arc::new(Settings::new(Priority::Interactive, policy.handoff_ms)),
+            hooks: OnceLock::new(),
+            deadline_ns: AtomicU64::new(0),
+            budget: Mutex::new(None),
+        }
+    }
+
+    /// The main database file this connection's waits count under.
+    pub fn db_path(&self) -> &str {
+        &self.db_path
+    }
+
+    /// This connection's current policy.
+    ///
+    /// ```
+    /// let conn = rusqlite::Connection::open_in_memory()?;
+    /// let state = hybrid::register(&conn)?;
+    /// assert_eq!(state.policy(), hybrid::BackoffPolicy::default());
+    /// # Ok::<(), rusqlite::Error>(())
+    /// ```
+    pub fn policy(&self) -> BackoffPolicy {
+        *self.policy.lock()
+    }
+
+    /// Replaces this connection's policy. Errors (and changes nothing) if
+    /// the policy breaks a rule of [`BackoffPolicy::validated`].
+    pub fn set_policy(&self, policy: BackoffPolicy) -> Result<(), crate::PolicyError> {
+        let policy = policy.validated()?;
+        *self.policy.lock() = policy;
+        self.settings.set_handoff_ms(policy.handoff_ms);
+        Ok(())
+    }
+
+    /// This connection's priority class for the write lock.
+    pub fn priority(&self) -> Priority {
+        self.settings.priority()
+    }
+
+    /// Sets this connection's priority class (applies to its next wait).
+    pub fn set_priority(&self, priority: Priority) {
+        self.settings.set_priority(priority);
+    }
+
+    /// Cuts every wait of this connection short at `deadline` (until
+    /// cleared with `None`), whatever the policy's `timeout_ms`: a caller
+    /// with a deadline of its own sets it once per call instead of
+    /// rewriting the policy.
+    pub fn set_deadline(&self, deadline: Option<Instant>) {
+        let ns = deadline.map_or(0, |d| {
+            let left = d.saturating_duration_since(Instant::now());
+            (now_ns() + left.as_nanos() as u64).max(1)
+        });
+        self.deadline_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// How long (ms, from now) a wait that began `elapsed` ago may still
+    /// last: the policy's timeout, cut by the deadline if one is set.
+    pub(crate) fn time_left_ms(&self, policy: &BackoffPolicy, elapsed: std::time::Duration) -> f64 {
+        let by_policy = policy.timeout_ms - elapsed.as_secs_f64() * 1000.0;
+        match self.deadline_ns.load(Ordering::Relaxed) {
+            0 => by_policy,
+            deadline => by_policy.min(deadline.saturating_sub(now_ns()) as f64 / 1e6),
+        }
+    }
+
+    /// This connection's queue membership, in futex mode.
+    pub(crate) fn member(&self) -> Option<&Arc<Member>> {
+        self.hooks.get().and_then(|h| h.member())
+    }
+
+    /// This connection's database's lock statistics now: this process's
+    /// row and, in futex mode, every process's.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let conn = rusqlite::Connection::open(dir.path().join("s.db"))?;
+    /// let state = hybrid::register(&conn)?;
+    /// conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x)")?;
+    /// let snapshot = state.snapshot();
+    /// assert_eq!(snapshot.process.mode, "futex");
+    /// assert_eq!(snapshot.file.map(|f| f.scope), Some("file"));
+    /// # Ok::<(), rusqlite::Error>(())
+    /// ```
+    pub fn snapshot(&self) -> LockSnapshot {
+        let file = self.tracker.file();
+        let process = file.snapshot();
+        let mode = if file.shared().is_some() {
+            "futex"
+        } else {
+            "backoff"
+        };
+        let policy = Some(policy_to_json(&self.policy()));
+        LockSnapshot {
+            process: LockStats::from_counts(
+                RowIdentity {
+                    db: self.db_path.clone(),
+                    scope: "process",
+                    mode,
+                    connections: Some(process.connections),
+                    handler_active: Some(process.handler_active),
+                    policy,
+                },
+                &process.counts,
+            ),
+            file: SideFile::existing(&self.db_path).map(|side| file_row(&self.db_path, &side)),
+        }
+    }
+
+    /// Installs this state's busy handler on `conn`, replacing any other
+    /// handler or busy timeout.
+    pub(crate) fn install_handler(&self, conn: &Connection) -> rusqlite::Result<()> {
+        crate::busy::install(conn, self.id)?;
+        self.tracker.set_handler_installed(true);
+        Ok(())
+    }
+
+    /// Re-reads `PRAGMA busy_timeout`: a positive value means SQLite's
+    /// default handler replaced ours (a zero one or another custom handler
+    /// cannot be seen). Returns whether ours is still assumed in force.
+    pub(crate) fn refresh(&self, conn: &Connection) -> rusqlite::Result<bool> {
+        let timeout_ms: i64 = conn.query_row("PRAGMA busy_timeout", [], |row| row.get(0))?;
+        if timeout_ms > 0 {
+            self.tracker.set_handler_installed(false);
+        }
+        Ok(self.tracker.handler_installed())
+    }
+
+    /// Puts the file hooks on `conn`'s main file when it is a writable file
+    /// database (read-only connections never take the write lock). Returns
+    /// whether they went in; without them the connection stays in backoff
+    /// mode.
+    pub(crate) fn attach_hooks(&self, conn: &Connection) -> bool {
+        if self.db_path == ":memory:" || conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+            return false;
+        }
+        let hooks = Arc::new(LockHooks {
+            db_path: self.db_path.clone(),
+            tracker: Arc::clone(&self.tracker),
+            settings: Arc::clone(&self.settings),
+            member: OnceLock::new(),
+            wal_seen: AtomicBool::new(false),
+        });
+        // SAFETY: `conn` is this state's open connection, on this thread.
+        if !unsafe {
+            file_hooks::attach(conn.handle(), Arc::clone(&hooks) as Arc<dyn LockObserver>)
+        } {
+            return false;
+        }
+        let _ = self.hooks.set(hooks);
+        true
+    }
+}
+
+/// The file-wide row of `db_path`, from its side file.
+pub(crate) fn file_row(db_path: &str, side: &SideFile) -> LockStats {
+    LockStats::from_counts(
+        RowIdentity {
+            db: db_path.to_string(),
+            scope: "file",
+            mode: "futex",
+            connections: None,
+            handler_active: None,
+            policy: None,
+        },
+        &side.counts(),
+    )
+}
+
+/// What the file hooks report to: one connection's queue membership,
+/// opened at the first sign of WAL mode. A separate object (not the
+/// `ConnState`) so the file's wrapper never keeps a closed connection's
+/// functions alive.
+#[derive(Debug)]
+struct LockHooks {
+    db_path: String,
+    tracker: Arc<WaitTracker>,
+    settings: Arc<Settings>,
+    /// `Some` in futex mode; `None` if the side file could not be used.
+    member: OnceLock<Option<Arc<Member>>>,
+    wal_seen: AtomicBool,
+}
+
+impl LockHooks {
+    fn member(&self) -> Option<&Arc<Member>> {
+        self.member.get().and_then(Option::as_ref)
+    }
+
+    /// Opens the queue (once per connection); failures mean backoff mode.
+    fn open_member(&self) -> Option<Arc<Member>> {
+        let queue = FileQueue::open(&self.db_path).ok()?;
+        self.tracker
+            .file()
+            .attach_shared(Arc::clone(queue.side()) as Arc<dyn SharedCounters>);
+        Some(Arc::new(Member::new(queue, Arc::clone(&self.settings))))
+    }
+}
+
+impl LockObserver for LockHooks {
+    fn wal_in_use(&self) {
+        if !self.wal_seen.swap(true, Ordering::Relaxed) {
+            self.member.get_or_init(|| self.open_member());
+        }
+    }
+
+    fn before_write_lock(&self) {
+        if let Some(member) = self.member() {
+            member.before_attempt();
+        }
+    }
+
+    fn write_lock_result(&self, rc: c_int) {
+        let Some(member) = self.member() else {
+            return;
+        };
+        if rc == ffi::SQLITE_OK {
+            member.set_attempt_busy(false);
+            member.on_acquired();
+            // The wait (if any) ends here, exactly: no provisional state.
+            self.tracker.settle();
+        } else {
+            member.set_attempt_busy(rc & 0xff == ffi::SQLITE_BUSY);
+        }
+    }
+
+    fn write_lock_released(&self) {
+        if let Some(member) = self.member() {
+            member.on_released();
+        }
+    }
+}
+
+/// Removes everything [`crate::register`] put on `conn`: the functions
+/// and tables, the busy handler and the file hooks. Used when loading the
+/// extension fails half-way, so nothing is left that points into a library
+/// SQLite is about to unload.
+#[cfg_attr(not(feature = "loadable"), allow(dead_code))]
+pub(crate) fn unregister(conn: &Connection) {
+    crate::sql::unregister_all(conn);
+    // SAFETY: removing the busy handler of our own open connection; a null
+    // callback is SQLite's documented way to have none.
+    unsafe {
+        ffi::sqlite3_busy_handler(conn.handle(), None, std::ptr::null_mut());
+        file_hooks::detach(conn.handle());
+    }
+}
+
+/// SQLite's result code for a registration error (`SQLITE_NOMEM` stays
+/// itself, so an out-of-memory open reports out of memory).
+pub(crate) fn error_code(error: &rusqlite::Error) -> c_int {
+    match error {
+        rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::OutOfMemory => {
+            ffi::SQLITE_NOMEM
+        }
+        _ => ffi::SQLITE_ERROR,
+    }
+}

@@ -1,0 +1,262 @@
+//! How SQLite gets in: the loadable entry point `sqlite3_hybrid_init`, the
+//! auto-extension that registers every later connection, and the entry
+//! point of a build without the `loadable` feature (which refuses, with a
+//! message saying how to build the right one).
+//!
+//! # Rules (someone else's process)
+//! * Nothing unwinds into SQLite: every entry runs under `catch_unwind`.
+//! * A failed load leaves nothing behind. SQLite unloads the library when
+//!   the entry point fails, so every function, table, busy handler, file
+//!   wrapper and auto-extension that points into it is removed first.
+//! * Out of memory is reported as `SQLITE_NOMEM`, never as an abort: error
+//!   messages are allocated with the host's `malloc` and simply left out
+//!   when that fails (rusqlite's own entry glue aborts there).
+
+use std::ffi::{c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use rusqlite::{Connection, ffi};
+
+/// The C signature of an extension entry point.
+type RawEntryPoint = unsafe extern "C" fn(
+    *mut ffi::sqlite3,
+    *mut *mut c_char,
+    *const ffi::sqlite3_api_routines,
+) -> c_int;
+
+/// `malloc` as the host's API table offers it.
+type Malloc = unsafe extern "C" fn(c_int) -> *mut c_void;
+
+/// Writes `message` into `*pz_err_msg` with `malloc` (the host's), as
+/// SQLite expects of an entry point. Out of memory: no message.
+///
+/// # Safety
+/// `pz_err_msg` must be null or point to writable storage for one pointer;
+/// `malloc` must be the host SQLite's allocator.
+unsafe fn write_error(malloc: Malloc, pz_err_msg: *mut *mut c_char, message: &str) {
+    if pz_err_msg.is_null() {
+        return;
+    }
+    let bytes = message.as_bytes();
+    let Ok(len) = c_int::try_from(bytes.len() + 1) else {
+        return;
+    };
+    // SAFETY: a fresh allocation of len bytes, filled and NUL-ended.
+    unsafe {
+        let buf = malloc(len) as *mut u8;
+        if buf.is_null() {
+            return;
+        }
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
+        *buf.add(bytes.len()) = 0;
+        *pz_err_msg = buf as *mut c_char;
+    }
+}
+
+/// `sqlite3_malloc` of the SQLite this library calls (linked, or the
+/// host's once the API table is set).
+unsafe extern "C" fn sqlite_malloc(n: c_int) -> *mut c_void {
+    // SAFETY: a plain allocation call.
+    unsafe { ffi::sqlite3_malloc(n) }
+}
+
+pub(crate) fn register_auto_extension() -> rusqlite::Result<()> {
+    // SAFETY: `auto_init` has the entry-point signature SQLite calls
+    // auto-extensions with. The bundled bindings declare exactly that type;
+    // the loadable bindings erase it to `void(*)(void)`, as sqlite3ext.h
+    // does, so the transmute is to the same or to the erased type.
+    #[allow(clippy::useless_transmute, clippy::missing_transmute_annotations)]
+    let rc = unsafe {
+        let entry: RawEntryPoint = auto_init;
+        ffi::sqlite3_auto_extension(Some(std::mem::transmute(entry)))
+    };
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None))
+    }
+}
+
+/// Removes the auto-extension (a load that failed after installing it).
+#[cfg_attr(not(feature = "loadable"), allow(dead_code))]
+fn cancel_auto_extension() {
+    // SAFETY: as in `register_auto_extension`; cancelling an entry that is
+    // not installed is a no-op.
+    #[allow(clippy::useless_transmute, clippy::missing_transmute_annotations)]
+    unsafe {
+        let entry: RawEntryPoint = auto_init;
+        ffi::sqlite3_cancel_auto_extension(Some(std::mem::transmute(entry)));
+    }
+}
+
+/// The auto-extension: registers a newly opened connection. A failure fails
+/// the open with its code (`SQLITE_NOMEM` when out of memory).
+unsafe extern "C" fn auto_init(
+    db: *mut ffi::sqlite3,
+    pz_err_msg: *mut *mut c_char,
+    _p_api: *const ffi::sqlite3_api_routines,
+) -> c_int {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: SQLite passes the connection being opened; the wrapper
+        // does not own it.
+        let registered =
+            unsafe { Connection::from_handle(db) }.and_then(|conn| crate::register(&conn));
+        match registered {
+            Ok(_) => ffi::SQLITE_OK,
+            Err(error) => {
+                // SAFETY: pz_err_msg comes from SQLite; allocated with its malloc.
+                unsafe { write_error(sqlite_malloc, pz_err_msg, &format!("hybrid: {error}")) };
+                crate::conn::error_code(&error)
+            }
+        }
+    }))
+    .unwrap_or(ffi::SQLITE_ERROR)
+}
+
+#[cfg(feature = "loadable")]
+mod loadable {
+    //! The loadable-extension entry point (only with the `loadable` feature).
+
+    use std::ffi::{c_char, c_int};
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::atomic::{AtomicPtr, Ordering};
+
+    use rusqlite::{Connection, ffi};
+
+    use super::{cancel_auto_extension, sqlite_malloc, write_error};
+
+    /// The API table of the SQLite library that loaded us first. All SQLite
+    /// calls of a loadable extension go through one process-wide table, so
+    /// a second, different SQLite library in the same process (say Python's
+    /// sqlite3 and apsw's own copy) must not replace it: the first
+    /// library's connections would then call into the second.
+    static HOST_API: AtomicPtr<ffi::sqlite3_api_routines> = AtomicPtr::new(std::ptr::null_mut());
+
+    /// The entry point SQLite looks up for `libhybrid.so`
+    /// (`sqlite3_` + `hybrid` + `_init`).
+    ///
+    /// Registers the loading connection, installs the auto-extension for
+    /// every later connection, and returns `SQLITE_OK_LOAD_PERMANENTLY` so
+    /// the library stays mapped while those callbacks exist.
+    ///
+    /// # Safety
+    /// Called by SQLite with a valid connection and API table.
+    #[unsafe(no_mangle)]
+    pub unsafe extern "C" fn sqlite3_hybrid_init(
+        db: *mut ffi::sqlite3,
+        pz_err_msg: *mut *mut c_char,
+        p_api: *mut ffi::sqlite3_api_routines,
+    ) -> c_int {
+        if p_api.is_null() {
+            return ffi::SQLITE_ERROR;
+        }
+        // SAFETY: p_api is the caller's valid API table.
+        let Some(host_malloc) = (unsafe { (*p_api).malloc }) else {
+            return ffi::SQLITE_ERROR;
+        };
+        catch_unwind(AssertUnwindSafe(|| {
+            if let Err(first) = HOST_API.compare_exchange(
+                std::ptr::null_mut(),
+                p_api,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                if first != p_api {
+                    // SAFETY: the caller's own malloc; ours points elsewhere.
+                    unsafe {
+                        write_error(
+                            host_malloc,
+                            pz_err_msg,
+                            "libhybrid is already loaded into a different SQLite library in this \
+                             process; load it into only one",
+                        )
+                    };
+                    return ffi::SQLITE_ERROR;
+                }
+            }
+            // SAFETY: p_api is valid; this sets the table every call uses.
+            if let Err(error) = unsafe { ffi::rusqlite_extension_init2(p_api) } {
+                // SAFETY: as above.
+                unsafe {
+                    write_error(
+                        host_malloc,
+                        pz_err_msg,
+                        &format!("libhybrid cannot use this SQLite: {error}"),
+                    )
+                };
+                return ffi::SQLITE_ERROR;
+            }
+            // SAFETY: SQLite passes the loading connection; not owned.
+            let conn = match unsafe { Connection::from_handle(db) } {
+                Ok(conn) => conn,
+                Err(_) => return ffi::SQLITE_ERROR,
+            };
+            init(&conn, pz_err_msg)
+        }))
+        .unwrap_or(ffi::SQLITE_ERROR)
+    }
+
+    /// Registers `conn` and the auto-extension, all or nothing.
+    fn init(conn: &Connection, pz_err_msg: *mut *mut c_char) -> c_int {
+        let failed = |error: &rusqlite::Error| {
+            // SAFETY: the API table is set; pz_err_msg is SQLite's.
+            unsafe {
+                write_error(sqlite_malloc, pz_err_msg, &format!("hybrid: {error}"));
+            }
+            crate::conn::error_code(error)
+        };
+        if let Err(error) = crate::register(conn) {
+            return failed(&error);
+        }
+        if let Err(error) = crate::register_auto_extension() {
+            cancel_auto_extension();
+            crate::conn::unregister(conn);
+            return failed(&error);
+        }
+        ffi::SQLITE_OK_LOAD_PERMANENTLY
+    }
+
+    // The non-loadable stub finds `malloc` by index; prove the index.
+    const _: () = assert!(
+        std::mem::offset_of!(ffi::sqlite3_api_routines, malloc)
+            == super::API_MALLOC_INDEX * std::mem::size_of::<usize>()
+    );
+}
+
+#[cfg(feature = "loadable")]
+pub use loadable::sqlite3_hybrid_init;
+
+/// Index of `malloc` in `sqlite3_api_routines` (stable: SQLite only appends
+/// to that struct). Checked at compile time by the loadable build.
+#[cfg_attr(feature = "loadable", allow(dead_code))]
+const API_MALLOC_INDEX: usize = 68;
+
+/// Entry point of a build WITHOUT the `loadable` feature (what a plain
+/// `cargo build` leaves in `target/`): it cannot work, because its SQLite
+/// calls would go to the SQLite compiled into this library, not the host's.
+/// It refuses with a message saying how to build the right one, instead of
+/// SQLite's bare "undefined symbol".
+///
+/// # Safety
+/// Called by SQLite with a valid API table.
+#[cfg(not(feature = "loadable"))]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sqlite3_hybrid_init(
+    _db: *mut ffi::sqlite3,
+    pz_err_msg: *mut *mut c_char,
+    p_api: *const ffi::sqlite3_api_routines,
+) -> c_int {
+    const MESSAGE: &str = "this libhybrid was built without the `loadable` feature and cannot be \
+                           loaded; run `make ext` and load dist/libhybrid.so";
+    if p_api.is_null() {
+        return ffi::SQLITE_ERROR;
+    }
+    // SAFETY: the API table is an array of function pointers; entry
+    // API_MALLOC_INDEX is `malloc` in every SQLite since 3.0.
+    let malloc = unsafe { *(p_api as *const Option<Malloc>).add(API_MALLOC_INDEX) };
+    if let Some(malloc) = malloc {
+        // SAFETY: the host's allocator; pz_err_msg from SQLite.
+        unsafe { write_error(malloc, pz_err_msg, MESSAGE) };
+    }
+    ffi::SQLITE_ERROR
+}

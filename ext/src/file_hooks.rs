@@ -1,0 +1,254 @@
+//! A thin wrapper around one connection's main database file that reports
+//! every attempt at, acquisition and release of the WAL write lock.
+//!
+//! How: SQLite takes the write lock with `xShmLock(file, 0, 1,
+//! SQLITE_SHM_LOCK | SQLITE_SHM_EXCLUSIVE)` and releases it with
+//! `SQLITE_SHM_UNLOCK`, through `file->pMethods`. [`attach`] points that
+//! file's `pMethods` at a [`Wrapper`] of its own: a copy of the original
+//! methods (as many as the original's `iVersion` has) whose `xShmLock` and
+//! `xClose` are ours. Unlike a VFS, this also covers the connection that
+//! loaded the extension, which was opened before the extension existed.
+//!
+//! # Rules that keep the host safe
+//! * **One wrapper per file, freed with it.** A wrapper is never shared or
+//!   cached by address: a VFS may allocate a methods table per file and
+//!   free it in its `xClose` (SQLite's `testvfs` does), so a freed address
+//!   can come back as another VFS's table.
+//! * **The VFS gets its own `pMethods` back before `xClose`.** Our `xClose`
+//!   restores the original pointer, then forwards, then frees the wrapper:
+//!   a VFS that frees `pMethods` frees what it allocated.
+//! * **Only the methods the original has are copied** (`iVersion` 1, 2 or
+//!   3): reading beyond a shorter table would read someone else's memory.
+//! * Only the write lock (slot 0, exclusive) is looked at; every other call
+//!   goes straight through. Observer calls run under `catch_unwind`: on a
+//!   panic the lock call proceeds as if the wrapper were not there.
+
+use std::collections::HashSet;
+use std::ffi::{c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::Mutex;
+use rusqlite::ffi;
+
+/// Addresses of the wrappers alive now: how we recognise a file we wrapped
+/// (an address leaves the set before its wrapper is freed, so it never
+/// names a stale one).
+static LIVE_WRAPPERS: LazyLock<Mutex<HashSet<usize>>> =
+    LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// What the wrapper reports to (the connection's lock hooks).
+pub(crate) trait LockObserver: Send + Sync {
+    /// The file's shared memory is in use: the database is in WAL mode.
+    fn wal_in_use(&self);
+    /// Before an attempt at the write lock (may sleep briefly; never
+    /// refuses).
+    fn before_write_lock(&self);
+    /// The attempt returned `rc` (`SQLITE_OK`: acquired).
+    fn write_lock_result(&self, rc: c_int);
+    /// The write lock was released.
+    fn write_lock_released(&self);
+}
+
+/// Our methods table for one file, with what it forwards to. The methods
+/// must be the first field: `file->pMethods` points at it.
+#[repr(C)]
+struct Wrapper {
+    methods: ffi::sqlite3_io_methods,
+    original: *const ffi::sqlite3_io_methods,
+    observer: Arc<dyn LockObserver>,
+}
+
+const WRITE_LOCK: c_int = 0;
+const LOCK_EXCLUSIVE: c_int = ffi::SQLITE_SHM_LOCK | ffi::SQLITE_SHM_EXCLUSIVE;
+const UNLOCK_EXCLUSIVE: c_int = ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE;
+
+/// Wraps the main database file of `db` and reports to `observer`.
+/// Returns false (and changes nothing) when there is no file with shared
+/// memory support (in-memory databases, VFSes without `xShmLock`), or when
+/// the file is wrapped already (a shared-cache connection shares it).
+///
+/// # Safety
+/// `db` must be an open connection used by the calling thread.
+pub(crate) unsafe fn attach(db: *mut ffi::sqlite3, observer: Arc<dyn LockObserver>) -> bool {
+    // SAFETY: per this function's contract.
+    let Some(file) = (unsafe { main_file(db) }) else {
+        return false;
+    };
+    // SAFETY: `file` is the open main database file of `db`.
+    let methods = unsafe { (*file).pMethods };
+    if methods.is_null() {
+        return false;
+    }
+    if LIVE_WRAPPERS.lock().contains(&(methods as usize)) {
+        return false; // wrapped already (shared cache)
+    }
+    // SAFETY: `iVersion` exists in every table.
+    let version = unsafe { (*methods).iVersion };
+    if version < 2 {
+        return false;
+    }
+    // SAFETY: version >= 2, so the table has the shared-memory methods.
+    if unsafe { (*methods).xShmLock }.is_none() {
+        return false;
+    }
+    // SAFETY: copies exactly the fields a table of this version has.
+    let mut copy = unsafe { copy_methods(methods, version) };
+    copy.xShmLock = Some(shm_lock);
+    copy.xClose = Some(close);
+    let wrapper = Box::into_raw(Box::new(Wrapper {
+        methods: copy,
+        original: methods,
+        observer,
+    }));
+    LIVE_WRAPPERS.lock().insert(wrapper as usize);
+    // SAFETY: a single pointer store on a file only this thread uses now;
+    // the wrapper lives until our xClose (or `detach`) frees it.
+    unsafe { (*file).pMethods = &(*wrapper).methods };
+    true
+}
+
+/// Undoes [`attach`] on `db`'s main file, if it is wrapped (used when
+/// loading the extension fails after the wrapper went in).
+///
+/// # Safety
+/// `db` must be an open connection used by the calling thread, with no
+/// statement running.
+#[cfg_attr(not(feature = "loadable"), allow(dead_code))]
+pub(crate) unsafe fn detach(db: *mut ffi::sqlite3) {
+    // SAFETY: per this function's contract.
+    let Some(file) = (unsafe { main_file(db) }) else {
+        return;
+    };
+    // SAFETY: an open file.
+    let methods = unsafe { (*file).pMethods };
+    if !LIVE_WRAPPERS.lock().remove(&(methods as usize)) {
+        return; // not ours
+    }
+    // SAFETY: one of our live wrappers, made by Box::into_raw in `attach`.
+    unsafe {
+        let wrapper = methods as *mut Wrapper;
+        (*file).pMethods = (*wrapper).original;
+        drop(Box::from_raw(wrapper));
+    }
+}
+
+/// A copy of `methods` holding only the fields of its `version` (1 to 3),
+/// the rest zero.
+///
+/// # Safety
+/// `methods` must point at a methods table of at least `version`.
+unsafe fn copy_methods(
+    methods: *const ffi::sqlite3_io_methods,
+    version: c_int,
+) -> ffi::sqlite3_io_methods {
+    // SAFETY: all-zero is a valid methods table (every method None).
+    let mut copy: ffi::sqlite3_io_methods = unsafe { std::mem::zeroed() };
+    // SAFETY: fields read only up to `version`, per the contract.
+    unsafe {
+        let m = &*methods;
+        copy.iVersion = version.min(3);
+        copy.xClose = m.xClose;
+        copy.xRead = m.xRead;
+        copy.xWrite = m.xWrite;
+        copy.xTruncate = m.xTruncate;
+        copy.xSync = m.xSync;
+        copy.xFileSize = m.xFileSize;
+        copy.xLock = m.xLock;
+        copy.xUnlock = m.xUnlock;
+        copy.xCheckReservedLock = m.xCheckReservedLock;
+        copy.xFileControl = m.xFileControl;
+        copy.xSectorSize = m.xSectorSize;
+        copy.xDeviceCharacteristics = m.xDeviceCharacteristics;
+        if version >= 2 {
+            copy.xShmMap = m.xShmMap;
+            copy.xShmLock = m.xShmLock;
+            copy.xShmBarrier = m.xShmBarrier;
+            copy.xShmUnmap = m.xShmUnmap;
+        }
+        if version >= 3 {
+            copy.xFetch = m.xFetch;
+            copy.xUnfetch = m.xUnfetch;
+        }
+    }
+    copy
+}
+
+/// The main database file of `db` (`SQLITE_FCNTL_FILE_POINTER`).
+///
+/// # Safety
+/// `db` must be an open connection used by the calling thread.
+unsafe fn main_file(db: *mut ffi::sqlite3) -> Option<*mut ffi::sqlite3_file> {
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: FILE_POINTER writes the pager's sqlite3_file* into `file`.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            db,
+            c"main".as_ptr() as *const c_char,
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            &mut file as *mut _ as *mut c_void,
+        )
+    };
+    (rc == ffi::SQLITE_OK && !file.is_null()).then_some(file)
+}
+
+/// The wrapper of a wrapped file.
+///
+/// # Safety
+/// `file->pMethods` must be one of our wrappers (SQLite calls our methods
+/// only through it).
+unsafe fn wrapper_of<'a>(file: *mut ffi::sqlite3_file) -> &'a Wrapper {
+    // SAFETY: per the contract, pMethods points at Wrapper.methods, the
+    // first field of a live Wrapper.
+    unsafe { &*((*file).pMethods as *const Wrapper) }
+}
+
+unsafe extern "C" fn shm_lock(
+    file: *mut ffi::sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: SQLite calls us only through a wrapped file's pMethods.
+    let wrapper = unsafe { wrapper_of(file) };
+    // SAFETY: the original table has xShmLock (checked in `attach`).
+    let Some(forward) = (unsafe { (*wrapper.original).xShmLock }) else {
+        return ffi::SQLITE_IOERR;
+    };
+    let observer = &wrapper.observer;
+    let _ = catch_unwind(AssertUnwindSafe(|| observer.wal_in_use()));
+    if offset != WRITE_LOCK || n != 1 || (flags != LOCK_EXCLUSIVE && flags != UNLOCK_EXCLUSIVE) {
+        // SAFETY: forwarding the call unchanged.
+        return unsafe { forward(file, offset, n, flags) };
+    }
+    if flags == LOCK_EXCLUSIVE {
+        let _ = catch_unwind(AssertUnwindSafe(|| observer.before_write_lock()));
+        // SAFETY: forwarding the call unchanged.
+        let rc = unsafe { forward(file, offset, n, flags) };
+        let _ = catch_unwind(AssertUnwindSafe(|| observer.write_lock_result(rc)));
+        rc
+    } else {
+        // SAFETY: forwarding the call unchanged.
+        let rc = unsafe { forward(file, offset, n, flags) };
+        let _ = catch_unwind(AssertUnwindSafe(|| observer.write_lock_released()));
+        rc
+    }
+}
+
+unsafe extern "C" fn close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: SQLite calls us only through a wrapped file's pMethods; the
+    // wrapper was made by Box::into_raw in `attach`.
+    unsafe {
+        let wrapper = (*file).pMethods as *mut Wrapper;
+        let original = (*wrapper).original;
+        // The VFS must see its own table: it may free it in xClose.
+        (*file).pMethods = original;
+        let rc = match (*original).xClose {
+            Some(forward) => forward(file),
+            None => ffi::SQLITE_OK,
+        };
+        LIVE_WRAPPERS.lock().remove(&(wrapper as usize));
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(wrapper))));
+        rc
+    }
+}

@@ -1,0 +1,61 @@
+//! Who is queued on a side file right now, in serving order, for the table
+//! `hybrid_lock_waiters`.
+
+use std::sync::atomic::Ordering;
+
+use crate::clock::{now_ns, now_unix_ms};
+use crate::queue::{FileQueue, Priority, STALE_NS};
+use crate::shared::SideFile;
+
+/// One waiter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WaiterView {
+    /// The waiting process (for people; never compared).
+    pub(crate) pid: u32,
+    /// Its class.
+    pub(crate) priority: Priority,
+    /// Time waited so far, by the wall clock.
+    pub(crate) waited_ms: f64,
+    /// Its queue ticket.
+    pub(crate) ticket: u64,
+    /// Whether it is the head of the queue now.
+    pub(crate) is_head: bool,
+    /// Whether its process is alive but its waiter has not moved for
+    /// [`STALE_NS`] (a stopped process): skipped until it moves again.
+    pub(crate) stale: bool,
+}
+
+/// Everyone queued on `side` whose process lives, in serving order (live
+/// before stale).
+pub(crate) fn waiters(side: &SideFile) -> Vec<WaiterView> {
+    let now = now_ns();
+    let now_ms = now_unix_ms();
+    // Serving order: live before stale, then (class, ticket).
+    type Order = (bool, (u32, u64));
+    let mut out: Vec<(Order, WaiterView)> = Vec::new();
+    for (index, slot) in side.slots() {
+        let owner = slot.owner.load(Ordering::Acquire);
+        let beat = slot.beat.load(Ordering::Acquire);
+        if owner == 0 || beat == 0 || !side.token_alive(owner) {
+            continue;
+        }
+        let stale = side.seen().beat_age(index, owner, beat, now) >= STALE_NS;
+        let key = FileQueue::order_key(slot, now_ms);
+        let view = WaiterView {
+            pid: slot.pid.load(Ordering::Relaxed),
+            priority: Priority::from_raw(slot.priority.load(Ordering::Relaxed)),
+            waited_ms: now_ms.saturating_sub(slot.wait_start_unix_ms.load(Ordering::Relaxed))
+                as f64,
+            ticket: key.1,
+            is_head: false,
+            stale,
+        };
+        out.push(((stale, key), view));
+    }
+    out.sort_by_key(|(key, _)| *key);
+    let mut views: Vec<WaiterView> = out.into_iter().map(|(_, v)| v).collect();
+    if let Some(first) = views.first_mut().filter(|v| !v.stale) {
+        first.is_head = true;
+    }
+    views
+}

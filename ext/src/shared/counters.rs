@@ -1,0 +1,204 @@
+//! File-wide wait statistics in the side file: every process adds its waits
+//! here, so `hybrid_lock_metrics` can show a `scope = 'file'` row.
+//!
+//! # Invariants
+//! * `busy_events` is not stored: it is `acquired + gave_up + in_flight`,
+//!   so the identity holds in every snapshot, whatever a reset, a race or
+//!   a peer's garbage does to the counters.
+//! * Waits in progress are counted per process, in its participant record,
+//!   tagged with the reset generation they started in. A snapshot sums only
+//!   live processes' current-generation counts; a dead process's waits are
+//!   moved to `gave_up` by whoever notices (once: compare-and-swap).
+//! * A wait that began before `hybrid_lock_metrics_reset('file')` is not
+//!   counted after it.
+
+use std::sync::atomic::Ordering;
+
+use crate::clock::now_unix_ms;
+use crate::shared::layout::{MAX_PARTICIPANTS, SharedStats, pack_in_flight, unpack_in_flight};
+use crate::shared::mapping::SideFile;
+use crate::stats::histogram::LogHistogram;
+use crate::stats::lock_stats::Counts;
+use crate::stats::registry::{Outcome, SharedCounters};
+
+impl SharedCounters for SideFile {
+    fn wait_started(&self, at_unix_ms: u64) -> u64 {
+        let stats = self.stats();
+        let generation = stats.generation.load(Ordering::Acquire);
+        stats
+            .last_event_unix_ms
+            .store(at_unix_ms, Ordering::Relaxed);
+        if let Some(me) = self.own_participant() {
+            let word = &self.participant(me).in_flight;
+            let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let (g, count) = unpack_in_flight(w);
+                Some(if g == generation as u32 {
+                    pack_in_flight(generation, count.saturating_add(1))
+                } else {
+                    pack_in_flight(generation, 1)
+                })
+            });
+        }
+        generation
+    }
+
+    fn handler_call(&self) {
+        self.stats().handler_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn wait_finished(&self, generation: u64, outcome: Outcome, wait_us: u64, at_unix_ms: u64) {
+        if let Some(me) = self.own_participant() {
+            let word = &self.participant(me).in_flight;
+            let _ = word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let (g, count) = unpack_in_flight(w);
+                (g == generation as u32 && count > 0).then(|| pack_in_flight(generation, count - 1))
+            });
+        }
+        let stats = self.stats();
+        if stats.generation.load(Ordering::Acquire) != generation {
+            return; // began before a reset
+        }
+        add_finished(stats, outcome, wait_us, at_unix_ms);
+    }
+}
+
+fn add_finished(stats: &SharedStats, outcome: Outcome, wait_us: u64, at_unix_ms: u64) {
+    match outcome {
+        Outcome::Acquired => stats.acquired.fetch_add(1, Ordering::Relaxed),
+        Outcome::GaveUp => stats.gave_up.fetch_add(1, Ordering::Relaxed),
+    };
+    stats.wait_total_us.fetch_add(wait_us, Ordering::Relaxed);
+    stats.wait_max_us.fetch_max(wait_us, Ordering::Relaxed);
+    stats.histogram[LogHistogram::bucket_of(wait_us)].fetch_add(1, Ordering::Relaxed);
+    stats
+        .last_event_unix_ms
+        .store(at_unix_ms, Ordering::Relaxed);
+}
+
+impl SideFile {
+    /// The file-wide counters now (every process). Waits of processes that
+    /// died while waiting are moved to `gave_up` on the way.
+    pub(crate) fn counts(&self) -> Counts {
+        let stats = self.stats();
+        let generation = stats.generation.load(Ordering::Acquire) as u32;
+        let mut in_flight = 0u64;
+        for index in 0..MAX_PARTICIPANTS {
+            let record = self.participant(index);
+            let epoch = record.epoch.load(Ordering::Acquire);
+            let (g, count) = unpack_in_flight(record.in_flight.load(Ordering::Acquire));
+            if epoch == 0 || count == 0 || g != generation {
+                continue;
+            }
+            if self.participant_alive(index, epoch as u32) {
+                in_flight += u64::from(count);
+            } else {
+                self.reclaim_participant(index);
+            }
+        }
+        let last = stats.last_event_unix_ms.load(Ordering::Relaxed);
+        Counts {
+            acquired: stats.acquired.load(Ordering::Relaxed),
+            gave_up: stats.gave_up.load(Ordering::Relaxed),
+            in_flight,
+            handler_calls: stats.handler_calls.load(Ordering::Relaxed),
+            wait_total_us: stats.wait_total_us.load(Ordering::Relaxed),
+            wait_max_us: stats.wait_max_us.load(Ordering::Relaxed),
+            histogram: LogHistogram::from_counts(
+                stats.histogram.iter().map(|b| b.load(Ordering::Relaxed)),
+            ),
+            last_event_unix_ms: (last > 0).then_some(last),
+        }
+    }
+
+    /// A dead process's waits in progress end as `gave_up` (they never got
+    /// the lock). Only one caller wins the exchange, so each counts once.
+    pub(crate) fn reclaim_participant(&self, index: usize) {
+        if !self.can_queue() {
+            return; // read-only mapping
+        }
+        let stats = self.stats();
+        let generation = stats.generation.load(Ordering::Acquire);
+        let word = &self.participant(index).in_flight;
+        let old = word.swap(0, Ordering::AcqRel);
+        let (g, count) = unpack_in_flight(old);
+        if count > 0 && g == generation as u32 {
+            stats.gave_up.fetch_add(u64::from(count), Ordering::Relaxed);
+            stats
+                .last_event_unix_ms
+                .store(now_unix_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Zeroes the file-wide counters (for every process); waits in
+    /// progress are not counted afterwards.
+    pub(crate) fn reset_counts(&self) {
+        if !self.can_queue() {
+            return;
+        }
+        let stats = self.stats();
+        stats.generation.fetch_add(1, Ordering::AcqRel);
+        for counter in [
+            &stats.acquired,
+            &stats.gave_up,
+            &stats.handler_calls,
+            &stats.wait_total_us,
+            &stats.wait_max_us,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        for bucket in &stats.histogram {
+            bucket.store(0, Ordering::Relaxed);
+        }
+        stats.reset_unix_ms.store(now_unix_ms(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::shared::mapping::path_for;
+
+    fn side(dir: &tempfile::TempDir) -> (String, std::sync::Arc<SideFile>) {
+        let db = dir.path().join("c.db");
+        std::fs::write(&db, b"").unwrap();
+        let db = db.to_str().unwrap().to_string();
+        let side = SideFile::open(&db).unwrap();
+        (db, side)
+    }
+
+    #[test]
+    fn the_identity_holds_across_a_reset_during_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, side) = side(&dir);
+        let g = side.wait_started(1);
+        side.wait_finished(g, Outcome::Acquired, 10, 2);
+        let g_open = side.wait_started(3);
+        let c = side.counts();
+        assert_eq!((c.acquired, c.in_flight), (1, 1));
+        side.reset_counts();
+        assert_eq!(side.counts().in_flight, 0, "old waits are not in flight");
+        side.wait_finished(g_open, Outcome::Acquired, 10, 4);
+        let c = side.counts();
+        assert_eq!((c.acquired, c.gave_up, c.in_flight), (0, 0, 0));
+        let g = side.wait_started(5);
+        side.wait_finished(g, Outcome::GaveUp, 10, 6);
+        let c = side.counts();
+        assert_eq!((c.acquired, c.gave_up, c.in_flight), (0, 1, 0));
+    }
+
+    #[test]
+    fn a_dead_processs_wait_becomes_gave_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, observer) = side(&dir);
+        let doomed = SideFile::map(Path::new(&db), path_for(&db), true).unwrap();
+        doomed.wait_started(1);
+        assert_eq!(observer.counts().in_flight, 1);
+        drop(doomed); // its process "dies": the lock byte is released
+        std::thread::sleep(std::time::Duration::from_millis(10)); // probe cache
+        let c = observer.counts();
+        assert_eq!((c.in_flight, c.gave_up), (0, 1));
+        assert_eq!(observer.counts().gave_up, 1, "counted once");
+    }
+}

@@ -1,0 +1,182 @@
+//! [`LockStats`]: one row of lock-wait statistics, and the one place its
+//! derived fields (total, average, quantiles, failure rate, `busy_events`)
+//! are computed. The process row, the file-wide row (from the side file)
+//! and the Rust client all go through [`LockStats::from_counts`].
+
+use crate::stats::histogram::LogHistogram;
+
+/// The raw counters behind a [`LockStats`] row, as this process keeps them
+/// or as the side file keeps them for every process.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Counts {
+    pub(crate) acquired: u64,
+    pub(crate) gave_up: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) handler_calls: u64,
+    pub(crate) wait_total_us: u64,
+    pub(crate) wait_max_us: u64,
+    pub(crate) histogram: LogHistogram,
+    pub(crate) last_event_unix_ms: Option<u64>,
+}
+
+/// Lock-wait statistics of one database file: one row of the SQL table
+/// `hybrid_lock_metrics` (see the README for every column).
+///
+/// `busy_events` is defined as `acquired + gave_up + in_flight`, so every
+/// snapshot satisfies that identity by construction, whatever races with it.
+///
+/// ```
+/// let conn = rusqlite::Connection::open_in_memory()?;
+/// let state = hybrid::register(&conn)?;
+/// let stats = state.snapshot().process;
+/// assert_eq!((stats.scope, stats.busy_events), ("process", 0));
+/// # Ok::<(), rusqlite::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockStats {
+    /// The main database file's path (`:memory:` for in-memory databases).
+    pub db: String,
+    /// `"process"` (this process's waits) or `"file"` (every process's, from
+    /// the shared side file).
+    pub scope: &'static str,
+    /// `"futex"` (queued hand-off through the side file) or `"backoff"`.
+    pub mode: &'static str,
+    /// Open connections of this process on the file with the extension
+    /// registered (`None` for the file scope).
+    pub connections: Option<u64>,
+    /// How many of them have the hybrid busy handler in force (`None` for
+    /// the file scope).
+    pub handler_active: Option<u64>,
+    /// Waits started: `acquired + gave_up + in_flight`.
+    pub busy_events: u64,
+    /// Busy-handler calls.
+    pub retries: u64,
+    /// Waits that ended with the lock.
+    pub acquired: u64,
+    /// Waits that ended in `SQLITE_BUSY` (for the file scope, also waits
+    /// whose process died while waiting).
+    pub gave_up: u64,
+    /// Waits in progress.
+    pub in_flight: u64,
+    /// Total time of finished waits, ms.
+    pub wait_total_ms: f64,
+    /// Mean finished wait, ms.
+    pub wait_avg_ms: Option<f64>,
+    /// Longest finished wait, ms.
+    pub wait_max_ms: f64,
+    /// Median wait (within ~6%), ms.
+    pub wait_p50_ms: Option<f64>,
+    /// 95th percentile wait, ms.
+    pub wait_p95_ms: Option<f64>,
+    /// 99th percentile wait, ms.
+    pub wait_p99_ms: Option<f64>,
+    /// `gave_up / (acquired + gave_up)`.
+    pub failure_rate: Option<f64>,
+    /// Unix time (ms) of the last wait start or end.
+    pub last_event_unix_ms: Option<u64>,
+    /// The policy (JSON) of the connection this row was read through, when
+    /// it uses this file; `None` otherwise and for the file scope.
+    pub policy: Option<String>,
+}
+
+/// What identifies a row besides its counters.
+pub(crate) struct RowIdentity {
+    pub(crate) db: String,
+    pub(crate) scope: &'static str,
+    pub(crate) mode: &'static str,
+    pub(crate) connections: Option<u64>,
+    pub(crate) handler_active: Option<u64>,
+    pub(crate) policy: Option<String>,
+}
+
+impl LockStats {
+    /// Computes the derived fields from raw counters.
+    pub(crate) fn from_counts(identity: RowIdentity, counts: &Counts) -> LockStats {
+        let finished = counts.acquired.saturating_add(counts.gave_up);
+        let max_us = counts.wait_max_us as f64;
+        // A quantile is a bucket midpoint; never report one above the max.
+        let quantile_ms = |q| {
+            counts
+                .histogram
+                .quantile_us(q)
+                .map(|us| us.min(max_us) / 1000.0)
+        };
+        let total_ms = counts.wait_total_us as f64 / 1000.0;
+        LockStats {
+            db: identity.db,
+            scope: identity.scope,
+            mode: identity.mode,
+            connections: identity.connections,
+            handler_active: identity.handler_active,
+            busy_events: finished.saturating_add(counts.in_flight),
+            retries: counts.handler_calls,
+            acquired: counts.acquired,
+            gave_up: counts.gave_up,
+            in_flight: counts.in_flight,
+            wait_total_ms: total_ms,
+            wait_avg_ms: (finished > 0).then(|| total_ms / finished as f64),
+            wait_max_ms: max_us / 1000.0,
+            wait_p50_ms: quantile_ms(0.50),
+            wait_p95_ms: quantile_ms(0.95),
+            wait_p99_ms: quantile_ms(0.99),
+            failure_rate: (finished > 0).then(|| counts.gave_up as f64 / finished as f64),
+            last_event_unix_ms: counts.last_event_unix_ms,
+            policy: identity.policy,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> RowIdentity {
+        RowIdentity {
+            db: "x.db".into(),
+            scope: "process",
+            mode: "backoff",
+            connections: Some(1),
+            handler_active: Some(1),
+            policy: None,
+        }
+    }
+
+    #[test]
+    fn derived_fields() {
+        let mut counts = Counts {
+            acquired: 3,
+            gave_up: 1,
+            in_flight: 2,
+            wait_total_us: 8_000,
+            wait_max_us: 4_000,
+            ..Counts::default()
+        };
+        for us in [1_000, 1_000, 2_000, 4_000] {
+            counts.histogram.record(us);
+        }
+        let s = LockStats::from_counts(identity(), &counts);
+        assert_eq!(s.busy_events, 6);
+        assert_eq!(s.wait_avg_ms, Some(2.0));
+        assert_eq!(s.failure_rate, Some(0.25));
+        assert!(s.wait_p99_ms.unwrap() <= 4.0);
+        let empty = LockStats::from_counts(identity(), &Counts::default());
+        assert_eq!(
+            (empty.wait_avg_ms, empty.failure_rate, empty.wait_p50_ms),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn garbage_counters_saturate() {
+        let counts = Counts {
+            acquired: u64::MAX,
+            gave_up: u64::MAX,
+            in_flight: u64::MAX,
+            ..Counts::default()
+        };
+        assert_eq!(
+            LockStats::from_counts(identity(), &counts).busy_events,
+            u64::MAX
+        );
+    }
+}

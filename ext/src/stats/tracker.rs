@@ -1,0 +1,240 @@
+//! The wait-episode state machine of one connection: what the busy handler
+//! reports, turned into finished waits for its file's counters.
+//!
+//! # What a wait is
+//! A *wait* starts at the first busy-handler call for a lock (SQLite's count
+//! = 0). Each call either gives up (the wait ends as `gave_up`, its length
+//! measured to that call) or lets SQLite retry. In futex mode the file hooks
+//! see the acquisition, and the wait ends there ([`WaitTracker::settle`]).
+//! In backoff mode SQLite never says that a retry succeeded; it simply stops
+//! calling. So after a retry the wait is *provisionally acquired*, measured
+//! to the end of that last sleep, and settled when the connection's next
+//! wait starts or the connection closes. Readers count provisional waits as
+//! acquired, so a snapshot shows every wait exactly once.
+//!
+//! # Locking
+//! Lock order: a tracker's `episode` → its file's `stats` → the event ring.
+//! A reader (`registry.rs`) locks every episode of a file, then its stats,
+//! so it never sees a wait half-way between provisional and settled. Every
+//! lock is held for a few field updates, never across a sleep or an SQLite
+//! call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::clock::now_unix_ms;
+use crate::stats::registry::{FileMetrics, FileStats, Outcome, WaitEvent};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// The handler is running (deciding or sleeping).
+    Waiting,
+    /// The handler let SQLite retry and has not been called again.
+    Retrying,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Episode {
+    /// The process counters' reset generation when the wait began.
+    pub(super) generation: u64,
+    /// The side file's reset generation, if the wait is counted there.
+    shared_generation: Option<u64>,
+    started: Instant,
+    pub(super) phase: Phase,
+    pub(super) retries: u32,
+    last_delay_ms: f64,
+    retried_at: Instant,
+    pub(super) retried_unix_ms: u64,
+}
+
+impl Episode {
+    /// The wait's length if it ends as acquired now (to its last retry).
+    pub(super) fn provisional_wait_us(&self) -> u64 {
+        self.retried_at
+            .saturating_duration_since(self.started)
+            .as_micros() as u64
+    }
+}
+
+/// Where a handler call stands within its wait; input to the policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct CallContext {
+    /// Retries already allowed in this wait.
+    pub(crate) attempt: u32,
+    /// Time since the wait's first handler call.
+    pub(crate) elapsed: Duration,
+    /// The previous sleep of this wait in ms (0 for the first).
+    pub(crate) previous_delay_ms: f64,
+    /// Whether this call started a new wait.
+    pub(crate) first: bool,
+}
+
+/// The wait state of one connection, shared with its file's readers.
+#[derive(Debug)]
+pub(crate) struct WaitTracker {
+    file: Arc<FileMetrics>,
+    pub(super) episode: Mutex<Option<Episode>>,
+    handler_installed: AtomicBool,
+}
+
+impl WaitTracker {
+    /// A tracker for a new connection on `file`, counted in its
+    /// `connections` until dropped.
+    pub(crate) fn new(file: Arc<FileMetrics>) -> Arc<WaitTracker> {
+        let tracker = Arc::new(WaitTracker {
+            file,
+            episode: Mutex::new(None),
+            handler_installed: AtomicBool::new(false),
+        });
+        tracker.file.add_tracker(&tracker);
+        tracker
+    }
+
+    /// The file this connection's waits are counted under.
+    pub(crate) fn file(&self) -> &Arc<FileMetrics> {
+        &self.file
+    }
+
+    /// Records whether this connection's hybrid busy handler is in force
+    /// (shown as `handler_active`).
+    pub(crate) fn set_handler_installed(&self, installed: bool) {
+        self.handler_installed.store(installed, Ordering::Relaxed);
+    }
+
+    /// Whether the handler was last seen in force.
+    pub(crate) fn handler_installed(&self) -> bool {
+        self.handler_installed.load(Ordering::Relaxed)
+    }
+
+    /// A busy-handler call: `count` is SQLite's count of earlier calls for
+    /// this lock. Count 0 (or no open wait) starts a new wait, settling the
+    /// previous one as acquired.
+    pub(crate) fn handler_called(&self, count: i32, now: Instant) -> CallContext {
+        let mut episode = self.episode.lock();
+        let mut stats = self.file.stats.lock();
+        stats.handler_calls += 1;
+        let shared = self.file.shared();
+        if let Some(shared) = &shared {
+            shared.handler_call();
+        }
+        let first = count <= 0 || episode.is_none();
+        if first {
+            if let Some(previous) = episode.take() {
+                self.settle_locked(previous, &mut stats);
+            }
+            let at = now_unix_ms();
+            stats.last_event_unix_ms = Some(at);
+            *episode = Some(Episode {
+                generation: stats.generation,
+                shared_generation: shared.as_ref().map(|s| s.wait_started(at)),
+                started: now,
+                phase: Phase::Waiting,
+                retries: 0,
+                last_delay_ms: 0.0,
+                retried_at: now,
+                retried_unix_ms: 0,
+            });
+        }
+        let Some(current) = episode.as_mut() else {
+            // Unreachable: an episode was ensured above.
+            return CallContext {
+                attempt: 0,
+                elapsed: Duration::ZERO,
+                previous_delay_ms: 0.0,
+                first: true,
+            };
+        };
+        current.phase = Phase::Waiting;
+        CallContext {
+            attempt: current.retries,
+            elapsed: now.saturating_duration_since(current.started),
+            previous_delay_ms: current.last_delay_ms,
+            first,
+        }
+    }
+
+    /// The handler slept `delay_ms` and now lets SQLite retry.
+    pub(crate) fn chose_retry(&self, now: Instant, delay_ms: f64) {
+        if let Some(episode) = self.episode.lock().as_mut() {
+            episode.phase = Phase::Retrying;
+            episode.retries = episode.retries.saturating_add(1);
+            episode.last_delay_ms = delay_ms;
+            episode.retried_at = now;
+            episode.retried_unix_ms = now_unix_ms();
+        }
+    }
+
+    /// The handler gave up: the wait ends now as `gave_up`.
+    pub(crate) fn gave_up(&self, now: Instant) {
+        let mut episode = self.episode.lock();
+        if let Some(finished) = episode.take() {
+            let wait_us = now.saturating_duration_since(finished.started).as_micros() as u64;
+            let mut stats = self.file.stats.lock();
+            self.record_locked(
+                &finished,
+                Outcome::GaveUp,
+                wait_us,
+                now_unix_ms(),
+                &mut stats,
+            );
+        }
+    }
+
+    /// The lock was acquired (futex mode), or the connection is idle or
+    /// closing: a wait still open ends as acquired. A no-op without one.
+    pub(crate) fn settle(&self) {
+        let mut episode = self.episode.lock();
+        if let Some(previous) = episode.take() {
+            let mut stats = self.file.stats.lock();
+            self.settle_locked(previous, &mut stats);
+        }
+    }
+
+    fn settle_locked(&self, previous: Episode, stats: &mut FileStats) {
+        // A wait still in `Waiting` here was cut short (the handler was
+        // replaced mid-wait, or the lock came between two calls): it got
+        // past the lock, so its time counts as acquired.
+        let wait_us = previous.provisional_wait_us();
+        let at = if previous.retried_unix_ms > 0 {
+            previous.retried_unix_ms
+        } else {
+            now_unix_ms()
+        };
+        self.record_locked(&previous, Outcome::Acquired, wait_us, at, stats);
+    }
+
+    fn record_locked(
+        &self,
+        episode: &Episode,
+        outcome: Outcome,
+        wait_us: u64,
+        at_unix_ms: u64,
+        stats: &mut FileStats,
+    ) {
+        if let (Some(generation), Some(shared)) = (episode.shared_generation, self.file.shared()) {
+            shared.wait_finished(generation, outcome, wait_us, at_unix_ms);
+        }
+        if episode.generation != stats.generation {
+            return; // began before a reset: not counted anywhere
+        }
+        stats.add_finished(outcome, wait_us, at_unix_ms);
+        self.file.push_event(WaitEvent {
+            at_unix_ms,
+            db: Arc::clone(self.file.path_arc()),
+            outcome,
+            wait_us,
+            retries: episode.retries,
+            pid: std::process::id(),
+        });
+    }
+}
+
+impl Drop for WaitTracker {
+    fn drop(&mut self) {
+        self.settle();
+        self.file.forget_dead_trackers();
+    }
+}
