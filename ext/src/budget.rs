@@ -1,99 +1,85 @@
-//! A CPU budget for one long wait: after a burst of [`BURST_NS`], every
-//! retry is paid for by sleeping at least 1/[`RATE`] times the CPU it used.
+//! A CPU budget for one long wait: at most [`BURST_NS`] of CPU plus
+//! [`RATE`] of the time waited, measured on the waiting thread.
 //!
 //! Why: a waiter that polls (a lock held by a process outside the queue, a
 //! rollback-journal database, a long-held lock) must not burn a core while
 //! it waits. SQLite's own handler sleeps and costs next to nothing; a wait
 //! of ours may cost at most 1% of a core plus a small burst (0.05 s of CPU
-//! for a 5 s wait), whatever a retry costs on this machine, while short
-//! hand-offs (well within the burst) are never slowed down.
+//! for a 5 s wait), whatever a retry costs on this machine (the sleeps'
+//! own system-call overhead included), while short hand-offs, well within
+//! the burst, are never slowed down.
 //!
-//! Pacing each retry by its own cost, rather than by the wait's total, keeps
-//! the waiter polling steadily: it never has to sleep off a debt in one long
-//! sleep and miss the moment the lock frees.
+//! A pause is decided once and then served ([`CpuBudget::retry_or_pause`]),
+//! so the waiter's own wake-ups while it sleeps never push its retry
+//! further away; and no single pause exceeds [`MAX_PAUSE`], so a waiter
+//! never sleeps through a long stretch in which the lock may free.
 
 use std::time::Duration;
 
 use crate::clock::{now_ns, thread_cpu_ns};
 
-/// CPU a wait may use before pacing starts.
+/// CPU a wait may use before the rate applies.
 pub(crate) const BURST_NS: u64 = 2_000_000;
-/// Share of the time waited a paced wait may spend on the CPU.
+/// Share of the time waited a wait may spend on the CPU.
 pub(crate) const RATE: f64 = 0.01;
+/// Longest single pause the budget imposes.
+pub(crate) const MAX_PAUSE: Duration = Duration::from_millis(50);
 
 /// The CPU account of one wait (started at its first busy call).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CpuBudget {
+    start_ns: u64,
     start_cpu_ns: u64,
-    /// When the last retry went out, and the CPU time then.
-    last_ns: u64,
-    last_cpu_ns: u64,
-    /// A pause decided for the next retry ends then (0: none decided). The
-    /// pause is decided once, so the waiter's own wake-ups while it sleeps
-    /// it off never push the retry further away.
+    /// A pause decided for the next retry ends then (0: none decided).
     not_before_ns: u64,
 }
 
 impl CpuBudget {
     /// Starts the account now, on the calling (waiting) thread.
     pub(crate) fn start() -> CpuBudget {
-        let cpu = thread_cpu_ns();
         CpuBudget {
-            start_cpu_ns: cpu,
-            last_ns: now_ns(),
-            last_cpu_ns: cpu,
+            start_ns: now_ns(),
+            start_cpu_ns: thread_cpu_ns(),
             not_before_ns: 0,
         }
     }
 
-    /// Whether a retry may go out now (`None`: it goes, and is recorded),
-    /// or how long to wait first.
+    /// How long to sleep before the next retry so that this wait keeps to
+    /// its budget (zero when it does).
+    pub(crate) fn required_sleep(&self) -> Duration {
+        required_sleep(
+            now_ns().saturating_sub(self.start_ns),
+            thread_cpu_ns().saturating_sub(self.start_cpu_ns),
+        )
+    }
+
+    /// Whether a retry may go out now (`None`), or how long to wait first.
     pub(crate) fn retry_or_pause(&mut self) -> Option<Duration> {
         let now = now_ns();
         if self.not_before_ns > now {
             return Some(Duration::from_nanos(self.not_before_ns - now));
         }
-        let pause = if self.not_before_ns != 0 {
-            Duration::ZERO // the decided pause is over
-        } else {
-            self.required_sleep()
-        };
-        if pause.is_zero() {
-            self.not_before_ns = 0;
-            self.mark_retry();
-            None
-        } else {
-            self.not_before_ns = now + pause.as_nanos() as u64;
-            Some(pause)
+        if self.not_before_ns != 0 {
+            self.not_before_ns = 0; // the decided pause is over
+            return None;
         }
-    }
-
-    /// How long to sleep before the next retry so that this wait keeps to
-    /// its budget (zero within the burst or when already paid for).
-    pub(crate) fn required_sleep(&self) -> Duration {
-        let cpu = thread_cpu_ns();
-        required_sleep(
-            cpu.saturating_sub(self.start_cpu_ns),
-            cpu.saturating_sub(self.last_cpu_ns),
-            now_ns().saturating_sub(self.last_ns),
-        )
-    }
-
-    /// A retry goes out now.
-    pub(crate) fn mark_retry(&mut self) {
-        self.last_ns = now_ns();
-        self.last_cpu_ns = thread_cpu_ns();
+        let pause = self.required_sleep();
+        if pause.is_zero() {
+            return None;
+        }
+        self.not_before_ns = now + pause.as_nanos() as u64;
+        Some(pause)
     }
 }
 
-/// The pure rule: with `used_ns` spent in all, `since_cpu_ns` of it since the
-/// last retry, which was `since_ns` ago.
-fn required_sleep(used_ns: u64, since_cpu_ns: u64, since_ns: u64) -> Duration {
-    if used_ns <= BURST_NS {
+/// The pure rule: with `used_cpu_ns` spent over `elapsed_ns`, the sleep that
+/// brings the wait back to `BURST_NS + RATE × elapsed`, at most `MAX_PAUSE`.
+fn required_sleep(elapsed_ns: u64, used_cpu_ns: u64) -> Duration {
+    if used_cpu_ns <= BURST_NS {
         return Duration::ZERO;
     }
-    let paid_by = (since_cpu_ns as f64 / RATE) as u64;
-    Duration::from_nanos(paid_by.saturating_sub(since_ns))
+    let paid_by = ((used_cpu_ns - BURST_NS) as f64 / RATE) as u64;
+    Duration::from_nanos(paid_by.saturating_sub(elapsed_ns)).min(MAX_PAUSE)
 }
 
 #[cfg(test)]
@@ -101,16 +87,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn within_the_burst_nothing_is_paced() {
-        assert_eq!(required_sleep(1_500_000, 1_000_000, 0), Duration::ZERO);
+    fn short_waits_are_free_long_ones_are_paced() {
+        assert_eq!(
+            required_sleep(1_000_000, 1_500_000),
+            Duration::ZERO,
+            "burst"
+        );
+        // 5 s waited, 52 ms used: within 2 ms + 1% of 5 s.
+        assert_eq!(required_sleep(5_000_000_000, 52_000_000), Duration::ZERO);
+        // 1 s waited, 12.1 ms used: 1.01 s earns it, so 10 ms more.
+        let pause = required_sleep(1_000_000_000, 12_100_000);
+        assert_eq!(pause, Duration::from_millis(10));
+        // However deep in debt, one pause is bounded.
+        assert_eq!(required_sleep(0, 1_000_000_000), MAX_PAUSE);
     }
 
     #[test]
-    fn beyond_it_each_retry_is_paid_for() {
-        // 20 µs of CPU since the last retry, 500 µs ago: sleep 1.5 ms more.
-        let pause = required_sleep(3_000_000, 20_000, 500_000);
-        assert_eq!(pause, Duration::from_micros(1500));
-        assert_eq!(required_sleep(3_000_000, 20_000, 5_000_000), Duration::ZERO);
+    fn a_decided_pause_is_served_once() {
+        let mut budget = CpuBudget::start();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(5) {
+            std::hint::spin_loop(); // over the burst
+        }
+        let pause = budget.retry_or_pause().expect("over budget");
+        assert!(pause <= MAX_PAUSE, "{pause:?}");
+        std::thread::sleep(pause + Duration::from_millis(1));
+        assert_eq!(budget.retry_or_pause(), None, "served: the retry goes");
     }
 
     #[test]
@@ -120,6 +122,6 @@ mod tests {
         while start.elapsed() < Duration::from_millis(20) {
             std::hint::spin_loop();
         }
-        assert!(budget.required_sleep() > Duration::from_millis(100));
+        assert!(budget.required_sleep() > Duration::from_millis(10));
     }
 }

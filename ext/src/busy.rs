@@ -182,7 +182,6 @@ fn decide(
                 .max(budget.required_sleep())
                 .min(Duration::from_secs_f64(left_ms.max(0.0) / 1000.0));
             std::thread::sleep(delay);
-            budget.mark_retry();
             state
                 .tracker
                 .chose_retry(Instant::now(), delay.as_secs_f64() * 1000.0);

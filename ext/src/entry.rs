@@ -5,9 +5,13 @@
 //!
 //! # Rules (someone else's process)
 //! * Nothing unwinds into SQLite: every entry runs under `catch_unwind`.
-//! * A failed load leaves nothing behind. SQLite unloads the library when
-//!   the entry point fails, so every function, table, busy handler, file
-//!   wrapper and auto-extension that points into it is removed first.
+//! * A failed load leaves nothing that points into an unloaded library.
+//!   SQLite unloads the library when the entry point fails, so every
+//!   function, table, busy handler, file wrapper and auto-extension we put
+//!   in is removed first. SQLite refuses to remove a function while any
+//!   statement of the connection runs, so the library is also pinned in
+//!   memory first (`RTLD_NODELETE`, as a successful load keeps it anyway):
+//!   whatever could not be removed keeps working.
 //! * Out of memory is reported as `SQLITE_NOMEM`, never as an abort: error
 //!   messages are allocated with the host's `malloc` and simply left out
 //!   when that fails (rusqlite's own entry glue aborts there).
@@ -186,6 +190,7 @@ mod loadable {
                 };
                 return ffi::SQLITE_ERROR;
             }
+            pin_library();
             // SAFETY: SQLite passes the loading connection; not owned.
             let conn = match unsafe { Connection::from_handle(db) } {
                 Ok(conn) => conn,
@@ -194,6 +199,26 @@ mod loadable {
             init(&conn, pz_err_msg)
         }))
         .unwrap_or(ffi::SQLITE_ERROR)
+    }
+
+    /// Keeps this library mapped for the rest of the process, whatever
+    /// SQLite does with its handle (`RTLD_NOLOAD | RTLD_NODELETE` on our own
+    /// file, found through `dladdr`). Best effort: without it, a failed load
+    /// is still cleaned up as far as SQLite allows.
+    fn pin_library() {
+        // SAFETY: dladdr fills a Dl_info we own from the address of one of
+        // our own functions; dlopen with RTLD_NOLOAD only looks up an
+        // already loaded object (ours) and marks it never to be unloaded.
+        unsafe {
+            let mut info: libc::Dl_info = std::mem::zeroed();
+            let here = sqlite3_hybrid_init as *const std::ffi::c_void;
+            if libc::dladdr(here, &mut info) != 0 && !info.dli_fname.is_null() {
+                libc::dlopen(
+                    info.dli_fname,
+                    libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+                );
+            }
+        }
     }
 
     /// Registers `conn` and the auto-extension, all or nothing.

@@ -73,6 +73,8 @@ pub fn register(conn: &Connection) -> rusqlite::Result<Arc<ConnState>> {
     // step that can fail. The handler and the file hooks go in last.
     sql::register_all(conn, &state)?;
     if let Err(error) = state.install_handler(conn) {
+        // Never seen (SQLite refuses only a closed connection), but nothing
+        // may stay registered on an error.
         sql::unregister_all(conn);
         return Err(error);
     }

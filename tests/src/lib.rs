@@ -81,6 +81,48 @@ pub fn run_python(script: &str, args: &[&str]) -> Output {
         .expect("python3 runs")
 }
 
+/// `python3 tests/py/<script> args...` with `HYBRID_EXT` set, not started.
+pub fn python_command(script: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(python());
+    command
+        .arg(py_script(script))
+        .args(args)
+        .env("HYBRID_EXT", ext_load_arg());
+    command
+}
+
+/// `python3 tests/py/<script> args...` run under `wrapper` (e.g. `unshare
+/// --pid --fork`), not started.
+pub fn wrapped_python_command(wrapper: &[&str], script: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(wrapper[0]);
+    command
+        .args(&wrapper[1..])
+        .arg(python())
+        .arg(py_script(script))
+        .args(args)
+        .env("HYBRID_EXT", ext_load_arg());
+    command
+}
+
+/// Whether this process runs as root (namespaces, mounts and other users
+/// need it); tests that need root say so and skip otherwise.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Sends `signal` (e.g. "STOP", "CONT", "KILL") to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
 /// A child process we talk to line by line.
 pub struct LineProcess {
     child: Child,
@@ -91,15 +133,17 @@ pub struct LineProcess {
 impl LineProcess {
     /// Starts `python3 tests/py/<script> args...`.
     pub fn python(script: &str, args: &[&str]) -> LineProcess {
-        let mut child = Command::new(python())
-            .arg(py_script(script))
-            .args(args)
-            .env("HYBRID_EXT", ext_load_arg())
+        LineProcess::spawn(python_command(script, args))
+    }
+
+    /// Starts `command` (stdin and stdout piped, stderr inherited).
+    pub fn spawn(mut command: Command) -> LineProcess {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("python3 runs");
+            .expect("the child process starts");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         LineProcess {
@@ -137,6 +181,11 @@ impl LineProcess {
         let stdin = self.stdin.as_mut().expect("stdin still open");
         writeln!(stdin, "{line}").expect("write child stdin");
         stdin.flush().expect("flush child stdin");
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Closes stdin and waits for the exit status; returns the rest of stdout.

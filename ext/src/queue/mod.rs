@@ -264,11 +264,18 @@ impl FileQueue {
     }
 
     /// The head of the queue: the counting waiter with the lowest (class,
-    /// ticket). Frees slots of dead processes on the way.
+    /// ticket). Frees slots of dead processes on the way. Trusts the
+    /// `waiting` hint that nobody queues (the cheap, uncontended case).
     pub(crate) fn head(&self, now: u64) -> Option<usize> {
         if self.side.header().waiting.load(Ordering::Acquire) == 0 {
             return None;
         }
+        self.scan_for_head(now)
+    }
+
+    /// [`FileQueue::head`] without trusting the hint: what a queued waiter
+    /// uses, so a `waiting` count a peer zeroed cannot hide it.
+    fn scan_for_head(&self, now: u64) -> Option<usize> {
         let unix_ms = now_unix_ms();
         let mut best: Option<((u32, u64), usize)> = None;
         for (index, slot) in self.side.slots() {
@@ -316,7 +323,11 @@ impl FileQueue {
                 .store(now_unix_ms(), Ordering::Relaxed);
             slot.pid.store(std::process::id(), Ordering::Relaxed);
             slot.priority.store(priority as u32, Ordering::Relaxed);
-            header.waiting.fetch_add(1, Ordering::AcqRel);
+            let _ = header
+                .waiting
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_add(1))
+                });
             // A non-zero beat makes the slot count (release: after the fields).
             slot.beat.store(1, Ordering::Release);
             return Some(index);
@@ -543,37 +554,25 @@ impl Member {
     /// has reason to try, or until `deadline_ns` (our clock). Sleeps are
     /// stretched when the wait is over its CPU `budget`.
     pub(crate) fn wait_turn(&self, deadline_ns: u64, budget: &mut CpuBudget) -> Turn {
-        let mine = {
-            let mut slot = self.slot.lock();
-            match *slot {
-                Some(index) => index,
-                None => match self.queue.claim_slot(self.token, self.settings.priority()) {
-                    Some(index) => {
-                        self.last_wake_seen.store(
-                            self.queue.side.slot(index).wake.load(Ordering::Acquire),
-                            Ordering::Relaxed,
-                        );
-                        *slot = Some(index);
-                        index
-                    }
-                    None => return Turn::NoSlot,
-                },
-            }
-        };
-        let my_slot = self.queue.side.slot(mine);
         let header = self.queue.side.header();
         loop {
             let now = now_ns();
-            let beat = my_slot.beat.load(Ordering::Relaxed);
-            my_slot
-                .beat
-                .store(beat.wrapping_add(1).max(1), Ordering::Release);
             if now >= deadline_ns {
                 self.leave();
                 return Turn::Deadline;
             }
+            // Our slot, claimed now, or claimed again if a peer's garbage
+            // took it from us (a bounded delay: we rejoin at the back).
+            let Some(mine) = self.own_slot() else {
+                return Turn::NoSlot;
+            };
+            let my_slot = self.queue.side.slot(mine);
+            let beat = my_slot.beat.load(Ordering::Relaxed);
+            my_slot
+                .beat
+                .store(beat.wrapping_add(1).max(1), Ordering::Release);
             let word = my_slot.wake.load(Ordering::Acquire);
-            let sleep = if self.queue.head(now) != Some(mine) {
+            let sleep = if self.queue.scan_for_head(now) != Some(mine) {
                 // Not our turn: woken when we become the head.
                 HEARTBEAT
             } else if self.queue.tenure_running(self.token, now) {
@@ -624,6 +623,28 @@ impl Member {
     /// none: the attempt goes out now, and the budget is told.
     fn throttled(&self, budget: &mut CpuBudget) -> Option<Duration> {
         budget.retry_or_pause()
+    }
+
+    /// This connection's slot: the one it holds if it still owns it, else
+    /// a newly claimed one (`None`: the queue is full). Also re-asserts
+    /// this process's participant record, in case a peer overwrote it.
+    fn own_slot(&self) -> Option<usize> {
+        self.queue.side.reassert_participant();
+        let mut slot = self.slot.lock();
+        if let Some(index) = *slot {
+            if self.queue.side.slot(index).owner.load(Ordering::Acquire) == self.token {
+                return Some(index);
+            }
+        }
+        let index = self
+            .queue
+            .claim_slot(self.token, self.settings.priority())?;
+        self.last_wake_seen.store(
+            self.queue.side.slot(index).wake.load(Ordering::Acquire),
+            Ordering::Relaxed,
+        );
+        *slot = Some(index);
+        Some(index)
     }
 
     fn retry(&self, word: u32, now: u64) -> Turn {

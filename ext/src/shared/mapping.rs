@@ -244,6 +244,19 @@ impl SideFile {
         ))
     }
 
+    /// Writes our participant record again if a peer overwrote it (we own
+    /// it: we hold its lock byte). Cheap when it is intact.
+    pub(crate) fn reassert_participant(&self) {
+        let Some(index) = self.participant else {
+            return;
+        };
+        let record = self.participant(index);
+        if record.epoch.load(Ordering::Acquire) != u64::from(self.epoch) {
+            record.pid.store(std::process::id(), Ordering::Relaxed);
+            record.epoch.store(u64::from(self.epoch), Ordering::Release);
+        }
+    }
+
     /// The side file's path.
     pub(crate) fn path(&self) -> &Path {
         &self.path

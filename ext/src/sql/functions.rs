@@ -94,11 +94,12 @@ pub(crate) const FUNCTIONS: &[FunctionSpec] = &[
     },
 ];
 
-/// Registers `spec` on `conn` (every arity); its closures own a reference to
+/// Registers `spec` with `arity` on `conn`; its closure owns a reference to
 /// `state`, which is how the state lives exactly as long as the connection.
 pub(crate) fn register(
     conn: &Connection,
     spec: &'static FunctionSpec,
+    arity: i32,
     state: &Arc<ConnState>,
 ) -> Result<()> {
     let flags = if spec.pure {
@@ -108,12 +109,9 @@ pub(crate) fn register(
     } else {
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY
     };
-    for &arity in spec.arities {
-        let state = Arc::clone(state);
-        let body = spec.body;
-        conn.create_scalar_function(spec.name, arity, flags, move |ctx| body(ctx, &state))?;
-    }
-    Ok(())
+    let state = Arc::clone(state);
+    let body = spec.body;
+    conn.create_scalar_function(spec.name, arity, flags, move |ctx| body(ctx, &state))
 }
 
 /// An error message for the caller of an SQL function.

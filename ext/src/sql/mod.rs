@@ -26,26 +26,39 @@ const TABLES: [&TableSpec; 4] = [
 ];
 
 /// Registers every function and table on `conn`, each owning a reference to
-/// `state`. On failure, whatever was registered is removed again (its
-/// destructors run now, while the library is certainly loaded), and the
-/// error is returned.
+/// `state`. All or nothing: on failure, what this call registered is
+/// removed again (its destructors run now, while the library is certainly
+/// loaded) and the error is returned. Functions of the same names that were
+/// there before and were not replaced stay.
 pub(crate) fn register_all(conn: &Connection, state: &Arc<ConnState>) -> Result<()> {
-    let result = functions::FUNCTIONS
-        .iter()
-        .try_for_each(|spec| functions::register(conn, spec, state))
-        .and_then(|()| {
-            TABLES
-                .iter()
-                .try_for_each(|spec| vtab::register(conn, spec, state))
-        });
+    let mut functions_done: Vec<(&str, i32)> = Vec::new();
+    let mut tables_done: Vec<&str> = Vec::new();
+    let result = (|| {
+        for spec in functions::FUNCTIONS {
+            for &arity in spec.arities {
+                functions::register(conn, spec, arity, state)?;
+                functions_done.push((spec.name, arity));
+            }
+        }
+        for spec in TABLES {
+            vtab::register(conn, spec, state)?;
+            tables_done.push(spec.name);
+        }
+        Ok(())
+    })();
     if result.is_err() {
-        unregister_all(conn);
+        for (name, arity) in functions_done {
+            let _ = conn.remove_function(name, arity);
+        }
+        for name in tables_done {
+            vtab::unregister(conn, name);
+        }
     }
     result
 }
 
-/// Removes every function and table of the extension from `conn`
-/// (those not registered are skipped).
+/// Removes every function and table of the extension from `conn` (a load
+/// that failed after registering all of them).
 pub(crate) fn unregister_all(conn: &Connection) {
     for spec in functions::FUNCTIONS {
         for &arity in spec.arities {
