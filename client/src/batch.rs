@@ -1,9 +1,12 @@
 //! Batch helpers: insert or upsert many rows in chunks, one transaction per
 //! chunk, so a long import never holds the write lock for seconds.
 
+use rusqlite::types::Value;
+
 use crate::Row;
 use crate::database::Database;
 use crate::error::{Error, Result};
+use crate::schema::TableInfo;
 use crate::sql;
 
 /// What a batch helper did.
@@ -103,13 +106,7 @@ impl Database {
                 info.check_insertable(&columns)
                     .map_err(|e| partial(e, report.rows))?;
                 if let Some(keys) = &keys {
-                    if let Some(missing) = keys.iter().find(|k| !columns.contains(k)) {
-                        let name = &info.columns[*missing].name;
-                        return Err(partial(
-                            Error::InvalidInput(format!("row is missing key column {name}")),
-                            report.rows,
-                        ));
-                    }
+                    check_key(&info, keys, &resolved).map_err(|e| partial(e, report.rows))?;
                 }
                 chunk.push(resolved);
             }
@@ -133,18 +130,56 @@ impl Database {
     }
 }
 
-/// Adds "after N rows were committed" to a batch error.
+/// Every key column of an upserted row is present and not NULL: SQLite
+/// allows NULL in a non-INTEGER PRIMARY KEY and in UNIQUE columns, and a
+/// NULL never conflicts, so the "upsert" would insert the row again each
+/// time (and an INTEGER PRIMARY KEY NULL means "pick a new rowid").
+fn check_key(info: &TableInfo, keys: &[usize], row: &[(usize, Value)]) -> Result<()> {
+    for &key in keys {
+        let name = &info.columns[key].name;
+        match row.iter().find(|(c, _)| *c == key) {
+            None => {
+                return Err(Error::InvalidInput(format!(
+                    "row is missing key column {}.{name}",
+                    info.name
+                )));
+            }
+            Some((_, Value::Null)) => {
+                return Err(Error::InvalidInput(format!(
+                    "key column {}.{name} is NULL: a NULL key never matches a row, so the \
+                     upsert would insert a new row every time",
+                    info.name
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Adds "the first N rows were committed" to a batch error, keeping its
+/// kind and SQLite code.
 fn partial(error: Error, committed: usize) -> Error {
     if committed == 0 {
         return error;
     }
+    let note = format!("(the first {committed} rows were committed)");
+    let with_note = |e: rusqlite::Error| match e {
+        rusqlite::Error::SqliteFailure(code, message) => rusqlite::Error::SqliteFailure(
+            code,
+            Some(format!(
+                "{} {note}",
+                message.unwrap_or_else(|| code.to_string())
+            )),
+        ),
+        other => other,
+    };
     match error {
-        Error::InvalidInput(m) => {
-            Error::InvalidInput(format!("{m} (the first {committed} rows were committed)"))
-        }
-        Error::Schema(m) => {
-            Error::Schema(format!("{m} (the first {committed} rows were committed)"))
-        }
+        Error::InvalidInput(m) => Error::InvalidInput(format!("{m} {note}")),
+        Error::Schema(m) => Error::Schema(format!("{m} {note}")),
+        Error::Constraint(e) => Error::Constraint(with_note(e)),
+        Error::Io(e) => Error::Io(with_note(e)),
+        Error::Sqlite(e) => Error::Sqlite(with_note(e)),
         other => other,
     }
 }

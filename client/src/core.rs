@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hybrid::{BackoffPolicy, ConnState, Priority};
 use parking_lot::Mutex;
@@ -25,7 +25,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use crate::buffer::BufferOptions;
 use crate::error::{Error, Result};
 use crate::pool::ReaderPool;
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, retry_lock_errors};
 use crate::schema::{SchemaCache, TableInfo, load_table};
 use crate::write_scope::{InWriteGuard, in_write};
 
@@ -100,38 +100,7 @@ impl Core {
         // the whole call has left, and no longer.
         writer.state.set_priority(priority);
         writer.state.set_deadline(Some(start + self.retry.deadline));
-        let result = (|| {
-            let (mut attempts, mut previous) = (0u32, Duration::ZERO);
-            loop {
-                attempts += 1;
-                let error = match run_once(&mut writer.conn, &mut f) {
-                    Ok(value) => return Ok(value),
-                    Err(error) if error.is_lock_error() => error,
-                    Err(error) => return Err(error),
-                };
-                match self.retry.next_delay(attempts, start.elapsed(), previous) {
-                    Some(delay) => {
-                        std::thread::sleep(delay);
-                        previous = delay;
-                    }
-                    None => {
-                        let source = match error {
-                            Error::Sqlite(e) => e,
-                            Error::LockTimeout { source, .. } => source,
-                            other => rusqlite::Error::SqliteFailure(
-                                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-                                Some(other.to_string()),
-                            ),
-                        };
-                        return Err(Error::LockTimeout {
-                            attempts,
-                            waited: start.elapsed(),
-                            source,
-                        });
-                    }
-                }
-            }
-        })();
+        let result = retry_lock_errors(&self.retry, || run_once(&mut writer.conn, &mut f));
         writer.state.set_deadline(None);
         result
     }
@@ -203,11 +172,14 @@ fn in_read_transaction<T>(
 }
 
 /// Opens the writer connection: the extension registered with `busy`, and
-/// (if `tune`) the recommended pragmas of `hybrid_tune()`.
+/// (if `tune`) the recommended pragmas of `hybrid_tune()`. Lock errors on
+/// the way (another process switching the same new file to WAL) are
+/// retried under `retry`.
 pub(crate) fn open_writer(
     path: &Path,
     busy: BackoffPolicy,
     tune: bool,
+    retry: &RetryPolicy,
 ) -> Result<(Connection, Arc<ConnState>)> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -219,12 +191,15 @@ pub(crate) fn open_writer(
         .set_policy(busy)
         .map_err(|e| Error::InvalidInput(format!("busy policy: {e}")))?;
     conn.set_prepared_statement_cache_capacity(256);
-    if tune {
-        conn.query_row("SELECT hybrid_tune()", [], |r| r.get::<_, String>(0))?;
-    }
-    // One read now: in WAL mode it maps the side file (futex mode from the
-    // first write on), and it proves the file is a readable database.
-    conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))?;
+    retry_lock_errors(retry, || {
+        if tune {
+            conn.query_row("SELECT hybrid_tune()", [], |r| r.get::<_, String>(0))?;
+        }
+        // One read now: in WAL mode it maps the side file (futex mode from
+        // the first write on), and it proves the file is a readable database.
+        conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))?;
+        Ok(())
+    })?;
     Ok((conn, state))
 }
 

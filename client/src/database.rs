@@ -146,13 +146,14 @@ impl Database {
             .validated()
             .map_err(|e| Error::InvalidInput(format!("busy policy: {e}")))?;
         options.buffer.validate()?;
-        let (conn, state) = open_writer(&options.path, busy, options.tune)?;
+        let (conn, state) = open_writer(&options.path, busy, options.tune, &options.retry)?;
         let in_memory = conn.path().is_none_or(str::is_empty);
         // The log file exists before the readers attach it.
         let log = match &options.log {
-            Some(log_options) => Some(LogDatabase::open(
+            Some(log_options) => Some(LogDatabase::open_retrying(
                 log_options.path_for(&options.path),
                 log_options.clone(),
+                &options.retry,
             )?),
             None => None,
         };

@@ -56,7 +56,8 @@ pub enum Error {
     /// Some buffered entries could not be written; they are kept in
     /// [`crate::WriteBuffer::take_failed`].
     FlushFailed {
-        /// How many entries failed.
+        /// How many entries failed (an entry holds every operation merged
+        /// into it, so one entry may stand for several tickets).
         failed: usize,
         /// The first failure's message.
         first_error: String,
@@ -94,6 +95,21 @@ impl Error {
             Error::LockTimeout { .. } => true,
             Error::Sqlite(e) => is_lock_error(e),
             _ => false,
+        }
+    }
+
+    /// This lock error as [`Error::LockTimeout`] after `attempts` attempts
+    /// over `waited` (any other error is returned unchanged).
+    pub(crate) fn into_lock_timeout(self, attempts: u32, waited: Duration) -> Error {
+        let source = match self {
+            Error::Sqlite(e) => e,
+            Error::LockTimeout { source, .. } => source,
+            other => return other,
+        };
+        Error::LockTimeout {
+            attempts,
+            waited,
+            source,
         }
     }
 

@@ -11,9 +11,11 @@
 //! handler (deadlock avoidance in rollback-journal mode).
 
 use std::hash::{BuildHasher, RandomState};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hybrid::{BackoffPolicy, Jitter};
+
+use crate::error::Error;
 
 /// How [`crate::Database::write`] retries a transaction on lock errors.
 ///
@@ -101,6 +103,37 @@ impl RetryPolicy {
             &mut random_unit,
         );
         Some(Duration::from_secs_f64(delay_ms / 1000.0).min(left))
+    }
+}
+
+/// Runs `step` until it returns anything but a lock error, with `policy`'s
+/// jittered delays between attempts; after its deadline or attempts, the
+/// last lock error becomes [`Error::LockTimeout`].
+///
+/// For the steps SQLite answers with `SQLITE_BUSY` without calling any
+/// busy handler: switching a new file to WAL while another process opens
+/// it too (every multi-process server's first second), or reading it while
+/// another process recovers its WAL.
+pub(crate) fn retry_lock_errors<T>(
+    policy: &RetryPolicy,
+    mut step: impl FnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let start = Instant::now();
+    let (mut attempts, mut previous) = (0u32, Duration::ZERO);
+    loop {
+        attempts += 1;
+        match step() {
+            Err(error) if error.is_lock_error() => {
+                match policy.next_delay(attempts, start.elapsed(), previous) {
+                    Some(delay) => {
+                        std::thread::sleep(delay);
+                        previous = delay;
+                    }
+                    None => return Err(error.into_lock_timeout(attempts, start.elapsed())),
+                }
+            }
+            other => return other,
+        }
     }
 }
 

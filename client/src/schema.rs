@@ -83,6 +83,14 @@ impl TableInfo {
                 describe(value)
             )))
         };
+        if matches!(value, Value::Real(r) if r.is_nan()) {
+            // SQLite stores NaN as NULL: refuse it here rather than let it
+            // become a NULL key, or a NOT NULL failure at flush time.
+            return Err(Error::InvalidInput(format!(
+                "{}.{}: NaN cannot be stored (SQLite turns it into NULL); use NULL explicitly",
+                self.name, column.name
+            )));
+        }
         if matches!(value, Value::Null) {
             return if column.not_null {
                 Err(Error::InvalidInput(format!(
@@ -102,9 +110,11 @@ impl TableInfo {
         let ok = match (column.declared_type.as_str(), value) {
             ("INT" | "INTEGER", Value::Integer(_)) => true,
             ("INT" | "INTEGER", Value::Real(r)) => r.fract() == 0.0 && r.abs() < 9.2e18,
-            ("INT" | "INTEGER", Value::Text(t)) => t.trim().parse::<i64>().is_ok(),
+            ("INT" | "INTEGER", Value::Text(t)) => {
+                looks_numeric(t) && t.trim().parse::<i64>().is_ok()
+            }
             ("REAL", Value::Integer(_) | Value::Real(_)) => true,
-            ("REAL", Value::Text(t)) => t.trim().parse::<f64>().is_ok(),
+            ("REAL", Value::Text(t)) => looks_numeric(t),
             ("TEXT", Value::Text(_) | Value::Integer(_) | Value::Real(_)) => true,
             ("BLOB", Value::Blob(_)) => true,
             ("ANY", _) => true,
@@ -179,14 +189,39 @@ impl TableInfo {
     }
 }
 
+/// How a rejected value reads in an error message: its kind, and the value
+/// itself only when short (`1e300`, not three hundred digits).
 fn describe(value: &Value) -> String {
     match value {
         Value::Null => "NULL".into(),
         Value::Integer(i) => format!("integer {i}"),
-        Value::Real(r) => format!("real {r}"),
+        Value::Real(r) => format!("real {r:?}"),
         Value::Text(t) => format!("text of {} bytes", t.len()),
         Value::Blob(b) => format!("blob of {} bytes", b.len()),
     }
+}
+
+/// Whether SQLite reads `text` as a number when a numeric column's type
+/// asks for one: optional spaces and sign, digits with at most one decimal
+/// point, an optional exponent. Not `inf`, `NaN` or hexadecimal, which
+/// Rust's parsers accept and SQLite keeps as text (a STRICT column then
+/// refuses the row at flush time).
+fn looks_numeric(text: &str) -> bool {
+    let t = text.trim();
+    let t = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let (mantissa, exponent) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], Some(&t[i + 1..])),
+        None => (t, None),
+    };
+    let digits = mantissa.chars().filter(char::is_ascii_digit).count();
+    let mantissa_ok = digits > 0
+        && mantissa.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && mantissa.matches('.').count() <= 1;
+    let exponent_ok = exponent.is_none_or(|e| {
+        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
+    });
+    mantissa_ok && exponent_ok
 }
 
 /// `name` as a double-quoted SQL identifier.
@@ -416,16 +451,31 @@ mod tests {
     fn values_are_checked_against_strict_types_and_not_null() {
         let c = conn();
         let typed = load_table(&c, "typed").unwrap();
+        let items = load_table(&c, "items").unwrap();
         assert!(typed.check_value(0, &Value::Integer(1)).is_ok());
         assert!(
             typed.check_value(0, &Value::Text("1".into())).is_err(),
             "rowid alias needs an integer"
         );
         assert!(typed.check_value(1, &Value::Text("2.5".into())).is_ok());
+        assert!(
+            typed
+                .check_value(1, &Value::Text(" -1.5e3 ".into()))
+                .is_ok()
+        );
         assert!(typed.check_value(1, &Value::Text("abc".into())).is_err());
+        for text in ["inf", "NaN", "infinity", "0x10", "1.2.3", "e5", "."] {
+            assert!(
+                typed.check_value(1, &Value::Text(text.into())).is_err(),
+                "{text}: SQLite keeps it as text"
+            );
+        }
+        let nan = items.check_value(2, &Value::Real(f64::NAN)).unwrap_err();
+        assert!(nan.to_string().contains("NaN"), "{nan}");
+        let huge = typed.check_value(0, &Value::Real(1e300)).unwrap_err();
+        assert!(huge.to_string().len() < 200, "{huge}");
         assert!(typed.check_value(3, &Value::Text("x".into())).is_err());
         assert!(typed.check_value(4, &Value::Blob(vec![1])).is_ok());
-        let items = load_table(&c, "items").unwrap();
         assert!(
             items
                 .check_value(1, &Value::Null)

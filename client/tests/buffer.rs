@@ -722,3 +722,107 @@ fn the_flusher_queues_for_the_lock_as_background() {
     flush.join().unwrap().unwrap();
     assert_eq!(ticket.status(), TicketStatus::Committed);
 }
+
+/// Issue 17: a deferred foreign key fails only at COMMIT. That failure
+/// belongs to the entry that broke it, not to the batch: the entry fails
+/// (ticket, `take_failed`), every other entry commits, and the buffer keeps
+/// working.
+#[test]
+fn a_constraint_failing_only_at_commit_fails_its_entry_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.write(|tx| {
+        Ok(tx.execute_batch(
+            "CREATE TABLE par(id INTEGER PRIMARY KEY);
+             CREATE TABLE ch(id INTEGER PRIMARY KEY,
+                             p INT REFERENCES par(id) DEFERRABLE INITIALLY DEFERRED);
+             INSERT INTO par VALUES (1);",
+        )?)
+    })
+    .unwrap();
+    let b = db.buffer();
+    let good = b.upsert("stock", row("a", 1), &["sku"]).unwrap();
+    let child_ok = b
+        .upsert("ch", Row::new().set("id", 1).set("p", 1), &["id"])
+        .unwrap();
+    let orphan = b
+        .upsert("ch", Row::new().set("id", 2).set("p", 99), &["id"])
+        .unwrap();
+    // Merged into the orphan's entry: one entry, two tickets.
+    let orphan_again = b
+        .upsert("ch", Row::new().set("id", 2).set("p", 98), &["id"])
+        .unwrap();
+    let later = b.upsert("stock", row("b", 2), &["sku"]).unwrap();
+    match b.force_flush() {
+        Err(Error::FlushFailed {
+            failed,
+            first_error,
+        }) => {
+            assert_eq!(failed, 1, "one entry failed (it holds two tickets)");
+            assert!(first_error.contains("FOREIGN KEY"), "{first_error}");
+        }
+        other => panic!("expected FlushFailed, got {other:?}"),
+    }
+    for ticket in [&good, &child_ok, &later] {
+        assert_eq!(ticket.status(), TicketStatus::Committed);
+    }
+    for ticket in [&orphan, &orphan_again] {
+        assert!(matches!(ticket.status(), TicketStatus::Failed(m) if m.contains("FOREIGN KEY")));
+    }
+    let failed = b.take_failed();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].table, "ch");
+    assert_eq!(failed[0].key.get("id"), Some(&Value::Integer(2)));
+    let (children, skus): (i64, i64) = db
+        .read(|c| {
+            Ok((
+                c.query_row("SELECT count(*) FROM ch", [], |r| r.get(0))?,
+                c.query_row("SELECT count(*) FROM stock", [], |r| r.get(0))?,
+            ))
+        })
+        .unwrap();
+    assert_eq!((children, skus), (1, 2));
+    // Nothing is jammed: a later entry flushes, and close reports nothing.
+    b.upsert("stock", row("c", 3), &["sku"]).unwrap();
+    b.force_flush().unwrap();
+    db.close().unwrap();
+}
+
+/// Issue 17: NaN is refused at the call (SQLite stores it as NULL: a NULL
+/// key, or a NOT NULL failure at flush), and so is text that a STRICT REAL
+/// column would refuse at flush.
+#[test]
+fn nan_and_non_numeric_text_are_refused_at_enqueue() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.write(|tx| {
+        Ok(tx.execute_batch(
+            "CREATE TABLE r(k REAL PRIMARY KEY, v INT);
+             CREATE TABLE nn(id INTEGER PRIMARY KEY, v REAL NOT NULL);
+             CREATE TABLE sr(id INTEGER PRIMARY KEY, x REAL) STRICT;",
+        )?)
+    })
+    .unwrap();
+    let b = db.buffer();
+    let nan_key = b
+        .upsert("r", Row::new().set("k", f64::NAN).set("v", 1), &["k"])
+        .unwrap_err();
+    assert!(
+        matches!(nan_key, Error::InvalidInput(ref m) if m.contains("NaN")),
+        "{nan_key}"
+    );
+    let nan_value = b
+        .insert("nn", Row::new().set("id", 1).set("v", f64::NAN))
+        .unwrap_err();
+    assert!(matches!(nan_value, Error::InvalidInput(ref m) if m.contains("NaN")));
+    for text in ["inf", "NaN", "0x1F"] {
+        let err = b
+            .insert("sr", Row::new().set("id", 1).set("x", text))
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{text}: {err}");
+    }
+    b.insert("sr", Row::new().set("id", 2).set("x", "2.5e3"))
+        .unwrap();
+    assert_eq!(b.stats().enqueued, 1, "nothing else was queued");
+    b.force_flush().unwrap();
+}

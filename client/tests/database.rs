@@ -351,3 +351,81 @@ fn bad_options_are_rejected_at_open() {
         .unwrap();
     assert!(matches!(err, Error::Io(_)), "{err:?}");
 }
+
+/// Issue 17: `upsert_many` refuses NULL and NaN keys at the call (SQLite
+/// allows NULL in a non-INTEGER PRIMARY KEY and in UNIQUE columns, and a
+/// NULL never matches, so each call would insert another row).
+#[test]
+fn upsert_many_refuses_null_and_nan_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.write(|tx| {
+        Ok(tx.execute_batch(
+            "CREATE TABLE tk(k TEXT PRIMARY KEY, v INT);
+             CREATE TABLE tu(k REAL UNIQUE, v INT);",
+        )?)
+    })
+    .unwrap();
+    for _ in 0..2 {
+        let err = db
+            .upsert_many(
+                "tk",
+                &["k"],
+                [Row::new().set("k", None::<String>).set("v", 1)],
+                10,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidInput(ref m) if m.contains("NULL")),
+            "{err}"
+        );
+        let err = db
+            .upsert_many(
+                "tu",
+                &["k"],
+                [Row::new().set("k", f64::NAN).set("v", 1)],
+                10,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidInput(ref m) if m.contains("NaN")),
+            "{err}"
+        );
+    }
+    let rows: i64 = db
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT (SELECT count(*) FROM tk) + (SELECT count(*) FROM tu)",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(rows, 0, "nothing written");
+}
+
+/// Issue 17: a batch error after some chunks committed says how many rows
+/// that was, whatever its kind (a constraint here), and keeps its code.
+#[test]
+fn insert_many_errors_say_what_was_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir);
+    db.write(|tx| Ok(tx.execute_batch("CREATE TABLE u(id INTEGER PRIMARY KEY, e TEXT UNIQUE)")?))
+        .unwrap();
+    let email = |i: i64| {
+        if i == 3 {
+            "dup".to_string()
+        } else {
+            format!("e{i}")
+        }
+    };
+    let rows = (0..5).map(|i| Row::new().set("id", i).set("e", email(i)));
+    let rows = rows.chain([Row::new().set("id", 9).set("e", "dup")]);
+    let err = db.insert_many("u", rows, 2).unwrap_err();
+    assert!(matches!(err, Error::Constraint(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("the first 4 rows were committed"),
+        "{err}"
+    );
+    assert_eq!(err.sqlite_code(), Some(ffi::SQLITE_CONSTRAINT_UNIQUE));
+}

@@ -16,7 +16,7 @@ pub(crate) fn describe(value: ValueRef<'_>) -> String {
     match value {
         ValueRef::Null => "NULL".to_string(),
         ValueRef::Integer(i) => format!("integer {i}"),
-        ValueRef::Real(r) => format!("real {r}"),
+        ValueRef::Real(r) => format!("real {r:?}"),
         ValueRef::Text(t) => format!("text '{}'", truncate(&String::from_utf8_lossy(t), 40)),
         ValueRef::Blob(b) => format!("a blob of {} bytes", b.len()),
     }

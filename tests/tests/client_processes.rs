@@ -104,3 +104,53 @@ fn buffer_flush_racing_other_processes_lands_every_row() {
         "the flusher really contended: {metrics:?}"
     );
 }
+
+/// Issue 17: processes that open one new file at the same moment (a
+/// multi-process server starting) all succeed. Switching a new file to WAL
+/// answers `SQLITE_BUSY` without calling any busy handler while another
+/// process does the same; `Database::open` retries it.
+#[test]
+fn processes_opening_a_new_file_together_all_succeed() {
+    const TRIALS: usize = 25;
+    const PROCESSES: usize = 4;
+    let opener = env!("CARGO_BIN_EXE_opener");
+    let mut failures = Vec::new();
+    for trial in 0..TRIALS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let mut children: Vec<sqlite_hybrid_tests::LineProcess> = (0..PROCESSES)
+            .map(|_| {
+                let mut command = Command::new(opener);
+                command.arg(&path);
+                sqlite_hybrid_tests::LineProcess::spawn(command)
+            })
+            .collect();
+        for child in &mut children {
+            assert_eq!(child.read_line(), "ready");
+        }
+        for child in &mut children {
+            child.send_line("go");
+        }
+        let mut opened = 0;
+        for child in &mut children {
+            let line = child.read_line();
+            if line == "ok" {
+                opened += 1;
+            } else {
+                failures.push(format!("trial {trial}: {line}"));
+            }
+        }
+        if opened > 0 {
+            let rows: i64 = rusqlite::Connection::open(&path)
+                .unwrap()
+                .query_row("SELECT count(*) FROM starts", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(rows, opened, "every process that opened wrote its row");
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed opens: {failures:#?}",
+        failures.len()
+    );
+}

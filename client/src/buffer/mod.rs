@@ -573,21 +573,28 @@ impl WriteBuffer {
         }
         let shared = &self.shared;
         let failures_before = shared.batch_failures.load(Ordering::Acquire);
+        // One ticket per entry: all tickets of an entry resolve together,
+        // so its first one stands for it (and `failed` counts entries).
         let cells: Vec<Arc<TicketCell>> = {
             let mut state = shared.state.lock();
             let mut cells: Vec<Arc<TicketCell>> = state
                 .queue
                 .iter()
-                .flat_map(|i| i.cells().iter().cloned())
+                .map(|i| Arc::clone(&i.cells()[0]))
                 .collect();
-            cells.extend(state.in_flight_cells.iter().cloned());
+            cells.extend(
+                state
+                    .in_flight_views
+                    .iter()
+                    .map(|v| Arc::clone(&v.first_cell)),
+            );
             state.flush_requested = true;
             shared.wake.notify_one();
             cells
         };
         let batch_failed = || shared.batch_failures.load(Ordering::Acquire) > failures_before;
-        // Cells resolve roughly in queue order, so a cursor that only moves
-        // forward checks each cell about once (rescanning from the start on
+        // Entries resolve roughly in queue order, so a cursor that only moves
+        // forward checks each one about once (rescanning from the start on
         // every batch was quadratic in the queue length).
         let mut first_unresolved = 0;
         let done = shared.board.wait_until(timeout, || {

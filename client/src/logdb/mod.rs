@@ -347,9 +347,19 @@ impl LogDatabase {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open(path: impl AsRef<Path>, options: LogOptions) -> Result<LogDatabase> {
+        LogDatabase::open_retrying(path, options, &crate::RetryPolicy::default())
+    }
+
+    /// [`LogDatabase::open`], retrying lock errors of the set-up (another
+    /// process creating the same log file) under `retry`.
+    pub(crate) fn open_retrying(
+        path: impl AsRef<Path>,
+        options: LogOptions,
+        retry: &crate::RetryPolicy,
+    ) -> Result<LogDatabase> {
         options.validate()?;
         let path = path.as_ref().to_path_buf();
-        let conn = writer::open_connection(&path)?;
+        let conn = writer::open_connection(&path, retry)?;
         let (records_tx, records_rx) = bounded(options.channel_capacity);
         let (control_tx, control_rx) = unbounded();
         let counters = Arc::new(Counters::default());

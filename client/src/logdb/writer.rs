@@ -34,8 +34,9 @@ fn lower_cpu_priority() {
     }
 }
 
-/// Opens the log file: WAL, the hybrid busy handler, the schema.
-pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
+/// Opens the log file: WAL, the hybrid busy handler, the schema (lock
+/// errors while another process sets up the same file are retried).
+pub(crate) fn open_connection(path: &Path, retry: &crate::RetryPolicy) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_URI;
@@ -43,8 +44,10 @@ pub(crate) fn open_connection(path: &Path) -> Result<Connection> {
     let state = hybrid::register(&conn)?;
     // Log writes yield to anything interactive on the same file.
     state.set_priority(hybrid::Priority::Background);
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
-    schema::create(&conn)?;
+    crate::retry::retry_lock_errors(retry, || {
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        schema::create(&conn)
+    })?;
     Ok(conn)
 }
 

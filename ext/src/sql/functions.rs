@@ -111,7 +111,28 @@ pub(crate) fn register(
     };
     let state = Arc::clone(state);
     let body = spec.body;
-    conn.create_scalar_function(spec.name, arity, flags, move |ctx| body(ctx, &state))
+    conn.create_scalar_function(spec.name, arity, flags, move |ctx| {
+        body(ctx, &state).map_err(keep_lock_code)
+    })
+}
+
+/// A lock error from inside a function (`hybrid_tune()` switching a file to
+/// WAL while another process does) must reach the caller as
+/// `SQLITE_BUSY`/`SQLITE_LOCKED`, so it can retry: rusqlite reports an
+/// error with a message as `SQLITE_ERROR`, so the message goes (SQLite
+/// supplies its own for the code: "database is locked").
+fn keep_lock_code(error: Error) -> Error {
+    match error {
+        Error::SqliteFailure(code, Some(_))
+            if matches!(
+                code.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            Error::SqliteFailure(code, None)
+        }
+        other => other,
+    }
 }
 
 /// An error message for the caller of an SQL function.
