@@ -33,7 +33,7 @@ use crate::policy::rng::{SplitMix64, mix64};
 use crate::queue::{FileQueue, Member, Priority, Settings};
 use crate::shared::SideFile;
 use crate::stats::lock_stats::{LockStats, RowIdentity};
-use crate::stats::registry::{self as stats_registry, SharedCounters};
+use crate::stats::registry::{self as stats_registry, FileMetrics, SharedCounters};
 use crate::stats::tracker::WaitTracker;
 
 /// The per-connection state: its policy, wait tracker, queue membership
@@ -166,26 +166,8 @@ impl ConnState {
     /// # Ok::<(), rusqlite::Error>(())
     /// ```
     pub fn snapshot(&self) -> LockSnapshot {
-        let file = self.tracker.file();
-        let process = file.snapshot();
-        let mode = if file.shared().is_some() {
-            "futex"
-        } else {
-            "backoff"
-        };
-        let policy = Some(policy_to_json(&self.policy()));
         LockSnapshot {
-            process: LockStats::from_counts(
-                RowIdentity {
-                    db: self.db_path.clone(),
-                    scope: "process",
-                    mode,
-                    connections: Some(process.connections),
-                    handler_active: Some(process.handler_active),
-                    policy,
-                },
-                &process.counts,
-            ),
+            process: process_row(self.tracker.file(), Some(policy_to_json(&self.policy()))),
             file: SideFile::existing(&self.db_path).map(|side| file_row(&self.db_path, &side)),
         }
     }
@@ -233,6 +215,26 @@ impl ConnState {
         let _ = self.hooks.set(hooks);
         true
     }
+}
+
+/// This process's row of `file`, showing `policy`.
+pub(crate) fn process_row(file: &FileMetrics, policy: Option<String>) -> LockStats {
+    let process = file.snapshot();
+    LockStats::from_counts(
+        RowIdentity {
+            db: file.path().to_string(),
+            scope: "process",
+            mode: if file.shared().is_some() {
+                "futex"
+            } else {
+                "backoff"
+            },
+            connections: Some(process.connections),
+            handler_active: Some(process.handler_active),
+            policy,
+        },
+        &process.counts,
+    )
 }
 
 /// The file-wide row of `db_path`, from its side file.

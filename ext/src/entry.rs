@@ -16,10 +16,12 @@
 //!   messages are allocated with the host's `malloc` and simply left out
 //!   when that fails (rusqlite's own entry glue aborts there).
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use rusqlite::{Connection, ffi};
+
+use crate::text::{Malloc, c_string_with, sqlite_malloc};
 
 /// The C signature of an extension entry point.
 type RawEntryPoint = unsafe extern "C" fn(
@@ -28,9 +30,6 @@ type RawEntryPoint = unsafe extern "C" fn(
     *const ffi::sqlite3_api_routines,
 ) -> c_int;
 
-/// `malloc` as the host's API table offers it.
-type Malloc = unsafe extern "C" fn(c_int) -> *mut c_void;
-
 /// Writes `message` into `*pz_err_msg` with `malloc` (the host's), as
 /// SQLite expects of an entry point. Out of memory: no message.
 ///
@@ -38,30 +37,10 @@ type Malloc = unsafe extern "C" fn(c_int) -> *mut c_void;
 /// `pz_err_msg` must be null or point to writable storage for one pointer;
 /// `malloc` must be the host SQLite's allocator.
 unsafe fn write_error(malloc: Malloc, pz_err_msg: *mut *mut c_char, message: &str) {
-    if pz_err_msg.is_null() {
-        return;
+    if !pz_err_msg.is_null() {
+        // SAFETY: per this function's contract.
+        unsafe { *pz_err_msg = c_string_with(malloc, message) };
     }
-    let bytes = message.as_bytes();
-    let Ok(len) = c_int::try_from(bytes.len() + 1) else {
-        return;
-    };
-    // SAFETY: a fresh allocation of len bytes, filled and NUL-ended.
-    unsafe {
-        let buf = malloc(len) as *mut u8;
-        if buf.is_null() {
-            return;
-        }
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
-        *buf.add(bytes.len()) = 0;
-        *pz_err_msg = buf as *mut c_char;
-    }
-}
-
-/// `sqlite3_malloc` of the SQLite this library calls (linked, or the
-/// host's once the API table is set).
-unsafe extern "C" fn sqlite_malloc(n: c_int) -> *mut c_void {
-    // SAFETY: a plain allocation call.
-    unsafe { ffi::sqlite3_malloc(n) }
 }
 
 pub(crate) fn register_auto_extension() -> rusqlite::Result<()> {
@@ -127,7 +106,8 @@ mod loadable {
 
     use rusqlite::{Connection, ffi};
 
-    use super::{cancel_auto_extension, sqlite_malloc, write_error};
+    use super::{cancel_auto_extension, write_error};
+    use crate::text::sqlite_malloc;
 
     /// The API table of the SQLite library that loaded us first. All SQLite
     /// calls of a loadable extension go through one process-wide table, so

@@ -1,7 +1,42 @@
 //! How values and names appear in SQL text and in error messages: quoted
-//! identifiers, and short descriptions that never echo a megabyte of input.
+//! identifiers, short descriptions that never echo a megabyte of input, and
+//! messages handed to SQLite in memory SQLite can free.
 
+use std::ffi::{c_char, c_int, c_void};
+
+use rusqlite::ffi;
 use rusqlite::types::ValueRef;
+
+/// An allocator with `sqlite3_malloc`'s signature (SQLite frees the result).
+pub(crate) type Malloc = unsafe extern "C" fn(c_int) -> *mut c_void;
+
+/// `sqlite3_malloc` of the SQLite this library calls (linked, or the host's
+/// once the API table is set), as a C function pointer.
+pub(crate) unsafe extern "C" fn sqlite_malloc(n: c_int) -> *mut c_void {
+    // SAFETY: a plain allocation call.
+    unsafe { ffi::sqlite3_malloc(n) }
+}
+
+/// `message` as a NUL-ended string allocated with `malloc`, or null when
+/// out of memory: an error message then goes missing, never the host.
+///
+/// # Safety
+/// `malloc` must be the allocator of the SQLite that will free the string.
+pub(crate) unsafe fn c_string_with(malloc: Malloc, message: &str) -> *mut c_char {
+    let bytes = message.as_bytes();
+    let Ok(len) = c_int::try_from(bytes.len() + 1) else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: a fresh allocation of len bytes, filled and NUL-ended.
+    unsafe {
+        let buf = malloc(len) as *mut u8;
+        if !buf.is_null() {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
+            *buf.add(bytes.len()) = 0;
+        }
+        buf as *mut c_char
+    }
+}
 
 /// Cuts `s` to at most `max_chars` characters, marking the cut.
 pub(crate) fn truncate(s: &str, max_chars: usize) -> String {

@@ -132,28 +132,8 @@ fn a_waiter_killed_with_another_clock_does_not_stall_writers() {
     }
     let dir = tempfile::tempdir().unwrap();
     let db = db_in(dir.path());
-    let mut holder = Client::start(&db, &["--plain"]);
-    let mut observer = Client::start(&db, &[]);
-    holder.begin().unwrap();
-    let unshare = [
-        "unshare",
-        "--time",
-        "--monotonic",
-        "1000000",
-        "--fork",
-        "--kill-child",
-    ];
-    let mut doomed = Client::ready(LineProcess::spawn(wrapped_python_command(
-        &unshare,
-        "client.py",
-        &[&db],
-    )));
-    doomed.0.send_line("begin");
-    wait_until(
-        "the far-clock waiter queued",
-        Duration::from_secs(10),
-        || observer.ask("waiters") == "1",
-    );
+    let (mut holder, _observer, doomed) =
+        queued_in_namespace(&db, &["--time", "--monotonic", "1000000"]);
     signal(only_child(doomed.0.pid()), "KILL");
     let mut writer = Client::start(&db, &["--policy", r#"{"timeout_ms": 4000}"#]);
     writer.0.send_line("begin");
@@ -208,6 +188,29 @@ fn garbage_in_a_live_side_file_costs_a_bounded_delay() {
     assert!(worst < 2000.0, "worst wait {worst} ms after garbage");
 }
 
+/// A plain holder with the write lock, an observer, and a waiter queued
+/// for the lock from new namespaces (`unshare <namespaces> --fork`).
+fn queued_in_namespace(db: &str, namespaces: &[&str]) -> (Client, Client, Client) {
+    let mut holder = Client::start(db, &["--plain"]);
+    let mut observer = Client::start(db, &[]);
+    holder.begin().unwrap();
+    let mut unshare = vec!["unshare"];
+    unshare.extend_from_slice(namespaces);
+    unshare.extend_from_slice(&["--fork", "--kill-child"]);
+    let mut waiter = Client::ready(LineProcess::spawn(wrapped_python_command(
+        &unshare,
+        "client.py",
+        &[db],
+    )));
+    waiter.0.send_line("begin");
+    wait_until(
+        "the namespaced waiter queued",
+        Duration::from_secs(10),
+        || observer.ask("waiters") == "1",
+    );
+    (holder, observer, waiter)
+}
+
 /// Items 6 and 11: a waiter killed in another PID namespace (its pid means
 /// nothing here) is recognised as dead: its slot and its wait in progress
 /// go away at once.
@@ -218,21 +221,7 @@ fn a_waiter_killed_in_another_pid_namespace_is_reclaimed() {
     }
     let dir = tempfile::tempdir().unwrap();
     let db = db_in(dir.path());
-    let mut holder = Client::start(&db, &["--plain"]);
-    let mut observer = Client::start(&db, &[]);
-    holder.begin().unwrap();
-    let unshare = ["unshare", "--pid", "--fork", "--kill-child"];
-    let mut container = Client::ready(LineProcess::spawn(wrapped_python_command(
-        &unshare,
-        "client.py",
-        &[&db],
-    )));
-    container.0.send_line("begin");
-    wait_until(
-        "the namespaced waiter queued",
-        Duration::from_secs(10),
-        || observer.ask("waiters") == "1",
-    );
+    let (mut holder, mut observer, container) = queued_in_namespace(&db, &["--pid"]);
     assert_eq!(observer.metrics()["file"]["in_flight"], 1);
     signal(only_child(container.0.pid()), "KILL");
     wait_until("its slot freed", Duration::from_secs(2), || {

@@ -24,6 +24,15 @@
 //!   app writes back in line behind the log writer, the very contention
 //!   this exists to avoid.
 //!
+//! # Why a channel, when the write buffer uses a locked map
+//! The two background writers look alike but want opposite things. Log
+//! records never merge, nobody reads them back before they are written, and
+//! under overload they may be dropped, never waited for: a bounded channel
+//! with `try_send` is exactly that, lock-free for the producers. The write
+//! buffer must merge operations on one key, answer `get` from what is
+//! pending, and never drop anything: that needs one keyed view behind a lock
+//! (`buffer/mod.rs`).
+//!
 //! # Guarantees
 //! A record is in the file once `flush()` returned `Ok` after it was sent,
 //! or once a batch containing it committed. A crash loses at most what was

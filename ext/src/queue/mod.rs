@@ -524,9 +524,7 @@ impl Member {
             return;
         }
         let mine = header.tenure_owner.load(Ordering::Acquire) == self.token;
-        let tenure_over = !mine
-            || now.saturating_sub(self.tenure_start_ns.load(Ordering::Relaxed))
-                >= self.settings.handoff_ns();
+        let tenure_over = !self.owns_tenure(now);
         // SQLite takes the lock and gives it straight back when the
         // connection's snapshot is stale (SQLITE_BUSY_SNAPSHOT), then retries
         // at once: such a bounce keeps the tenure, or the connection would

@@ -8,11 +8,11 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, Result};
 
 use crate::clock::iso8601_utc;
-use crate::conn::{ConnState, file_row};
+use crate::conn::{ConnState, file_row, process_row};
 use crate::policy::json::policy_to_json;
 use crate::shared::SideFile;
 use crate::sql::vtab::{TableSpec, integer, real_or_null};
-use crate::stats::lock_stats::{LockStats, RowIdentity};
+use crate::stats::lock_stats::LockStats;
 use crate::stats::registry as stats_registry;
 
 /// The `hybrid_lock_metrics` table.
@@ -34,25 +34,8 @@ fn rows(conn: &Connection, state: &ConnState) -> Result<Vec<Vec<Value>>> {
     let own_file = state.tracker.file();
     let mut rows = Vec::new();
     for file in stats_registry::global().files() {
-        let process = file.snapshot();
-        let mode = if file.shared().is_some() {
-            "futex"
-        } else {
-            "backoff"
-        };
         let policy = Arc::ptr_eq(&file, own_file).then(|| policy_to_json(&state.policy()));
-        let stats = LockStats::from_counts(
-            RowIdentity {
-                db: file.path().to_string(),
-                scope: "process",
-                mode,
-                connections: Some(process.connections),
-                handler_active: Some(process.handler_active),
-                policy,
-            },
-            &process.counts,
-        );
-        rows.push(row(&stats));
+        rows.push(row(&process_row(&file, policy)));
         // A connection that only reads (Datasette, say) maps an existing
         // side file read-only, so it sees every process's waits too.
         let side = SideFile::existing(file.path())

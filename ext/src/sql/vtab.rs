@@ -21,6 +21,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, ffi};
 
 use crate::conn::ConnState;
+use crate::text::{c_string_with, sqlite_malloc};
 
 /// One statistics table: its name, columns and rows.
 pub(crate) struct TableSpec {
@@ -133,20 +134,8 @@ unsafe extern "C" fn destroy_aux(aux: *mut c_void) {
 
 /// `message` as an `sqlite3_malloc`ed string, or null when out of memory.
 fn sqlite_string(message: &str) -> *mut c_char {
-    let bytes = message.as_bytes();
-    let Ok(len) = c_int::try_from(bytes.len() + 1) else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: a fresh allocation of len bytes, filled and NUL-ended; null
-    // is returned as is.
-    unsafe {
-        let buf = ffi::sqlite3_malloc(len) as *mut u8;
-        if !buf.is_null() {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len());
-            *buf.add(bytes.len()) = 0;
-        }
-        buf as *mut c_char
-    }
+    // SAFETY: SQLite frees these messages with sqlite3_free.
+    unsafe { c_string_with(sqlite_malloc, message) }
 }
 
 /// The SQLite code for an error (`SQLITE_NOMEM` kept, the rest ERROR).
