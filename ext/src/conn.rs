@@ -16,9 +16,10 @@
 //! WAL mode: a rollback-journal database never gets a side file, and its
 //! mode reads `backoff`.
 
+use std::collections::HashMap;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock, Weak};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -217,6 +218,34 @@ impl ConnState {
     }
 }
 
+/// The registration of each connection handle, so registering a connection
+/// again keeps its state. A handle can be reused by a later connection, so
+/// an entry counts only while its state is alive and its file hooks are
+/// still the ones on that connection's file.
+static REGISTERED: LazyLock<Mutex<HashMap<usize, Weak<ConnState>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The live registration of `conn`, if it has one with file hooks (a
+/// connection without them, in memory or read-only, is simply registered
+/// afresh: it has no queue membership to lose).
+pub(crate) fn registered(conn: &Connection) -> Option<Arc<ConnState>> {
+    // SAFETY: only the handle's address is used here.
+    let db = unsafe { conn.handle() };
+    let state = REGISTERED.lock().get(&(db as usize))?.upgrade()?;
+    let hooks = Arc::clone(state.hooks.get()?) as Arc<dyn LockObserver>;
+    // SAFETY: `conn` is open and used by this thread.
+    unsafe { file_hooks::observed_by(db, &hooks) }.then_some(state)
+}
+
+/// Records `state` as `conn`'s registration (forgetting dead ones).
+pub(crate) fn remember(conn: &Connection, state: &Arc<ConnState>) {
+    // SAFETY: only the handle's address is used as a key.
+    let db = unsafe { conn.handle() } as usize;
+    let mut registered = REGISTERED.lock();
+    registered.retain(|_, state| state.strong_count() > 0);
+    registered.insert(db, Arc::downgrade(state));
+}
+
 /// This process's row of `file`, showing `policy`.
 pub(crate) fn process_row(file: &FileMetrics, policy: Option<String>) -> LockStats {
     let process = file.snapshot();
@@ -283,7 +312,8 @@ impl LockHooks {
 
 impl LockObserver for LockHooks {
     fn wal_in_use(&self) {
-        if !self.wal_seen.swap(true, Ordering::Relaxed) {
+        // A plain load first: this runs on every shared-memory lock call.
+        if !self.wal_seen.load(Ordering::Relaxed) && !self.wal_seen.swap(true, Ordering::Relaxed) {
             self.member.get_or_init(|| self.open_member());
         }
     }
@@ -300,7 +330,9 @@ impl LockObserver for LockHooks {
         };
         if rc == ffi::SQLITE_OK {
             member.set_attempt_busy(false);
-            member.on_acquired();
+            if member.on_acquired() {
+                self.tracker.file().handoff();
+            }
             // The wait (if any) ends here, exactly: no provisional state.
             self.tracker.settle();
         } else {

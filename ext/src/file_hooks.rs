@@ -28,7 +28,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, LazyLock};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rusqlite::ffi;
 
 /// Addresses of the wrappers alive now: how we recognise a file we wrapped
@@ -56,17 +56,24 @@ pub(crate) trait LockObserver: Send + Sync {
 struct Wrapper {
     methods: ffi::sqlite3_io_methods,
     original: *const ffi::sqlite3_io_methods,
-    observer: Arc<dyn LockObserver>,
+    /// The connection that attached it: registering that connection again
+    /// replaces the observer, a shared-cache peer leaves it alone.
+    owner: usize,
+    /// Behind a lock only so a re-registration can swap it; every reader
+    /// is a shared (uncontended) read.
+    observer: RwLock<Arc<dyn LockObserver>>,
 }
 
 const WRITE_LOCK: c_int = 0;
 const LOCK_EXCLUSIVE: c_int = ffi::SQLITE_SHM_LOCK | ffi::SQLITE_SHM_EXCLUSIVE;
 const UNLOCK_EXCLUSIVE: c_int = ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSIVE;
 
-/// Wraps the main database file of `db` and reports to `observer`.
-/// Returns false (and changes nothing) when there is no file with shared
-/// memory support (in-memory databases, VFSes without `xShmLock`), or when
-/// the file is wrapped already (a shared-cache connection shares it).
+/// Wraps the main database file of `db` and reports to `observer`; if
+/// `db` wrapped it already (the connection is registered again), the new
+/// observer replaces the old one. Returns false (and changes nothing) when
+/// there is no file with shared memory support (in-memory databases, VFSes
+/// without `xShmLock`), or when another connection wrapped the file (a
+/// shared-cache connection shares its peer's file).
 ///
 /// # Safety
 /// `db` must be an open connection used by the calling thread.
@@ -81,7 +88,14 @@ pub(crate) unsafe fn attach(db: *mut ffi::sqlite3, observer: Arc<dyn LockObserve
         return false;
     }
     if LIVE_WRAPPERS.lock().contains(&(methods as usize)) {
-        return false; // wrapped already (shared cache)
+        // SAFETY: a live wrapper of a file open on this connection: it is
+        // freed only when that file closes.
+        let wrapper = unsafe { &*(methods as *const Wrapper) };
+        if wrapper.owner != db as usize {
+            return false; // a shared-cache peer's
+        }
+        *wrapper.observer.write() = observer;
+        return true;
     }
     // SAFETY: `iVersion` exists in every table.
     let version = unsafe { (*methods).iVersion };
@@ -99,13 +113,35 @@ pub(crate) unsafe fn attach(db: *mut ffi::sqlite3, observer: Arc<dyn LockObserve
     let wrapper = Box::into_raw(Box::new(Wrapper {
         methods: copy,
         original: methods,
-        observer,
+        owner: db as usize,
+        observer: RwLock::new(observer),
     }));
     LIVE_WRAPPERS.lock().insert(wrapper as usize);
     // SAFETY: a single pointer store on a file only this thread uses now;
     // the wrapper lives until our xClose (or `detach`) frees it.
     unsafe { (*file).pMethods = &(*wrapper).methods };
     true
+}
+
+/// Whether `db`'s main file is wrapped by `db` itself and reports to
+/// `observer` (the same object, not an equal one).
+///
+/// # Safety
+/// `db` must be an open connection used by the calling thread.
+pub(crate) unsafe fn observed_by(db: *mut ffi::sqlite3, observer: &Arc<dyn LockObserver>) -> bool {
+    // SAFETY: per this function's contract.
+    let Some(file) = (unsafe { main_file(db) }) else {
+        return false;
+    };
+    // SAFETY: an open file.
+    let methods = unsafe { (*file).pMethods };
+    if !LIVE_WRAPPERS.lock().contains(&(methods as usize)) {
+        return false;
+    }
+    // SAFETY: a live wrapper of a file open on this connection.
+    let wrapper = unsafe { &*(methods as *const Wrapper) };
+    let current = Arc::as_ptr(&wrapper.observer.read()) as *const ();
+    wrapper.owner == db as usize && current == Arc::as_ptr(observer) as *const ()
 }
 
 /// Undoes [`attach`] on `db`'s main file, if it is wrapped (used when
@@ -215,7 +251,9 @@ unsafe extern "C" fn shm_lock(
     let Some(forward) = (unsafe { (*wrapper.original).xShmLock }) else {
         return ffi::SQLITE_IOERR;
     };
-    let observer = &wrapper.observer;
+    // A shared read for the whole call: only the owning connection (never
+    // inside this call) replaces the observer.
+    let observer = wrapper.observer.read();
     let _ = catch_unwind(AssertUnwindSafe(|| observer.wal_in_use()));
     if offset != WRITE_LOCK || n != 1 || (flags != LOCK_EXCLUSIVE && flags != UNLOCK_EXCLUSIVE) {
         // SAFETY: forwarding the call unchanged.

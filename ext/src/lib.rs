@@ -49,8 +49,10 @@ pub use entry::sqlite3_hybrid_init;
 /// installs the hybrid busy handler (replacing any busy handler or
 /// `busy_timeout`) and wraps the main file so the write lock can be handed
 /// over in WAL mode. All or nothing: on error nothing stays registered.
-/// Calling it again on the same connection starts it afresh with the
-/// default policy.
+/// Calling it again on a registered connection (an auto-extension ran at
+/// open, then the host loads the library on it too) keeps that
+/// registration, its policy and statistics, and only puts the hybrid busy
+/// handler back in force; it returns the same state.
 ///
 /// Returns the connection's state, through which Rust code can read and
 /// change the policy and statistics without SQL.
@@ -63,6 +65,13 @@ pub use entry::sqlite3_hybrid_init;
 /// # Ok::<(), rusqlite::Error>(())
 /// ```
 pub fn register(conn: &Connection) -> rusqlite::Result<Arc<ConnState>> {
+    if let Some(state) = conn::registered(conn) {
+        // Registered already (the auto-extension at open, then an explicit
+        // load): keep the policy, statistics and queue place; only put the
+        // handler back, as loading promises.
+        state.install_handler(conn)?;
+        return Ok(state);
+    }
     let path = match conn.path() {
         Some(path) if !path.is_empty() => path.to_string(),
         _ => ":memory:".to_string(),
@@ -79,7 +88,9 @@ pub fn register(conn: &Connection) -> rusqlite::Result<Arc<ConnState>> {
         return Err(error);
     }
     // Futex mode where possible; backoff mode otherwise (never an error).
-    state.attach_hooks(conn);
+    if state.attach_hooks(conn) {
+        conn::remember(conn, &state);
+    }
     Ok(state)
 }
 

@@ -239,6 +239,27 @@ fn a_hog_cannot_starve_a_newcomer() {
         worst_ms < 500.0,
         "a newcomer waited {worst_ms:.1} ms behind a hog"
     );
+    // The regression guard for the hand-off itself (counts, not timings):
+    // the newcomer's waits were served through the queue. Its backoff
+    // alone would sleep 2 s per wait, so a wait that ended otherwise found
+    // the lock free on its first look; most cannot have.
+    let metrics: serde_json::Value = serde_json::from_str(&newcomer.ask("metrics")).unwrap();
+    let process = &metrics["process"];
+    let acquired = process["acquired"].as_u64().unwrap();
+    let handoffs = process["handoffs"].as_u64().unwrap();
+    eprintln!("newcomer: {acquired} waits acquired, {handoffs} hand-offs");
+    assert!(
+        acquired >= 3,
+        "the hog should have made begins wait: {process}"
+    );
+    assert!(
+        handoffs * 10 >= acquired * 9,
+        "fewer than 90% of the waits were hand-offs: {process}"
+    );
+    assert!(
+        metrics["file"]["handoffs"].as_u64().unwrap() >= handoffs,
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -263,4 +284,5 @@ fn without_a_usable_side_file_it_falls_back_to_backoff() {
         "no file-wide row without a side file: {metrics}"
     );
     assert_eq!(metrics["process"]["acquired"], 1);
+    assert_eq!(metrics["process"]["handoffs"], 0, "no queue, no hand-off");
 }

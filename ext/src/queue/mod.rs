@@ -68,9 +68,6 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_millis(20);
 /// A waiter whose beat has not moved for this long (observer's clock) is
 /// skipped: its process is alive but not running (stopped, swapped out).
 pub(crate) const STALE_NS: u64 = 100_000_000;
-/// During someone else's tenure the head looks this often whether the
-/// holder has gone idle.
-pub(crate) const TENURE_POLL: Duration = Duration::from_micros(500);
 /// A lock free for this long after a release is idle: the holder is not
 /// coming straight back (a looping writer re-takes it within µs).
 pub(crate) const IDLE_GRACE_NS: u64 = 200_000;
@@ -225,8 +222,10 @@ impl FileQueue {
         !idle
     }
 
-    /// How long until the running tenure ends by our observation (at most
-    /// [`TENURE_POLL`], to notice an idle holder early).
+    /// How long until the running tenure ends by our observation. (An idle
+    /// holder hands its tenure over at release when its history says it
+    /// pauses; when that guess is wrong, the head waits out the tenure, at
+    /// most 5 ms, rather than every head polling for it and burning CPU.)
     fn until_tenure_end(&self, now: u64) -> Duration {
         let header = self.side.header();
         let claimed = header.tenure_ns.load(Ordering::Acquire).min(MAX_HANDOFF_NS);
@@ -234,7 +233,7 @@ impl FileQueue {
             .side
             .seen()
             .tenure_age(header.tenure_seq.load(Ordering::Acquire), now);
-        Duration::from_nanos(claimed.saturating_sub(age)).min(TENURE_POLL)
+        Duration::from_nanos(claimed.saturating_sub(age)).min(HEARTBEAT)
     }
 
     /// The serving order key of a slot.
@@ -383,6 +382,9 @@ pub(crate) struct Member {
     /// The last write-lock attempt failed with `SQLITE_BUSY` (read and
     /// cleared by the busy handler: the wait is for the write lock).
     attempt_busy: AtomicBool,
+    /// This attempt follows a yield in vain: the head did not take the free
+    /// lock in time, so an acquisition now gets no tenure.
+    barged: AtomicBool,
 }
 
 impl Member {
@@ -402,6 +404,7 @@ impl Member {
             // Unknown at first: assume it does not come straight back.
             regrab_ewma_ns: AtomicU64::new(REGRAB_CLIP_NS),
             attempt_busy: AtomicBool::new(false),
+            barged: AtomicBool::new(false),
         }
     }
 
@@ -422,6 +425,9 @@ impl Member {
     /// Records that the last attempt failed (`busy`) or not.
     pub(crate) fn set_attempt_busy(&self, busy: bool) {
         self.attempt_busy.store(busy, Ordering::Relaxed);
+        if busy {
+            self.barged.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Whether the busy call now running follows a failed write-lock
@@ -462,7 +468,13 @@ impl Member {
         let deadline = now + YIELD_MAX.as_nanos() as u64;
         loop {
             let now = now_ns();
-            if now >= deadline || header.acquire_seq.load(Ordering::Acquire) != seq {
+            if header.acquire_seq.load(Ordering::Acquire) != seq {
+                break;
+            }
+            if now >= deadline {
+                // The head did not take it: whatever we get now is not a
+                // tenure of ours (see `on_acquired`).
+                self.barged.store(true, Ordering::Relaxed);
                 break;
             }
             let _ = futex_wait(
@@ -478,8 +490,9 @@ impl Member {
             });
     }
 
-    /// The write lock was acquired (called while holding it).
-    pub(crate) fn on_acquired(&self) {
+    /// The write lock was acquired (called while holding it). Returns
+    /// whether this connection was queued: the lock was handed to it.
+    pub(crate) fn on_acquired(&self) -> bool {
         let now = now_ns();
         let had_slot = self.slot.lock().take();
         if let Some(index) = had_slot {
@@ -492,9 +505,17 @@ impl Member {
         if header.yielders.load(Ordering::Acquire) > 0 {
             let _ = futex_wake(&header.acquire_seq, u32::MAX);
         }
-        let contended =
-            header.waiting.load(Ordering::Acquire) > 0 && self.queue.head(now).is_some();
-        if header.tenure_owner.load(Ordering::Acquire) != self.token || !contended {
+        // The `waiting` hint, not a scan of the queue: this runs for every
+        // transaction, and a wrong hint only starts or keeps a tenure.
+        let contended = header.waiting.load(Ordering::Acquire) > 0;
+        if self.barged.swap(false, Ordering::Relaxed) {
+            // We took a free lock the head did not take in time: one
+            // transaction, no tenure (the head is woken at our release).
+            self.tenure_start_ns.store(0, Ordering::Relaxed);
+            header.tenure_owner.store(self.token, Ordering::Release);
+            header.tenure_ns.store(0, Ordering::Release);
+            header.tenure_seq.fetch_add(1, Ordering::AcqRel);
+        } else if header.tenure_owner.load(Ordering::Acquire) != self.token || !contended {
             // A new tenure: we took over, or nobody waited for ours.
             self.tenure_start_ns.store(now, Ordering::Relaxed);
             header
@@ -509,6 +530,7 @@ impl Member {
                 self.queue.wake(head);
             }
         }
+        had_slot.is_some()
     }
 
     /// The write lock was released.

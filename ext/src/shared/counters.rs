@@ -46,6 +46,10 @@ impl SharedCounters for SideFile {
         self.stats().handler_calls.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn handoff(&self) {
+        self.stats().handoffs.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn wait_finished(&self, generation: u64, outcome: Outcome, wait_us: u64, at_unix_ms: u64) {
         if let Some(me) = self.own_participant() {
             let word = &self.participant(me).in_flight;
@@ -101,6 +105,7 @@ impl SideFile {
             gave_up: stats.gave_up.load(Ordering::Relaxed),
             in_flight,
             handler_calls: stats.handler_calls.load(Ordering::Relaxed),
+            handoffs: stats.handoffs.load(Ordering::Relaxed),
             wait_total_us: stats.wait_total_us.load(Ordering::Relaxed),
             wait_max_us: stats.wait_max_us.load(Ordering::Relaxed),
             histogram: LogHistogram::from_counts(
@@ -141,6 +146,7 @@ impl SideFile {
             &stats.acquired,
             &stats.gave_up,
             &stats.handler_calls,
+            &stats.handoffs,
             &stats.wait_total_us,
             &stats.wait_max_us,
         ] {

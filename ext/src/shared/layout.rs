@@ -116,6 +116,9 @@ pub(crate) struct SharedStats {
     pub(crate) last_event_unix_ms: AtomicU64,
     pub(crate) reset_unix_ms: AtomicU64,
     pub(crate) histogram: [AtomicU64; BUCKETS],
+    /// Waits that queued and were handed the lock (see `handoffs` in
+    /// [`crate::LockStats`]).
+    pub(crate) handoffs: AtomicU64,
 }
 
 /// One waiting connection.

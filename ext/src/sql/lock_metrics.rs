@@ -23,7 +23,7 @@ pub(crate) const TABLE: TableSpec = TableSpec {
         busy_events INTEGER, retries INTEGER, acquired INTEGER, gave_up INTEGER,
         in_flight INTEGER, wait_total_ms REAL, wait_avg_ms REAL, wait_max_ms REAL,
         wait_p50_ms REAL, wait_p95_ms REAL, wait_p99_ms REAL, failure_rate REAL,
-        last_event_at TEXT, policy TEXT)",
+        last_event_at TEXT, policy TEXT, handoffs INTEGER)",
     rows,
 };
 
@@ -70,5 +70,6 @@ fn row(s: &LockStats) -> Vec<Value> {
         s.last_event_unix_ms
             .map_or(Value::Null, |ms| Value::Text(iso8601_utc(ms))),
         s.policy.clone().map_or(Value::Null, Value::Text),
+        integer(s.handoffs),
     ]
 }

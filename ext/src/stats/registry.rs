@@ -66,6 +66,8 @@ pub(crate) trait SharedCounters: Send + Sync + std::fmt::Debug {
     fn wait_started(&self, at_unix_ms: u64) -> u64;
     /// The busy handler was called.
     fn handler_call(&self);
+    /// A queued wait was handed the lock.
+    fn handoff(&self);
     /// A wait that started in `generation` ended.
     fn wait_finished(&self, generation: u64, outcome: Outcome, wait_us: u64, at_unix_ms: u64);
 }
@@ -95,6 +97,7 @@ impl EventRing {
 pub(crate) struct FileStats {
     pub(crate) generation: u64,
     pub(crate) handler_calls: u64,
+    handoffs: u64,
     acquired: u64,
     gave_up: u64,
     wait_total_us: u64,
@@ -153,6 +156,14 @@ impl FileMetrics {
         }
     }
 
+    /// A queued wait of this process was handed the lock.
+    pub(crate) fn handoff(&self) {
+        self.stats.lock().handoffs += 1;
+        if let Some(shared) = self.shared() {
+            shared.handoff();
+        }
+    }
+
     /// The file-wide counters, when the side file is in use.
     pub(crate) fn shared(&self) -> Option<Arc<dyn SharedCounters>> {
         self.shared.lock().clone()
@@ -186,6 +197,7 @@ impl FileMetrics {
             gave_up: stats.gave_up,
             in_flight: 0,
             handler_calls: stats.handler_calls,
+            handoffs: stats.handoffs,
             wait_total_us: stats.wait_total_us,
             wait_max_us: stats.wait_max_us,
             histogram: stats.histogram.clone(),
