@@ -5,7 +5,9 @@
 # build often lacks enable_load_extension).
 #
 # Installs with apt-get only when running as root (as in CI); otherwise it
-# prints the command to run. Usage: scripts/check-tools.sh [extra-tool ...]
+# prints the command to run. Usage: scripts/check-tools.sh [extra ...], where
+# an extra is a command that is also its Debian package (valgrind), or
+# py:MODULE=PACKAGE for a module of $PYTHON (py:matplotlib=python3-matplotlib).
 set -euo pipefail
 
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -25,7 +27,14 @@ fi
 need_pkg sqlite3 sqlite3
 need_pkg "$PYTHON" python3
 for extra in "$@"; do
-    need_pkg "$extra" "$extra"
+    if [[ $extra == py:* ]]; then
+        spec=${extra#py:}
+        if ! "$PYTHON" -c "import ${spec%%=*}" 2>/dev/null; then
+            missing_pkgs+=("${spec#*=}")
+        fi
+    else
+        need_pkg "$extra" "$extra"
+    fi
 done
 
 if [ ${#missing_pkgs[@]} -gt 0 ]; then
