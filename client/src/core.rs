@@ -186,6 +186,7 @@ pub(crate) fn open_writer(
         | OpenFlags::SQLITE_OPEN_URI
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
+    report_slow_waits_to_tracing();
     let state = hybrid::register(&conn)?;
     state
         .set_policy(busy)
@@ -201,6 +202,26 @@ pub(crate) fn open_writer(
         Ok(())
     })?;
     Ok((conn, state))
+}
+
+/// Makes the extension's slow-wait log (waits past `hybrid::log_waits()`,
+/// 1 s by default) `tracing` warnings with target `sqlite_hybrid::lock`,
+/// once per process. (It replaces a hook set before the first open; one
+/// set later replaces this one.)
+fn report_slow_waits_to_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        hybrid::on_slow_wait(|wait| {
+            tracing::warn!(
+                target: "sqlite_hybrid::lock",
+                db = %wait.db,
+                waited_ms = wait.waited.as_secs_f64() * 1000.0,
+                holder_pid = wait.holder.map(|(pid, _)| pid),
+                queued = wait.queued,
+                "{wait}"
+            );
+        });
+    });
 }
 
 /// Opens one read-only connection, with the log file (if any) attached.

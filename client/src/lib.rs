@@ -53,6 +53,10 @@ pub use health::{Health, OptimizeOptions, OptimizeReport, SchemaHealth};
 /// returns them (`busy_policy`, `lock_metrics`): an app configures and reads
 /// the busy handler without a second dependency.
 pub use hybrid::{BackoffPolicy, Jitter, LockStats};
+/// The slow-wait log of the extension: waits for the write lock longer
+/// than [`log_waits`] (1 s by default) become `tracing` warnings with
+/// target `sqlite_hybrid::lock` (and `sqlite3_log` messages).
+pub use hybrid::{SlowWait, SlowWaitEvent, log_waits, set_log_waits};
 pub use logdb::{
     DbLayer, DbLogger, LogDatabase, LogLevel, LogOptions, LogRecord, LogSink, LogStats,
 };

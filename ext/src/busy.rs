@@ -143,18 +143,26 @@ fn decide(
             }
             let started = Instant::now();
             let deadline = now_ns() + (left_ms * 1_000_000.0) as u64;
-            match member.wait_turn(deadline, budget) {
-                Turn::Retry => {
-                    state
-                        .tracker
-                        .chose_retry(Instant::now(), started.elapsed().as_secs_f64() * 1000.0);
-                    return 1;
+            loop {
+                let report_at = state
+                    .tracker
+                    .slow_report_due()
+                    .map_or(u64::MAX, |due| now_ns() + due.as_nanos() as u64);
+                match member.wait_turn(deadline, report_at, budget) {
+                    Turn::Retry => {
+                        state
+                            .tracker
+                            .chose_retry(Instant::now(), started.elapsed().as_secs_f64() * 1000.0);
+                        return 1;
+                    }
+                    Turn::Deadline => {
+                        state.tracker.gave_up(Instant::now());
+                        return 0;
+                    }
+                    // The slow-wait log speaks; the wait goes on, still queued.
+                    Turn::Report => state.tracker.report_still_waiting(Instant::now()),
+                    Turn::NoSlot => break, // the queue is full: plain backoff below
                 }
-                Turn::Deadline => {
-                    state.tracker.gave_up(Instant::now());
-                    return 0;
-                }
-                Turn::NoSlot => {} // the queue is full: plain backoff below
             }
         }
     }

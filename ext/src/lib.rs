@@ -30,6 +30,7 @@ mod file_hooks;
 mod policy;
 mod queue;
 mod shared;
+mod slow_waits;
 mod sql;
 mod stats;
 mod text;
@@ -41,6 +42,7 @@ use rusqlite::Connection;
 pub use conn::{ConnState, LockSnapshot};
 pub use policy::{BackoffPolicy, Jitter, PolicyError};
 pub use queue::Priority;
+pub use slow_waits::{SlowWait, SlowWaitEvent, log_waits, on_slow_wait, set_log_waits};
 pub use stats::LockStats;
 
 pub use entry::sqlite3_hybrid_init;

@@ -101,7 +101,16 @@ def loadable_path() -> str:
     appended, so this works with the standard ``sqlite3`` module, ``apsw``,
     ``pysqlite3``, ``sqlean`` and the ``sqlite3`` shell's ``.load``. The entry
     point (``sqlite3_hybrid_init``) is derived from the file name.
+
+    ``SQLITE_HYBRID_LIBRARY`` (a path, with or without ``.so``) overrides it:
+    a library built from source (``make ext``: ``dist/libhybrid.so``).
     """
+    override = os.environ.get("SQLITE_HYBRID_LIBRARY", "").strip()
+    if override:
+        path = override[:-3] if override.endswith(".so") else override
+        if not os.path.isfile(path + ".so"):
+            raise FileNotFoundError(f"SQLITE_HYBRID_LIBRARY: {path}.so does not exist")
+        return path
     path = os.path.join(_HERE, _STEM)
     if not os.path.isfile(path + ".so"):
         raise FileNotFoundError(

@@ -283,3 +283,67 @@ fn tune_on_an_in_memory_database_reports_what_it_cannot_apply() {
     );
     assert_eq!(result["synchronous"]["to"], 1);
 }
+
+/// A wait past `hybrid_log_waits` is written through `sqlite3_log` (the
+/// shell's `.log stdout`), naming the holder; `hybrid_lock_holder` shows
+/// that holder while it holds. The holder is a Python process with the
+/// extension (tests/py/client.py), so its pid is known.
+#[test]
+fn a_slow_wait_is_logged_with_its_holder_and_the_holder_is_a_table() {
+    use sqlite_hybrid_tests::LineProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("slow.db");
+    let db_text = db.to_str().unwrap();
+    let mut holder = LineProcess::python("client.py", &[db_text]);
+    let ready = holder.read_line();
+    let holder_pid = ready.strip_prefix("ready ").expect(&ready).to_string();
+    holder.send_line("begin");
+    assert!(holder.read_line().starts_with("began "));
+    // Release after the waiter has crossed the threshold (100 ms).
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        holder.send_line("commit");
+        let line = holder.read_line();
+        (holder, line)
+    });
+    let out = run_shell(
+        &db,
+        &format!(
+            ".log stdout\n.load {}\n\
+             SELECT hybrid_log_waits(100);\n\
+             SELECT hybrid_busy_timeout(20000);\n\
+             SELECT 'holder', pid, held_ms >= 0, tenure_ms >= 0, queued FROM hybrid_lock_holder;\n\
+             BEGIN IMMEDIATE;\nCOMMIT;\n\
+             SELECT 'after', count(*), count(pid) FROM hybrid_lock_holder;\n\
+             SELECT 'off', hybrid_log_waits(0);\n",
+            ext_load_arg()
+        ),
+    );
+    let (_holder, released) = releaser.join().unwrap();
+    assert!(released.starts_with("committed "), "{released}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{stdout}");
+    assert!(
+        stdout.contains(&format!("holder|{holder_pid}|1|1|0")),
+        "the holder table names the holding process:\n{stdout}"
+    );
+    let still = stdout
+        .lines()
+        .find(|l| l.contains("still waiting for the write lock"))
+        .unwrap_or_else(|| panic!("no slow-wait report:\n{stdout}"));
+    assert!(
+        still.contains(&format!("held by process {holder_pid}")) && still.contains("1 queued"),
+        "{still}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("acquired the write lock")),
+        "the end of the slow wait is reported too:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("after|1|0"),
+        "nobody holds it now:\n{stdout}"
+    );
+    assert!(stdout.contains("off|0.0"), "{stdout}");
+}

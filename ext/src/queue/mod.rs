@@ -59,7 +59,7 @@ use crate::shared::sys::{futex_wait, futex_wake};
 /// Largest tenure any connection may claim, in ms (and the largest
 /// `handoff_ms` a policy accepts).
 pub(crate) const MAX_HANDOFF_MS: f64 = 5.0;
-const MAX_HANDOFF_NS: u64 = 5_000_000;
+pub(crate) const MAX_HANDOFF_NS: u64 = 5_000_000;
 /// Longest time a connection that is not queued gives the head to take a
 /// free lock before trying it itself.
 pub(crate) const YIELD_MAX: Duration = Duration::from_millis(2);
@@ -141,6 +141,8 @@ pub(crate) enum Turn {
     Deadline,
     /// No free slot: fall back to plain backoff.
     NoSlot,
+    /// The `report_at` time passed (the slow-wait log speaks); still queued.
+    Report,
 }
 
 /// A connection's wishes for the queue, shared with its `ConnState`.
@@ -500,6 +502,8 @@ impl Member {
         }
         self.acquired_ns.store(now, Ordering::Relaxed);
         let header = self.queue.side.header();
+        let now_ms = now_unix_ms();
+        header.holder_since_unix_ms.store(now_ms, Ordering::Relaxed);
         header.holder.store(self.token, Ordering::Release);
         header.acquire_seq.fetch_add(1, Ordering::AcqRel);
         if header.yielders.load(Ordering::Acquire) > 0 {
@@ -514,6 +518,7 @@ impl Member {
             self.tenure_start_ns.store(0, Ordering::Relaxed);
             header.tenure_owner.store(self.token, Ordering::Release);
             header.tenure_ns.store(0, Ordering::Release);
+            header.tenure_since_unix_ms.store(now_ms, Ordering::Relaxed);
             header.tenure_seq.fetch_add(1, Ordering::AcqRel);
         } else if header.tenure_owner.load(Ordering::Acquire) != self.token || !contended {
             // A new tenure: we took over, or nobody waited for ours.
@@ -522,6 +527,7 @@ impl Member {
                 .tenure_ns
                 .store(self.settings.handoff_ns(), Ordering::Release);
             header.tenure_owner.store(self.token, Ordering::Release);
+            header.tenure_since_unix_ms.store(now_ms, Ordering::Relaxed);
             header.tenure_seq.fetch_add(1, Ordering::AcqRel);
         }
         if had_slot.is_some() {
@@ -571,15 +577,24 @@ impl Member {
 
     /// In the busy handler, after a failed write-lock attempt: joins the
     /// queue if needed and sleeps until this connection is the head and
-    /// has reason to try, or until `deadline_ns` (our clock). Sleeps are
-    /// stretched when the wait is over its CPU `budget`.
-    pub(crate) fn wait_turn(&self, deadline_ns: u64, budget: &mut CpuBudget) -> Turn {
+    /// has reason to try, or until `deadline_ns` (our clock), or, still
+    /// queued, until `report_at_ns`. Sleeps are stretched when the wait is
+    /// over its CPU `budget`.
+    pub(crate) fn wait_turn(
+        &self,
+        deadline_ns: u64,
+        report_at_ns: u64,
+        budget: &mut CpuBudget,
+    ) -> Turn {
         let header = self.queue.side.header();
         loop {
             let now = now_ns();
             if now >= deadline_ns {
                 self.leave();
                 return Turn::Deadline;
+            }
+            if now >= report_at_ns {
+                return Turn::Report;
             }
             // Our slot, claimed now, or claimed again if a peer's garbage
             // took it from us (a bounded delay: we rejoin at the back).
@@ -631,10 +646,13 @@ impl Member {
                     }
                 }
             };
-            let timeout = sleep
-                .max(Duration::from_micros(20))
-                .min(HEARTBEAT)
-                .min(Duration::from_nanos(deadline_ns.saturating_sub(now)));
+            let timeout =
+                sleep
+                    .max(Duration::from_micros(20))
+                    .min(HEARTBEAT)
+                    .min(Duration::from_nanos(
+                        deadline_ns.min(report_at_ns).saturating_sub(now),
+                    ));
             let _ = futex_wait(&my_slot.wake, word, timeout);
         }
     }

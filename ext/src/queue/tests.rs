@@ -137,7 +137,7 @@ fn an_expired_tenure_release_wakes_the_sleeping_head_promptly() {
     let w = Arc::clone(&waiter);
     let thread = std::thread::spawn(move || {
         let deadline = now_ns() + 10_000_000_000;
-        let turn = w.wait_turn(deadline, &mut budget());
+        let turn = w.wait_turn(deadline, u64::MAX, &mut budget());
         (turn, Instant::now())
     });
     let start = Instant::now();
@@ -336,7 +336,7 @@ fn waiting_past_the_deadline_leaves_the_queue() {
     let second = f.member(&p2, 2.0);
     let start = Instant::now();
     assert_eq!(
-        second.wait_turn(now_ns() + 30_000_000, &mut budget()),
+        second.wait_turn(now_ns() + 30_000_000, u64::MAX, &mut budget()),
         Turn::Deadline
     );
     assert!(start.elapsed() >= Duration::from_millis(25));

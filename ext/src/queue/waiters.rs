@@ -1,11 +1,14 @@
-//! Who is queued on a side file right now, in serving order, for the table
-//! `hybrid_lock_waiters`.
+//! Who is queued on a side file right now, in serving order, and who holds
+//! the write lock: the tables `hybrid_lock_waiters` and `hybrid_lock_holder`
+//! and the slow-wait log. Views for people: the times in them come from
+//! the side file (wall clock) and are never used to decide anything.
 
 use std::sync::atomic::Ordering;
 
 use crate::clock::{now_ns, now_unix_ms};
-use crate::queue::{FileQueue, Priority, STALE_NS};
+use crate::queue::{FileQueue, MAX_HANDOFF_NS, Priority, STALE_NS};
 use crate::shared::SideFile;
+use crate::shared::layout::participant_of;
 
 /// One waiter.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,4 +61,50 @@ pub(crate) fn waiters(side: &SideFile) -> Vec<WaiterView> {
         first.is_head = true;
     }
     views
+}
+
+/// The process holding the write lock.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HolderView {
+    /// The holding process (for people; never compared).
+    pub(crate) pid: u32,
+    /// How long it has held the lock, by the wall clock.
+    pub(crate) held_ms: f64,
+    /// The length of its tenure (it may re-take the lock within it while
+    /// others wait), ms; 0 when it holds no tenure.
+    pub(crate) tenure_ms: f64,
+    /// How long ago that tenure began, ms (0 without a tenure).
+    pub(crate) tenure_elapsed_ms: f64,
+}
+
+/// The holder of `side`'s write lock, if a live process with the extension
+/// holds it (`None`: free, or held by a connection outside the queue).
+pub(crate) fn holder(side: &SideFile) -> Option<HolderView> {
+    let header = side.header();
+    let token = header.holder.load(Ordering::Acquire);
+    if token == 0 || !side.token_alive(token) {
+        return None;
+    }
+    let now_ms = now_unix_ms();
+    let since = |at: &std::sync::atomic::AtomicU64| {
+        now_ms.saturating_sub(at.load(Ordering::Relaxed)) as f64
+    };
+    let in_tenure = header.tenure_owner.load(Ordering::Acquire) == token;
+    Some(HolderView {
+        pid: side
+            .participant(participant_of(token))
+            .pid
+            .load(Ordering::Relaxed),
+        held_ms: since(&header.holder_since_unix_ms),
+        tenure_ms: if in_tenure {
+            header.tenure_ns.load(Ordering::Relaxed).min(MAX_HANDOFF_NS) as f64 / 1e6
+        } else {
+            0.0
+        },
+        tenure_elapsed_ms: if in_tenure {
+            since(&header.tenure_since_unix_ms)
+        } else {
+            0.0
+        },
+    })
 }

@@ -74,8 +74,9 @@ pub(crate) struct Header {
     pub(crate) tenure_ns: AtomicU64,
     /// Token of the participant holding the write lock (0: none known).
     pub(crate) holder: AtomicU64,
-    /// Moving average of how long a hand-off keeps the lock idle, ns.
-    pub(crate) handoff_gap_ns: AtomicU64,
+    /// When the holder took the lock, unix ms: shown to people
+    /// (`hybrid_lock_holder`, the slow-wait log), never used to decide.
+    pub(crate) holder_since_unix_ms: AtomicU64,
     /// Bumped whenever a tenure starts.
     pub(crate) tenure_seq: AtomicU32,
     /// Bumped at every acquisition by a participant; futex word for
@@ -88,6 +89,8 @@ pub(crate) struct Header {
     pub(crate) yielders: AtomicU32,
     /// Claimed slots (a hint: 0 means nobody queues).
     pub(crate) waiting: AtomicU32,
+    /// When the current tenure began, unix ms (shown, never used to decide).
+    pub(crate) tenure_since_unix_ms: AtomicU64,
 }
 
 /// One process using the file.

@@ -9,6 +9,7 @@
 //! prepared. rusqlite runs every body under `catch_unwind`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::{Value, ValueRef};
@@ -19,6 +20,7 @@ use crate::policy::backoff::{BackoffPolicy, MAX_TIMEOUT_MS};
 use crate::policy::json::{apply_json_patch, policy_to_json};
 use crate::queue::Priority;
 use crate::shared::SideFile;
+use crate::slow_waits::{self, MAX_THRESHOLD_MS};
 use crate::sql::{health, tune};
 use crate::stats::registry::{self as stats_registry, MAX_EVENT_CAPACITY};
 use crate::text::describe;
@@ -75,6 +77,12 @@ pub(crate) const FUNCTIONS: &[FunctionSpec] = &[
         arities: &[0, 1],
         pure: false,
         body: events_capacity,
+    },
+    FunctionSpec {
+        name: "hybrid_log_waits",
+        arities: &[0, 1],
+        pure: false,
+        body: log_waits,
     },
     FunctionSpec {
         name: "hybrid_health_check",
@@ -272,6 +280,30 @@ fn events_capacity(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
         registry.set_event_capacity(wanted).map_err(user_error)?;
     }
     Ok(Value::Integer(registry.event_capacity() as i64))
+}
+
+/// `hybrid_log_waits([ms])`: the slow-wait log's threshold (process-wide;
+/// 0: off), set when given; returns the threshold in force.
+fn log_waits(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
+    state.refresh(&*connection(ctx)?)?;
+    if let Some(argument) = argument(ctx) {
+        let ms = match argument {
+            ValueRef::Integer(n) => Some(n as f64),
+            ValueRef::Real(r) => Some(r),
+            _ => None,
+        }
+        .filter(|ms| ms.is_finite() && (0.0..=MAX_THRESHOLD_MS as f64).contains(ms));
+        let Some(ms) = ms else {
+            return Err(user_error(format!(
+                "hybrid_log_waits: the threshold must be a number of milliseconds from 0 (off) \
+                 to {MAX_THRESHOLD_MS}, got {}",
+                describe(argument)
+            )));
+        };
+        slow_waits::set_log_waits(Some(Duration::from_secs_f64(ms / 1000.0)));
+    }
+    let ms = slow_waits::log_waits().map_or(0.0, |t| t.as_secs_f64() * 1000.0);
+    Ok(Value::Real(ms))
 }
 
 /// `hybrid_health_check([schema])`.

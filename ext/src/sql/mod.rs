@@ -5,6 +5,7 @@
 pub(crate) mod functions;
 pub(crate) mod health;
 pub(crate) mod lock_events;
+pub(crate) mod lock_holder;
 pub(crate) mod lock_metrics;
 pub(crate) mod lock_waiters;
 pub(crate) mod tune;
@@ -18,10 +19,11 @@ use crate::conn::ConnState;
 use vtab::TableSpec;
 
 /// Every table the extension adds.
-const TABLES: [&TableSpec; 4] = [
+const TABLES: [&TableSpec; 5] = [
     &lock_metrics::TABLE,
     &lock_events::TABLE,
     &lock_waiters::TABLE,
+    &lock_holder::TABLE,
     &health::TABLE,
 ];
 

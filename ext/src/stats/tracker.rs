@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::clock::now_unix_ms;
+use crate::slow_waits::{self, SlowWaitEvent};
 use crate::stats::registry::{FileMetrics, FileStats, Outcome, WaitEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,8 @@ pub(super) struct Episode {
     last_delay_ms: f64,
     retried_at: Instant,
     pub(super) retried_unix_ms: u64,
+    /// The slow-wait log reported this wait as still going on.
+    slow_reported: bool,
 }
 
 impl Episode {
@@ -71,6 +74,10 @@ pub(crate) struct CallContext {
     /// Whether this call started a new wait.
     pub(crate) first: bool,
 }
+
+/// A finished wait the slow-wait log must report (made after the tracker's
+/// locks are released: the report may run the host's code).
+struct SlowEnd(SlowWaitEvent, Duration);
 
 /// The wait state of one connection, shared with its file's readers.
 #[derive(Debug)]
@@ -113,6 +120,22 @@ impl WaitTracker {
     /// this lock. Count 0 (or no open wait) starts a new wait, settling the
     /// previous one as acquired.
     pub(crate) fn handler_called(&self, count: i32, now: Instant) -> CallContext {
+        let (call, ended, crossed) = self.handler_called_locked(count, now);
+        self.report(ended);
+        if crossed {
+            self.report(Some(SlowEnd(SlowWaitEvent::StillWaiting, call.elapsed)));
+        }
+        call
+    }
+
+    /// [`Self::handler_called`] under the locks; also returns the previous
+    /// wait if it must be reported, and whether this wait just became slow.
+    fn handler_called_locked(
+        &self,
+        count: i32,
+        now: Instant,
+    ) -> (CallContext, Option<SlowEnd>, bool) {
+        let mut ended = None;
         let mut episode = self.episode.lock();
         let mut stats = self.file.stats.lock();
         stats.handler_calls += 1;
@@ -123,7 +146,7 @@ impl WaitTracker {
         let first = count <= 0 || episode.is_none();
         if first {
             if let Some(previous) = episode.take() {
-                self.settle_locked(previous, &mut stats);
+                ended = self.settle_locked(previous, &mut stats);
             }
             let at = now_unix_ms();
             stats.last_event_unix_ms = Some(at);
@@ -136,23 +159,58 @@ impl WaitTracker {
                 last_delay_ms: 0.0,
                 retried_at: now,
                 retried_unix_ms: 0,
+                slow_reported: false,
             });
         }
         let Some(current) = episode.as_mut() else {
             // Unreachable: an episode was ensured above.
-            return CallContext {
+            let call = CallContext {
                 attempt: 0,
                 elapsed: Duration::ZERO,
                 previous_delay_ms: 0.0,
                 first: true,
             };
+            return (call, ended, false);
         };
         current.phase = Phase::Waiting;
-        CallContext {
+        let elapsed = now.saturating_duration_since(current.started);
+        let crossed = !current.slow_reported && slow_waits::is_slow(elapsed);
+        current.slow_reported |= crossed;
+        let call = CallContext {
             attempt: current.retries,
-            elapsed: now.saturating_duration_since(current.started),
+            elapsed,
             previous_delay_ms: current.last_delay_ms,
             first,
+        };
+        (call, ended, crossed)
+    }
+
+    /// How long from now until the wait in progress becomes slow and must be
+    /// reported (`None`: no wait, already reported, or the log is off).
+    pub(crate) fn slow_report_due(&self) -> Option<Duration> {
+        let threshold = slow_waits::log_waits()?;
+        let episode = self.episode.lock();
+        let current = episode.as_ref().filter(|e| !e.slow_reported)?;
+        Some(threshold.saturating_sub(current.started.elapsed()))
+    }
+
+    /// Reports the wait in progress as still going on (once per wait).
+    pub(crate) fn report_still_waiting(&self, now: Instant) {
+        let waited = {
+            let mut episode = self.episode.lock();
+            let Some(current) = episode.as_mut().filter(|e| !e.slow_reported) else {
+                return;
+            };
+            current.slow_reported = true;
+            now.saturating_duration_since(current.started)
+        };
+        self.report(Some(SlowEnd(SlowWaitEvent::StillWaiting, waited)));
+    }
+
+    /// Hands a finished slow wait to the slow-wait log.
+    fn report(&self, ended: Option<SlowEnd>) {
+        if let Some(SlowEnd(event, waited)) = ended {
+            slow_waits::report(self.file.path(), event, waited);
         }
     }
 
@@ -169,31 +227,41 @@ impl WaitTracker {
 
     /// The handler gave up: the wait ends now as `gave_up`.
     pub(crate) fn gave_up(&self, now: Instant) {
-        let mut episode = self.episode.lock();
-        if let Some(finished) = episode.take() {
-            let wait_us = now.saturating_duration_since(finished.started).as_micros() as u64;
-            let mut stats = self.file.stats.lock();
-            self.record_locked(
-                &finished,
-                Outcome::GaveUp,
-                wait_us,
-                now_unix_ms(),
-                &mut stats,
-            );
-        }
+        let ended = {
+            let mut episode = self.episode.lock();
+            episode.take().and_then(|finished| {
+                let wait = now.saturating_duration_since(finished.started);
+                let mut stats = self.file.stats.lock();
+                self.record_locked(
+                    &finished,
+                    Outcome::GaveUp,
+                    wait.as_micros() as u64,
+                    now_unix_ms(),
+                    &mut stats,
+                );
+                (finished.slow_reported || slow_waits::is_slow(wait))
+                    .then_some(SlowEnd(SlowWaitEvent::GaveUp, wait))
+            })
+        };
+        self.report(ended);
     }
 
     /// The lock was acquired (futex mode), or the connection is idle or
     /// closing: a wait still open ends as acquired. A no-op without one.
     pub(crate) fn settle(&self) {
-        let mut episode = self.episode.lock();
-        if let Some(previous) = episode.take() {
-            let mut stats = self.file.stats.lock();
-            self.settle_locked(previous, &mut stats);
-        }
+        let ended = {
+            let mut episode = self.episode.lock();
+            episode.take().and_then(|previous| {
+                let mut stats = self.file.stats.lock();
+                self.settle_locked(previous, &mut stats)
+            })
+        };
+        self.report(ended);
     }
 
-    fn settle_locked(&self, previous: Episode, stats: &mut FileStats) {
+    /// Ends `previous` as acquired; returns it if the slow-wait log must
+    /// report it.
+    fn settle_locked(&self, previous: Episode, stats: &mut FileStats) -> Option<SlowEnd> {
         // A wait still in `Waiting` here was cut short (the handler was
         // replaced mid-wait, or the lock came between two calls): it got
         // past the lock, so its time counts as acquired.
@@ -204,6 +272,9 @@ impl WaitTracker {
             now_unix_ms()
         };
         self.record_locked(&previous, Outcome::Acquired, wait_us, at, stats);
+        let wait = Duration::from_micros(wait_us);
+        (previous.slow_reported || slow_waits::is_slow(wait))
+            .then_some(SlowEnd(SlowWaitEvent::Acquired, wait))
     }
 
     fn record_locked(

@@ -1,0 +1,157 @@
+//! The slow-wait log, like PostgreSQL's `log_lock_waits`: a wait for a
+//! lock that passes the threshold (1 s by default) is reported once while
+//! it lasts and once when it ends, naming the waiting process, the process
+//! holding the write lock and how long each has been at it. Reports go to
+//! `sqlite3_log` (the host's `SQLITE_CONFIG_LOG` callback, if it set one)
+//! and to a Rust hook (the client turns them into `tracing` events).
+//!
+//! Reports are made outside every lock of ours: a host's log callback may
+//! run any code, queries of our own tables included.
+
+use std::ffi::CString;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use rusqlite::ffi;
+
+use crate::queue::waiters::{holder, waiters};
+use crate::shared::SideFile;
+
+/// The default threshold: PostgreSQL's `deadlock_timeout`, which is also
+/// when its `log_lock_waits` speaks.
+const DEFAULT_THRESHOLD_US: u64 = 1_000_000;
+/// The largest threshold `hybrid_log_waits` accepts (one day).
+pub(crate) const MAX_THRESHOLD_MS: i64 = 86_400_000;
+
+/// 0: off.
+static THRESHOLD_US: AtomicU64 = AtomicU64::new(DEFAULT_THRESHOLD_US);
+
+type Hook = Arc<dyn Fn(&SlowWait) + Send + Sync>;
+static HOOK: RwLock<Option<Hook>> = RwLock::new(None);
+
+/// Where a reported wait stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowWaitEvent {
+    /// The wait passed the threshold and goes on.
+    StillWaiting,
+    /// A slow wait ended with the lock.
+    Acquired,
+    /// A slow wait ended in `SQLITE_BUSY`.
+    GaveUp,
+}
+
+/// One report of the slow-wait log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlowWait {
+    /// The database file waited for.
+    pub db: String,
+    /// The waiting process (this one).
+    pub pid: u32,
+    /// Where the wait stands.
+    pub event: SlowWaitEvent,
+    /// How long it has waited (or waited in all).
+    pub waited: Duration,
+    /// The process holding the write lock and for how long, when a process
+    /// with the extension holds it (`None`: the lock is free, or held by a
+    /// connection without the extension, or the file is in backoff mode;
+    /// always `None` for [`SlowWaitEvent::Acquired`]: the waiter holds it).
+    pub holder: Option<(u32, Duration)>,
+    /// Connections queued for the lock, in every process (futex mode).
+    pub queued: usize,
+}
+
+impl std::fmt::Display for SlowWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.waited.as_secs_f64() * 1000.0;
+        match self.event {
+            SlowWaitEvent::StillWaiting => write!(
+                f,
+                "process {} still waiting for the write lock on {} after {ms:.1} ms",
+                self.pid, self.db
+            )?,
+            SlowWaitEvent::Acquired => write!(
+                f,
+                "process {} acquired the write lock on {} after {ms:.1} ms",
+                self.pid, self.db
+            )?,
+            SlowWaitEvent::GaveUp => write!(
+                f,
+                "process {} gave up waiting for the write lock on {} after {ms:.1} ms \
+                 (database is locked)",
+                self.pid, self.db
+            )?,
+        }
+        if self.event == SlowWaitEvent::Acquired {
+            return Ok(());
+        }
+        match self.holder {
+            Some((pid, held)) => write!(
+                f,
+                "; held by process {pid} for {:.1} ms",
+                held.as_secs_f64() * 1000.0
+            )?,
+            None => write!(
+                f,
+                "; holder unknown (a connection without the extension, or none)"
+            )?,
+        }
+        write!(f, "; {} queued", self.queued)
+    }
+}
+
+/// Sets the process-wide threshold of the slow-wait log (`None` or zero:
+/// off). The default is 1 s. Also `SELECT hybrid_log_waits(ms)`.
+pub fn set_log_waits(threshold: Option<Duration>) {
+    let us = threshold.map_or(0, |t| t.as_micros().min(u128::from(u64::MAX)) as u64);
+    THRESHOLD_US.store(us, Ordering::Relaxed);
+}
+
+/// The threshold of the slow-wait log (`None`: off).
+pub fn log_waits() -> Option<Duration> {
+    match THRESHOLD_US.load(Ordering::Relaxed) {
+        0 => None,
+        us => Some(Duration::from_micros(us)),
+    }
+}
+
+/// Calls `hook` with every report of the slow-wait log of this process,
+/// besides `sqlite3_log` (replacing an earlier hook). It runs on the
+/// waiting connection's thread, inside its busy handler or lock call: keep
+/// it short, and do not use that connection from it.
+pub fn on_slow_wait(hook: impl Fn(&SlowWait) + Send + Sync + 'static) {
+    *HOOK.write() = Some(Arc::new(hook));
+}
+
+/// Whether a wait of `waited` is slow.
+pub(crate) fn is_slow(waited: Duration) -> bool {
+    log_waits().is_some_and(|threshold| waited >= threshold)
+}
+
+/// Reports `event` of a wait of `waited` on `db` (the caller holds no lock
+/// of ours).
+pub(crate) fn report(db: &str, event: SlowWaitEvent, waited: Duration) {
+    // Once acquired, the holder is the waiter itself.
+    let side = SideFile::existing(db).filter(|_| event != SlowWaitEvent::Acquired);
+    let report = SlowWait {
+        db: db.to_string(),
+        pid: std::process::id(),
+        event,
+        waited,
+        holder: side
+            .as_ref()
+            .and_then(|side| holder(side))
+            .map(|h| (h.pid, Duration::from_secs_f64(h.held_ms / 1000.0))),
+        queued: side.as_ref().map_or(0, |side| waiters(side).len()),
+    };
+    if let Ok(message) = CString::new(format!("hybrid: {report}")) {
+        // SAFETY: a format string with one %s and a NUL-terminated argument;
+        // sqlite3_log only formats it and calls the host's callback.
+        unsafe { ffi::sqlite3_log(ffi::SQLITE_WARNING, c"%s".as_ptr(), message.as_ptr()) };
+    }
+    let hook = HOOK.read().clone();
+    if let Some(hook) = hook {
+        hook(&report);
+    }
+}
