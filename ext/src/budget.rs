@@ -102,13 +102,21 @@ mod tests {
         assert_eq!(required_sleep(0, 1_000_000_000), MAX_PAUSE);
     }
 
+    /// Spins until this thread has used `cpu` of CPU time (not wall time:
+    /// on a loaded machine the thread may get little of it).
+    fn spin_for_cpu(cpu: Duration) {
+        let start = thread_cpu_ns();
+        let give_up = std::time::Instant::now() + Duration::from_secs(30);
+        while thread_cpu_ns().saturating_sub(start) < cpu.as_nanos() as u64 {
+            assert!(std::time::Instant::now() < give_up, "no CPU for 30 s");
+            std::hint::spin_loop();
+        }
+    }
+
     #[test]
     fn a_decided_pause_is_served_once() {
         let mut budget = CpuBudget::start();
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_millis(5) {
-            std::hint::spin_loop(); // over the burst
-        }
+        spin_for_cpu(Duration::from_millis(5)); // over the burst
         let pause = budget.retry_or_pause().expect("over budget");
         assert!(pause <= MAX_PAUSE, "{pause:?}");
         std::thread::sleep(pause + Duration::from_millis(1));
@@ -118,10 +126,7 @@ mod tests {
     #[test]
     fn a_spinning_thread_is_told_to_sleep() {
         let budget = CpuBudget::start();
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_millis(20) {
-            std::hint::spin_loop();
-        }
+        spin_for_cpu(Duration::from_millis(20));
         assert!(budget.required_sleep() > Duration::from_millis(10));
     }
 }
