@@ -5,7 +5,8 @@
 #   make bench   benchmarks: contention (SQLite's default handler vs the extension,
 #                with a chart), write buffer, log database
 #   make ext     the loadable extension only -> dist/libhybrid.so
-#   make lint    cargo fmt --check and clippy with warnings as errors
+#   make lint    cargo fmt --check and clippy with warnings as errors (both builds)
+#   make package cargo package of both crates (publishable, built from the package)
 #   make sqlite-suite  SQLite's own TCL tests (WAL, locks, pager, journal,
 #                shared cache, snapshots) with the extension in every
 #                connection, compared with stock SQLite (scripts/sqlite-suite/)
@@ -15,9 +16,11 @@
 #                sqlite-utils, SQLAlchemy, Node, Go)
 #   make soak    the long reliability run: 10 min soak, 200 kill runs, 20000 property cases
 #
-# Why dist/: a plain `cargo build --release --workspace` rebuilds
-# target/release/libhybrid.so WITHOUT the `loadable` feature (no usable entry
-# point). dist/ is written only here.
+# Why dist/ and loadable/: the loadable library is built from ext/src by its
+# own package (loadable/Cargo.toml, own lockfile) with rusqlite 0.39, whose
+# bindings load into SQLite 3.34.1 and later; the workspace (ext as the
+# client links it) uses the newest rusqlite. The result is copied to dist/,
+# which no other cargo command writes.
 
 SHELL   := /bin/bash
 CARGO   ?= cargo
@@ -26,25 +29,20 @@ EXT     := dist/libhybrid.so
 export PYTHON
 export HYBRID_EXT := $(abspath $(EXT))
 
-.PHONY: all ext test unit e2e demo bench lint soak sqlite-suite check-tools clean wheel dist hosts
+.PHONY: all ext test unit e2e demo bench lint soak sqlite-suite check-tools clean wheel dist hosts package
 
 all: ext
 
 check-tools:
 	@scripts/check-tools.sh valgrind
 
-# The loadable build is ext alone with --features loadable: features of
-# other workspace members (the client's bundled SQLite) never join it.
 ext:
-	$(CARGO) build -p sqlite-hybrid-ext --release --features loadable
+	$(CARGO) build --manifest-path loadable/Cargo.toml --release --locked --target-dir target/loadable
 	@mkdir -p dist
-	@cp target/release/libhybrid.so $(EXT).tmp && mv $(EXT).tmp $(EXT)
+	@cp target/loadable/release/libhybrid.so $(EXT).tmp && mv $(EXT).tmp $(EXT)
 	@echo "built $(EXT)  (load it with: .load ./dist/libhybrid)"
 
-# `build --workspace --lib` also links the plain (non-loadable) debug
-# cdylib, which a test loads to check that it refuses with a clear message.
 test: check-tools ext
-	$(CARGO) build --workspace --lib
 	$(CARGO) test --workspace
 
 demo: check-tools ext
@@ -91,9 +89,16 @@ dist:
 hosts: wheel
 	hosts/run.sh
 
+# The two crates as crates.io would take them: packaged together (the
+# client's ext dependency resolves to the packaged ext) and each built from
+# its package alone.
+package:
+	$(CARGO) package -p sqlite-hybrid-ext -p sqlite-hybrid --allow-dirty
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --manifest-path loadable/Cargo.toml --release --locked --target-dir target/loadable -- -D warnings
 
 clean:
 	$(CARGO) clean

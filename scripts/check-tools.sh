@@ -20,7 +20,13 @@ need_pkg() { # <command-to-test> <debian-package>
 }
 
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "check-tools: cargo not found. Install Rust from https://rustup.rs (stable >= 1.85)." >&2
+    echo "check-tools: cargo not found. Install Rust from https://rustup.rs (stable >= 1.89)." >&2
+    exit 1
+fi
+# rusqlite 0.43 needs Rust 1.89.
+rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
+if [ "${rust_minor:-0}" -lt 89 ] 2>/dev/null; then
+    echo "check-tools: $(rustc --version) is too old: Rust >= 1.89 is needed (rustup update stable)." >&2
     exit 1
 fi
 

@@ -27,6 +27,11 @@
 
 #![warn(missing_docs)]
 
+/// The crate README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+struct CrateReadme;
+
 mod batch;
 pub mod buffer;
 mod core;
@@ -67,7 +72,3 @@ pub use schema::{ColumnInfo, TableInfo};
 /// Re-export of the rusqlite version this crate uses.
 pub use rusqlite;
 
-/// The README's Rust examples, compiled and run as doctests.
-#[doc = include_str!("../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;

@@ -3,8 +3,8 @@
 //! installed on and removed from the connection.
 //!
 //! # Lifetime
-//! SQLite 3.40 has no `sqlite3_set_clientdata`, and rusqlite 0.39's
-//! `busy_handler` takes a plain `fn`. So a connection's state is owned by
+//! SQLite 3.40 has no `sqlite3_set_clientdata`, and rusqlite 0.39's (the
+//! loadable build's) `busy_handler` takes a plain `fn`. So a connection's state is owned by
 //! the SQL functions and tables registered on it (their destructors run
 //! when the connection closes), and the busy handler's user-data pointer
 //! carries only a numeric id looked up in a registry (`busy.rs`): a stale

@@ -1,7 +1,6 @@
-//! How SQLite gets in: the loadable entry point `sqlite3_hybrid_init`, the
-//! auto-extension that registers every later connection, and the entry
-//! point of a build without the `loadable` feature (which refuses, with a
-//! message saying how to build the right one).
+//! How SQLite gets in: the loadable entry point `sqlite3_hybrid_init` (only
+//! in the loadable build, `loadable/Cargo.toml`) and the auto-extension
+//! that registers every later connection.
 //!
 //! # Rules (someone else's process)
 //! * Nothing unwinds into SQLite: every entry runs under `catch_unwind`.
@@ -98,7 +97,7 @@ unsafe extern "C" fn auto_init(
 
 #[cfg(feature = "loadable")]
 mod loadable {
-    //! The loadable-extension entry point (only with the `loadable` feature).
+    //! The loadable-extension entry point (only in the loadable build).
 
     use std::ffi::{c_char, c_int};
     use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -220,48 +219,7 @@ mod loadable {
         }
         ffi::SQLITE_OK_LOAD_PERMANENTLY
     }
-
-    // The non-loadable stub finds `malloc` by index; prove the index.
-    const _: () = assert!(
-        std::mem::offset_of!(ffi::sqlite3_api_routines, malloc)
-            == super::API_MALLOC_INDEX * std::mem::size_of::<usize>()
-    );
 }
 
 #[cfg(feature = "loadable")]
 pub use loadable::sqlite3_hybrid_init;
-
-/// Index of `malloc` in `sqlite3_api_routines` (stable: SQLite only appends
-/// to that struct). Checked at compile time by the loadable build.
-#[cfg_attr(feature = "loadable", allow(dead_code))]
-const API_MALLOC_INDEX: usize = 68;
-
-/// Entry point of a build WITHOUT the `loadable` feature (what a plain
-/// `cargo build` leaves in `target/`): it cannot work, because its SQLite
-/// calls would go to the SQLite compiled into this library, not the host's.
-/// It refuses with a message saying how to build the right one, instead of
-/// SQLite's bare "undefined symbol".
-///
-/// # Safety
-/// Called by SQLite with a valid API table.
-#[cfg(not(feature = "loadable"))]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn sqlite3_hybrid_init(
-    _db: *mut ffi::sqlite3,
-    pz_err_msg: *mut *mut c_char,
-    p_api: *const ffi::sqlite3_api_routines,
-) -> c_int {
-    const MESSAGE: &str = "this libhybrid was built without the `loadable` feature and cannot be \
-                           loaded; run `make ext` and load dist/libhybrid.so";
-    if p_api.is_null() {
-        return ffi::SQLITE_ERROR;
-    }
-    // SAFETY: the API table is an array of function pointers; entry
-    // API_MALLOC_INDEX is `malloc` in every SQLite since 3.0.
-    let malloc = unsafe { *(p_api as *const Option<Malloc>).add(API_MALLOC_INDEX) };
-    if let Some(malloc) = malloc {
-        // SAFETY: the host's allocator; pz_err_msg from SQLite.
-        unsafe { write_error(malloc, pz_err_msg, MESSAGE) };
-    }
-    ffi::SQLITE_ERROR
-}

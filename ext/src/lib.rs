@@ -5,8 +5,10 @@
 //! statistics as SQL tables.
 //!
 //! Two ways in, one code path:
-//! * As a loadable extension (`make ext` → `dist/libhybrid.so`, built with
-//!   the `loadable` feature): SQLite calls `sqlite3_hybrid_init`, which
+//! * As a loadable extension (`make ext` → `dist/libhybrid.so`, these
+//!   sources built by `loadable/Cargo.toml` with rusqlite 0.39, whose
+//!   bindings load into SQLite 3.34.1 and later): SQLite calls
+//!   `sqlite3_hybrid_init`, which
 //!   registers the loading connection and every connection the process
 //!   opens later (an auto-extension).
 //! * As a Rust library: [`register`] a `rusqlite::Connection` (the
@@ -20,6 +22,11 @@
 //! SQLite gets in.
 
 #![warn(missing_docs)]
+
+/// The crate README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+struct CrateReadme;
 
 mod budget;
 mod busy;
@@ -45,6 +52,7 @@ pub use queue::Priority;
 pub use slow_waits::{SlowWait, SlowWaitEvent, log_waits, on_slow_wait, set_log_waits};
 pub use stats::LockStats;
 
+#[cfg(feature = "loadable")]
 pub use entry::sqlite3_hybrid_init;
 
 /// Registers the extension on `conn`: adds the SQL functions and tables,

@@ -61,8 +61,8 @@ fi
 # --- the build ---------------------------------------------------------------
 # * Its own target dir: target/release/libhybrid.so (make ext, tests) stays
 #   untouched, and a concurrent `cargo build` in the workspace is not blocked.
-# * `-p sqlite-hybrid-ext --features loadable` exactly as `make ext` does, so
-#   the feature never meets the client's bundled SQLite (BUILD-NOTES #2/#3).
+# * loadable/Cargo.toml exactly as `make ext` builds it (rusqlite 0.39, whose
+#   bindings load into SQLite 3.34.1 and later; its own lockfile).
 # * SQLITE3_NO_PKG_CONFIG: in loadable mode libsqlite3-sys links nothing, but
 #   when pkg-config finds libsqlite3-dev it still emits `-lsqlite3`, which
 #   zig's linker cannot resolve (it does not search /usr/lib) and which the
@@ -72,8 +72,8 @@ export CARGO_TARGET_DIR="$PKG/cargo-target"
 export ZIG_GLOBAL_CACHE_DIR="$PKG/zig-cache" ZIG_LOCAL_CACHE_DIR="$PKG/zig-cache"
 export CARGO_ZIGBUILD_CACHE_DIR="$PKG/zigbuild-cache"
 export SQLITE3_NO_PKG_CONFIG=1
-say "cargo zigbuild -p sqlite-hybrid-ext --release --features loadable --target $TRIPLE.$GLIBC_BASELINE"
-(cd "$ROOT" && nice cargo zigbuild -q -j "$JOBS" -p sqlite-hybrid-ext --release --features loadable \
+say "cargo zigbuild --manifest-path loadable/Cargo.toml --release --target $TRIPLE.$GLIBC_BASELINE"
+(cd "$ROOT" && nice cargo zigbuild -q -j "$JOBS" --manifest-path loadable/Cargo.toml --release \
     --target "$TRIPLE.$GLIBC_BASELINE")
 BUILT="$CARGO_TARGET_DIR/$TRIPLE/release/libhybrid.so"
 [ -f "$BUILT" ] || die "no $BUILT after the build"

@@ -5,6 +5,12 @@
 //! The tests need `dist/libhybrid.so` (built by `make ext`; `make test` does
 //! it first). Set `HYBRID_EXT` to test another build.
 
+/// The README's Rust examples, compiled and run as doctests (here, not in
+/// the client crate: a published crate must not read files outside it).
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};

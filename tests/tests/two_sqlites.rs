@@ -73,28 +73,3 @@ fn loads_into_newer_sqlite_and_refuses_a_second_library() {
         .unwrap();
     assert!(n >= 1);
 }
-
-/// A build without the `loadable` feature refuses to load with a message
-/// saying how to build the right one (instead of "undefined symbol").
-#[test]
-fn non_loadable_build_explains_itself() {
-    let plain = sqlite_hybrid_tests::workspace_root().join("target/debug/libhybrid.so");
-    assert!(
-        plain.exists(),
-        "{} is built by `cargo test --workspace` (ext is a member); run that",
-        plain.display()
-    );
-    let out = sqlite_hybrid_tests::run_shell(
-        std::path::Path::new(":memory:"),
-        &format!(
-            ".load {}\nSELECT 'after';\n",
-            plain.with_extension("").display()
-        ),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("built without the `loadable` feature"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("make ext"), "{stderr}");
-}
