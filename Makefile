@@ -42,8 +42,9 @@ ext:
 	@cp target/loadable/release/libhybrid.so $(EXT).tmp && mv $(EXT).tmp $(EXT)
 	@echo "built $(EXT)  (load it with: .load ./dist/libhybrid)"
 
+# Every crate with the client's optional features (tokio) on.
 test: check-tools ext
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --features sqlite-hybrid/tokio
 
 # The demo needs cargo, the sqlite3 shell and python3 (not valgrind).
 demo: ext
@@ -62,6 +63,7 @@ bench: check-tools ext
 	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --suite issue12 \
 	  --rounds $(BENCH_ROUNDS) --duration $(BENCH_DURATION) --modes default,hybrid,backoff \
 	  --json target/bench/contention.json --chart docs/bench/contention.png
+	$(CARGO) run --release -q -p sqlite-hybrid --features tokio --example async_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example buffer_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --writer-rate 0
@@ -100,6 +102,7 @@ package:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features sqlite-hybrid/tokio -- -D warnings
 	$(CARGO) clippy --manifest-path loadable/Cargo.toml --release --locked --target-dir target/loadable -- -D warnings
 
 clean:

@@ -33,16 +33,14 @@ use crate::write_scope::{InWriteGuard, in_write};
 /// helpers share.
 pub(crate) struct Core {
     pub(crate) path: PathBuf,
-    writer: Mutex<Writer>,
+    writer: Mutex<Connection>,
+    /// The writer connection's extension state, outside the writer's lock:
+    /// metrics and health are read while a write (or its wait) runs.
+    writer_state: Arc<ConnState>,
     readers: ReaderPool,
     pub(crate) schema: SchemaCache,
     pub(crate) retry: RetryPolicy,
     pub(crate) buffer_options: BufferOptions,
-}
-
-struct Writer {
-    conn: Connection,
-    state: Arc<ConnState>,
 }
 
 impl Core {
@@ -55,7 +53,8 @@ impl Core {
     ) -> Core {
         Core {
             path,
-            writer: Mutex::new(Writer { conn, state }),
+            writer: Mutex::new(conn),
+            writer_state: state,
             readers: ReaderPool::new(readers),
             schema: SchemaCache::default(),
             retry,
@@ -70,7 +69,7 @@ impl Core {
 
     /// The writer connection's extension state (its policy and statistics).
     pub(crate) fn writer_state(&self) -> Arc<ConnState> {
-        Arc::clone(&self.writer.lock().state)
+        Arc::clone(&self.writer_state)
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction at `priority` and
@@ -94,15 +93,15 @@ impl Core {
     ) -> Result<T> {
         let _in_write = InWriteGuard::enter();
         let mut writer = self.writer.lock();
-        let writer = &mut *writer;
         let start = Instant::now();
         // The busy handler waits inside each attempt; it may wait as long as
-        // the whole call has left, and no longer.
-        writer.state.set_priority(priority);
-        writer.state.set_deadline(Some(start + self.retry.deadline));
-        let result = retry_lock_errors(&self.retry, || run_once(&mut writer.conn, &mut f));
-        writer.state.set_deadline(None);
-        result
+        // the whole call has left, and no longer. Cleared by the guard even
+        // if `f` panics, so no later use of the writer sees a stale deadline.
+        let state = &self.writer_state;
+        state.set_priority(priority);
+        state.set_deadline(Some(start + self.retry.deadline));
+        let _deadline = ClearDeadline(state);
+        retry_lock_errors(&self.retry, || run_once(&mut writer, &mut f))
     }
 
     /// Runs `f` on a read-only connection inside one read transaction.
@@ -116,7 +115,7 @@ impl Core {
                 ));
             }
             let writer = self.writer.lock();
-            return in_read_transaction(&writer.conn, f);
+            return in_read_transaction(&writer, f);
         }
         let reader = self.readers.checkout(self.retry.deadline)?;
         in_read_transaction(&reader, f)
@@ -132,7 +131,16 @@ impl Core {
     /// maintenance that manages its own statements).
     pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let writer = self.writer.lock();
-        f(&writer.conn)
+        f(&writer)
+    }
+}
+
+/// Clears the writer's busy deadline when dropped.
+struct ClearDeadline<'a>(&'a ConnState);
+
+impl Drop for ClearDeadline<'_> {
+    fn drop(&mut self) {
+        self.0.set_deadline(None);
     }
 }
 

@@ -32,6 +32,8 @@
 #[cfg(doctest)]
 struct CrateReadme;
 
+#[cfg(feature = "tokio")]
+mod async_db;
 mod batch;
 pub mod buffer;
 mod core;
@@ -46,7 +48,12 @@ mod schema;
 mod sql;
 mod write_scope;
 
+// The async face (feature `tokio`).
+#[cfg(feature = "tokio")]
+pub use async_db::AsyncDatabase;
 pub use batch::BatchReport;
+#[cfg(feature = "tokio")]
+pub use buffer::TicketFuture;
 pub use buffer::{
     Backpressure, BufferOptions, BufferStats, FailedEntry, FailedOp, PendingRow, Ticket,
     TicketStatus, WriteBuffer,
@@ -71,4 +78,3 @@ pub use schema::{ColumnInfo, TableInfo};
 
 /// Re-export of the rusqlite version this crate uses.
 pub use rusqlite;
-

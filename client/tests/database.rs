@@ -429,3 +429,42 @@ fn insert_many_errors_say_what_was_committed() {
     );
     assert_eq!(err.sqlite_code(), Some(ffi::SQLITE_CONSTRAINT_UNIQUE));
 }
+
+/// Lock metrics and health are read while a write runs (a write waiting
+/// for the lock is exactly when they are wanted): they never wait for the
+/// writer connection.
+#[test]
+fn metrics_and_health_do_not_wait_for_a_running_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(open(&dir));
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let db = Arc::clone(&db);
+        std::thread::spawn(move || {
+            db.write(|tx| {
+                tx.execute_batch("CREATE TABLE IF NOT EXISTS t(x)")?;
+                entered_tx.send(()).unwrap();
+                // Holds the writer until the main thread has its answers.
+                release_rx.recv().unwrap();
+                Ok(())
+            })
+        })
+    };
+    entered.recv().unwrap();
+    let (answer_tx, answer) = std::sync::mpsc::channel();
+    {
+        let db = Arc::clone(&db);
+        std::thread::spawn(move || {
+            let metrics = db.lock_metrics().map(|m| m.scope);
+            let health = db.health().map(|_| ());
+            answer_tx.send((metrics, health)).unwrap();
+        });
+    }
+    let got = answer.recv_timeout(Duration::from_secs(20));
+    release.send(()).unwrap();
+    writer.join().unwrap().unwrap();
+    let (metrics, health) = got.expect("metrics or health waited for the running write");
+    assert_eq!(metrics.unwrap(), "process");
+    health.unwrap();
+}

@@ -11,7 +11,7 @@ use super::ticket::TicketCell;
 use crate::Row;
 use crate::schema::TableInfo;
 
-/// A pending view of one row, from [`WriteBuffer::get`].
+/// A pending view of one row, from [`WriteBuffer::get`](super::WriteBuffer::get).
 #[derive(Debug, Clone, PartialEq)]
 pub enum PendingRow {
     /// The row will be deleted.

@@ -69,6 +69,8 @@ pub use entry::{FailedEntry, FailedOp, PendingRow};
 use keys::{same_columns, split_key, unique_key};
 pub use options::{Backpressure, BufferOptions, BufferStats};
 use pending::{Coalesced, Columns, KeyedOp, encode_key};
+#[cfg(feature = "tokio")]
+pub use ticket::TicketFuture;
 pub use ticket::{Ticket, TicketStatus};
 use ticket::{TicketBoard, TicketCell};
 
@@ -710,10 +712,10 @@ impl WriteBuffer {
 
 impl Drop for WriteBuffer {
     fn drop(&mut self) {
-        if self.flusher.lock().is_some() {
-            if let Err(e) = self.close() {
-                log::error!("sqlite-hybrid: write buffer closed with unwritten entries: {e}");
-            }
+        // A bound value, so the lock is released before close() takes it.
+        let running = self.flusher.lock().is_some();
+        if running && let Err(e) = self.close() {
+            log::error!("sqlite-hybrid: write buffer closed with unwritten entries: {e}");
         }
     }
 }

@@ -89,7 +89,7 @@ impl BufferOptions {
     }
 }
 
-/// Counters of a [`WriteBuffer`].
+/// Counters of a [`WriteBuffer`](super::WriteBuffer).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BufferStats {
     /// Entries queued, not yet being written.

@@ -568,10 +568,10 @@ impl Member {
                 Ordering::Relaxed,
             );
         }
-        if tenure_over || !coming_back {
-            if let Some(head) = self.queue.head(now) {
-                self.queue.wake(head);
-            }
+        if (tenure_over || !coming_back)
+            && let Some(head) = self.queue.head(now)
+        {
+            self.queue.wake(head);
         }
     }
 
@@ -669,10 +669,10 @@ impl Member {
     fn own_slot(&self) -> Option<usize> {
         self.queue.side.reassert_participant();
         let mut slot = self.slot.lock();
-        if let Some(index) = *slot {
-            if self.queue.side.slot(index).owner.load(Ordering::Acquire) == self.token {
-                return Some(index);
-            }
+        if let Some(index) = *slot
+            && self.queue.side.slot(index).owner.load(Ordering::Acquire) == self.token
+        {
+            return Some(index);
         }
         let index = self
             .queue
@@ -699,10 +699,8 @@ impl Member {
         };
         let was_head = self.queue.head(now_ns()) == Some(index);
         self.queue.free_slot(index, self.token);
-        if was_head {
-            if let Some(head) = self.queue.head(now_ns()) {
-                self.queue.wake(head);
-            }
+        if was_head && let Some(head) = self.queue.head(now_ns()) {
+            self.queue.wake(head);
         }
     }
 }

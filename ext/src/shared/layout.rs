@@ -151,7 +151,7 @@ const _: () = assert!(std::mem::size_of::<Participant>() == PARTICIPANT_BYTES);
 const _: () = assert!(PARTICIPANTS_OFFSET + MAX_PARTICIPANTS * PARTICIPANT_BYTES <= STATS_OFFSET);
 const _: () = assert!(STATS_OFFSET + std::mem::size_of::<SharedStats>() <= SLOTS_OFFSET);
 const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_BYTES);
-const _: () = assert!(FILE_BYTES % 4096 == 0);
+const _: () = assert!(FILE_BYTES.is_multiple_of(4096));
 const _: () = assert!(MAX_PARTICIPANTS < u16::MAX as usize);
 
 impl Header {

@@ -113,10 +113,10 @@ impl SideFile {
     fn open_shared(db_path: &str, to_queue: bool) -> io::Result<Arc<SideFile>> {
         let path = path_for(db_path);
         let mut open = OPEN.lock();
-        if let Some(existing) = open.get(&path).and_then(Weak::upgrade) {
-            if existing.participant.is_some() || !to_queue {
-                return Ok(existing);
-            }
+        if let Some(existing) = open.get(&path).and_then(Weak::upgrade)
+            && (existing.participant.is_some() || !to_queue)
+        {
+            return Ok(existing);
         }
         open.retain(|_, weak| weak.strong_count() > 0);
         let side = Arc::new(Self::map(Path::new(db_path), path.clone(), to_queue)?);
