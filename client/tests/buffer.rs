@@ -826,3 +826,55 @@ fn nan_and_non_numeric_text_are_refused_at_enqueue() {
     assert_eq!(b.stats().enqueued, 1, "nothing else was queued");
     b.force_flush().unwrap();
 }
+
+/// A batch that failed (the lock held past the retry deadline) is retried
+/// after the flusher's retry pause once the lock frees, not after a whole
+/// flush interval: the ticket commits long before the 60 s interval.
+#[test]
+fn a_failed_batch_is_retried_after_the_pause_not_the_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("retry.db");
+    let db = sqlite_hybrid::Database::builder(&path)
+        .retry(sqlite_hybrid::RetryPolicy {
+            deadline: std::time::Duration::from_millis(200),
+            ..Default::default()
+        })
+        .write_buffer(sqlite_hybrid::BufferOptions {
+            flush_interval: std::time::Duration::from_secs(60),
+            ..Default::default()
+        })
+        .open()
+        .unwrap();
+    db.write(|tx| Ok(tx.execute_batch("CREATE TABLE kv(k TEXT PRIMARY KEY, v INTEGER)")?))
+        .unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let ticket = db
+        .buffer()
+        .upsert(
+            "kv",
+            sqlite_hybrid::Row::new().set("k", "a").set("v", 1),
+            &["k"],
+        )
+        .unwrap();
+    let failed = db
+        .buffer()
+        .force_flush_timeout(std::time::Duration::from_secs(20));
+    assert!(failed.is_err(), "the lock was held: {failed:?}");
+    assert!(db.buffer().stats().failed_batches >= 1);
+    other.execute_batch("COMMIT").unwrap();
+    // Watched without asking for a flush (Ticket::wait would ask).
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ticket.status() != sqlite_hybrid::TicketStatus::Committed {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "not retried: {:?}",
+            ticket.status()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let v: i64 = db
+        .read(|c| Ok(c.query_row("SELECT v FROM kv WHERE k = 'a'", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(v, 1);
+}

@@ -504,6 +504,9 @@ fn requeue(shared: &Shared, items: Vec<Item>, error: &Error) {
     state.queue_index.extend(positions);
     end_drain(&mut state);
     state.oldest_pending.get_or_insert_with(Instant::now);
+    // Retried after the flusher's retry pause (50 ms, doubling to 5 s), not
+    // after a whole flush interval counted from now.
+    state.flush_requested = true;
     state.stats.failed_batches += 1;
     state.stats.last_error = Some(error.to_string());
     drop(state);
