@@ -42,9 +42,14 @@ ext:
 	@cp target/loadable/release/libhybrid.so $(EXT).tmp && mv $(EXT).tmp $(EXT)
 	@echo "built $(EXT)  (load it with: .load ./dist/libhybrid)"
 
-# Every crate with the client's optional features (tokio) on.
+# Every crate with the client's optional features on (tokio, postgres),
+# against a throw-away PostgreSQL server (scripts/postgres/with-postgres.sh:
+# initdb into a temporary directory as an unprivileged user, a Unix socket
+# only, stopped and removed afterwards; installs Debian's postgresql as root
+# if it is missing). The engine-parameterised suites run on both engines.
+CLIENT_FEATURES := sqlite-hybrid/tokio,sqlite-hybrid/postgres
 test: check-tools ext
-	$(CARGO) test --workspace --features sqlite-hybrid/tokio
+	scripts/postgres/with-postgres.sh $(CARGO) test --workspace --features $(CLIENT_FEATURES)
 
 # The demo needs cargo, the sqlite3 shell and python3 (not valgrind).
 demo: ext
@@ -65,6 +70,7 @@ bench: check-tools ext
 	  --json target/bench/contention.json --chart docs/bench/contention.png
 	$(CARGO) run --release -q -p sqlite-hybrid --features tokio --example async_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example buffer_bench
+	scripts/postgres/with-postgres.sh $(CARGO) run --release -q -p sqlite-hybrid --features postgres --example buffer_bench -- --engine postgres
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --writer-rate 0
 
@@ -102,7 +108,7 @@ package:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --workspace --all-targets --features sqlite-hybrid/tokio -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features $(CLIENT_FEATURES) -- -D warnings
 	$(CARGO) clippy --manifest-path loadable/Cargo.toml --release --locked --target-dir target/loadable -- -D warnings
 
 clean:

@@ -110,15 +110,18 @@ impl Database {
                 }
                 chunk.push(resolved);
             }
-            self.write(|tx| {
+            self.transact(|tx| {
                 for resolved in &chunk {
                     let columns: Vec<usize> = resolved.iter().map(|(c, _)| *c).collect();
                     let text = match &keys {
                         Some(keys) => sql::upsert(&info, &columns, keys),
                         None => sql::insert(&info, &columns),
                     };
-                    let mut stmt = tx.prepare_cached(&text)?;
-                    stmt.execute(rusqlite::params_from_iter(resolved.iter().map(|(_, v)| v)))?;
+                    let params: Vec<&dyn rusqlite::ToSql> = resolved
+                        .iter()
+                        .map(|(_, v)| v as &dyn rusqlite::ToSql)
+                        .collect();
+                    tx.execute(&text, &params)?;
                 }
                 Ok(())
             })
@@ -158,28 +161,18 @@ fn check_key(info: &TableInfo, keys: &[usize], row: &[(usize, Value)]) -> Result
 }
 
 /// Adds "the first N rows were committed" to a batch error, keeping its
-/// kind and SQLite code.
+/// kind and the engine's code.
 fn partial(error: Error, committed: usize) -> Error {
     if committed == 0 {
         return error;
     }
     let note = format!("(the first {committed} rows were committed)");
-    let with_note = |e: rusqlite::Error| match e {
-        rusqlite::Error::SqliteFailure(code, message) => rusqlite::Error::SqliteFailure(
-            code,
-            Some(format!(
-                "{} {note}",
-                message.unwrap_or_else(|| code.to_string())
-            )),
-        ),
-        other => other,
-    };
     match error {
         Error::InvalidInput(m) => Error::InvalidInput(format!("{m} {note}")),
         Error::Schema(m) => Error::Schema(format!("{m} {note}")),
-        Error::Constraint(e) => Error::Constraint(with_note(e)),
-        Error::Io(e) => Error::Io(with_note(e)),
-        Error::Sqlite(e) => Error::Sqlite(with_note(e)),
+        Error::Constraint(e) => Error::Constraint(e.with_note(&note)),
+        Error::Io(e) => Error::Io(e.with_note(&note)),
+        Error::Database(e) => Error::Database(e.with_note(&note)),
         other => other,
     }
 }

@@ -1,254 +1,181 @@
-//! [`Core`]: the connections of one [`crate::Database`] (one writer, a pool of
-//! readers) and the two things every feature does with them: a retried
-//! write transaction and a read transaction.
-//!
-//! Data flows one way: the public handle (`database.rs`), the write buffer's
-//! flusher (`buffer/`) and the batch helpers call down into `Core`; `Core`
-//! calls down into the extension (`hybrid::register`, [`ConnState`]) and
-//! knows nothing of them.
-//!
-//! # Concurrency
-//! Writers in one process take turns on the single writer connection (a
-//! mutex), so they never contend for SQLite's lock with each other; writers
-//! in other processes are handled by `BEGIN IMMEDIATE`, the extension's busy
-//! handler and whole-transaction retry. Readers use their own read-only
-//! connections and, in WAL mode, never wait for the writer.
+//! [`Core`]: what the `Database` handle, the write buffer's flusher and the
+//! batch helpers share, and the one place that chooses the engine. Every
+//! operation that differs between SQLite and PostgreSQL is a method here
+//! that hands over to `engine::sqlite` or `engine::postgres`; nothing above
+//! this module asks which engine it runs on.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
-use hybrid::{BackoffPolicy, ConnState, Priority};
-use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use hybrid::Priority;
+use rusqlite::types::Value;
 
 use crate::buffer::BufferOptions;
-use crate::error::{Error, Result};
-use crate::pool::ReaderPool;
-use crate::retry::{RetryPolicy, retry_lock_errors};
-use crate::schema::{SchemaCache, TableInfo, load_table};
-use crate::write_scope::{InWriteGuard, in_write};
+use crate::buffer::entry::Item;
+use crate::engine::Step;
+use crate::engine::sqlite::SqliteEngine;
+use crate::engine::sqlite::health as sqlite_health;
+#[cfg(feature = "postgres")]
+use crate::error::Error;
+use crate::error::Result;
+use crate::health::{Health, LockWaiter, OptimizeOptions, OptimizeReport};
+use crate::schema::{SchemaCache, TableInfo};
+use crate::tx::Tx;
+use hybrid::LockStats;
+
+#[cfg(feature = "postgres")]
+use crate::engine::postgres::PgEngine;
+
+/// The connections of one database, whichever engine. (One per
+/// `Database`, never moved after open: the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Engine {
+    /// A SQLite file with the extension linked in.
+    Sqlite(SqliteEngine),
+    /// A PostgreSQL server.
+    #[cfg(feature = "postgres")]
+    Postgres(PgEngine),
+}
 
 /// What the `Database` handle, the write buffer's flusher and the batch
 /// helpers share.
 pub(crate) struct Core {
+    /// The file, or the server's URL without its password.
     pub(crate) path: PathBuf,
-    writer: Mutex<Connection>,
-    /// The writer connection's extension state, outside the writer's lock:
-    /// metrics and health are read while a write (or its wait) runs.
-    writer_state: Arc<ConnState>,
-    readers: ReaderPool,
+    pub(crate) engine: Engine,
     pub(crate) schema: SchemaCache,
-    pub(crate) retry: RetryPolicy,
     pub(crate) buffer_options: BufferOptions,
 }
 
 impl Core {
-    pub(crate) fn new(
-        path: PathBuf,
-        (conn, state): (Connection, Arc<ConnState>),
-        readers: Vec<Connection>,
-        retry: RetryPolicy,
-        buffer_options: BufferOptions,
-    ) -> Core {
+    pub(crate) fn new(path: PathBuf, engine: Engine, buffer_options: BufferOptions) -> Core {
         Core {
             path,
-            writer: Mutex::new(conn),
-            writer_state: state,
-            readers: ReaderPool::new(readers),
+            engine,
             schema: SchemaCache::default(),
-            retry,
             buffer_options,
+        }
+    }
+
+    /// The SQLite engine, for calls that hand out rusqlite types
+    /// (`Database::write`, `read`, `optimize`); on PostgreSQL an
+    /// [`Error::InvalidInput`] naming the engine-neutral alternative.
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    pub(crate) fn sqlite(&self, call: &str, instead: &str) -> Result<&SqliteEngine> {
+        match &self.engine {
+            Engine::Sqlite(engine) => Ok(engine),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(_) => Err(Error::InvalidInput(format!(
+                "{call} hands out rusqlite types and works on SQLite only; on PostgreSQL use \
+                 {instead}"
+            ))),
         }
     }
 
     /// Number of read-only connections.
     pub(crate) fn reader_count(&self) -> usize {
-        self.readers.size()
-    }
-
-    /// The writer connection's extension state (its policy and statistics).
-    pub(crate) fn writer_state(&self) -> Arc<ConnState> {
-        Arc::clone(&self.writer_state)
-    }
-
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction at `priority` and
-    /// commits; on lock errors, rolls back and re-runs the whole closure with
-    /// jittered backoff until the retry policy's deadline (see
-    /// [`crate::Database::write`]).
-    pub(crate) fn write_as<T>(
-        &self,
-        priority: Priority,
-        mut f: impl FnMut(&Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
-        self.write_attempts(priority, |tx| f(tx).map(Attempt::Commit))
-    }
-
-    /// [`Core::write_as`] for a closure that may find its transaction ended
-    /// by SQLite itself (see [`Attempt`]).
-    pub(crate) fn write_attempts<T>(
-        &self,
-        priority: Priority,
-        mut f: impl FnMut(&Transaction<'_>) -> Result<Attempt<T>>,
-    ) -> Result<T> {
-        let _in_write = InWriteGuard::enter();
-        let mut writer = self.writer.lock();
-        let start = Instant::now();
-        // The busy handler waits inside each attempt; it may wait as long as
-        // the whole call has left, and no longer. Cleared by the guard even
-        // if `f` panics, so no later use of the writer sees a stale deadline.
-        let state = &self.writer_state;
-        state.set_priority(priority);
-        state.set_deadline(Some(start + self.retry.deadline));
-        let _deadline = ClearDeadline(state);
-        retry_lock_errors(&self.retry, || run_once(&mut writer, &mut f))
-    }
-
-    /// Runs `f` on a read-only connection inside one read transaction.
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        if self.readers.size() == 0 {
-            if in_write() {
-                return Err(Error::InvalidInput(
-                    "read() inside write() on an in-memory database would deadlock: use the \
-                     transaction you were given"
-                        .into(),
-                ));
-            }
-            let writer = self.writer.lock();
-            return in_read_transaction(&writer, f);
+        match &self.engine {
+            Engine::Sqlite(engine) => engine.reader_count(),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.reader_count(),
         }
-        let reader = self.readers.checkout(self.retry.deadline)?;
-        in_read_transaction(&reader, f)
     }
 
-    /// The description of `table`, from the cache or read through a reader.
+    /// The description of `table`, from the cache or read from the schema.
     pub(crate) fn table(&self, name: &str) -> Result<Arc<TableInfo>> {
-        self.schema
-            .table(name, || self.read(|conn| load_table(conn, name)))
+        self.schema.table(name, || match &self.engine {
+            Engine::Sqlite(engine) => engine.read(|conn| crate::schema::load_table(conn, name)),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.load_table(name),
+        })
     }
 
-    /// Runs `f` with the writer connection outside any transaction (for
-    /// maintenance that manages its own statements).
-    pub(crate) fn with_writer<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let writer = self.writer.lock();
-        f(&writer)
-    }
-}
-
-/// Clears the writer's busy deadline when dropped.
-struct ClearDeadline<'a>(&'a ConnState);
-
-impl Drop for ClearDeadline<'_> {
-    fn drop(&mut self) {
-        self.0.set_deadline(None);
-    }
-}
-
-/// How one attempt of a write closure ended.
-pub(crate) enum Attempt<T> {
-    /// Commit the transaction, then return this.
-    Commit(T),
-    /// SQLite already rolled the transaction back (a statement failed with
-    /// an `ON CONFLICT ROLLBACK` clause): nothing to commit; return this.
-    RolledBack(T),
-}
-
-fn run_once<T>(
-    conn: &mut Connection,
-    f: &mut impl FnMut(&Transaction<'_>) -> Result<Attempt<T>>,
-) -> Result<T> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    match f(&tx)? {
-        Attempt::Commit(value) => {
-            tx.commit()?;
-            Ok(value)
+    /// Runs `f` in a write transaction at `priority` and commits, re-running
+    /// the whole closure on lock errors until the retry deadline.
+    pub(crate) fn transact<T>(
+        &self,
+        priority: Priority,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        match &self.engine {
+            Engine::Sqlite(engine) => engine.write_as(priority, |tx| f(&mut Tx::sqlite(tx))),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.transact(&mut f),
         }
-        // Dropping the transaction finishes it (a no-op when SQLite
-        // already ended it).
-        Attempt::RolledBack(value) => Ok(value),
     }
-}
 
-fn in_read_transaction<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T>,
-) -> Result<T> {
-    let tx = conn.unchecked_transaction()?;
-    let value = f(&tx)?;
-    tx.commit()?;
-    Ok(value)
-}
-
-/// Opens the writer connection: the extension registered with `busy`, and
-/// (if `tune`) the recommended pragmas of `hybrid_tune()`. Lock errors on
-/// the way (another process switching the same new file to WAL) are
-/// retried under `retry`.
-pub(crate) fn open_writer(
-    path: &Path,
-    busy: BackoffPolicy,
-    tune: bool,
-    retry: &RetryPolicy,
-) -> Result<(Connection, Arc<ConnState>)> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_URI
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    report_slow_waits_to_tracing();
-    let state = hybrid::register(&conn)?;
-    state
-        .set_policy(busy)
-        .map_err(|e| Error::InvalidInput(format!("busy policy: {e}")))?;
-    conn.set_prepared_statement_cache_capacity(256);
-    retry_lock_errors(retry, || {
-        if tune {
-            conn.query_row("SELECT hybrid_tune()", [], |r| r.get::<_, String>(0))?;
+    /// Runs one query on a reader, returning every row.
+    pub(crate) fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+        match &self.engine {
+            Engine::Sqlite(engine) => {
+                engine.read(|conn| crate::tx::sqlite_query(conn, sql, params))
+            }
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.query(sql, params),
         }
-        // One read now: in WAL mode it maps the side file (futex mode from
-        // the first write on), and it proves the file is a readable database.
-        conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))?;
-        Ok(())
-    })?;
-    Ok((conn, state))
-}
-
-/// Makes the extension's slow-wait log (waits past `hybrid::log_waits()`,
-/// 1 s by default) `tracing` warnings with target `sqlite_hybrid::lock`,
-/// once per process. (It replaces a hook set before the first open; one
-/// set later replaces this one.)
-fn report_slow_waits_to_tracing() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        hybrid::on_slow_wait(|wait| {
-            tracing::warn!(
-                target: "sqlite_hybrid::lock",
-                db = %wait.db,
-                waited_ms = wait.waited.as_secs_f64() * 1000.0,
-                holder_pid = wait.holder.map(|(pid, _)| pid),
-                queued = wait.queued,
-                "{wait}"
-            );
-        });
-    });
-}
-
-/// Opens one read-only connection, with the log file (if any) attached.
-pub(crate) fn open_reader(path: &Path, log: Option<&Path>) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-        | OpenFlags::SQLITE_OPEN_URI
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    hybrid::register(&conn)?;
-    // The per-connection settings of `hybrid_tune()` (journal mode is the
-    // writer's business), plus query_only as a second guard.
-    conn.execute_batch(
-        "PRAGMA query_only = ON; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA cache_size = -16000; PRAGMA temp_store = MEMORY; PRAGMA mmap_size = 268435456;",
-    )?;
-    if let Some(log) = log {
-        // Read-only like its connection. Not on the writer: BEGIN IMMEDIATE
-        // would take the log file's write lock too.
-        conn.execute("ATTACH DATABASE ?1 AS log", [log.to_string_lossy()])?;
     }
-    Ok(conn)
+
+    /// Writes the entries `live` of a write-buffer batch in one transaction
+    /// (see `buffer/flusher.rs` for what the outcome means).
+    pub(crate) fn write_batch_step(
+        &self,
+        batch: &[Item],
+        live: &[usize],
+        attempts: &mut u32,
+    ) -> Result<Step> {
+        match &self.engine {
+            Engine::Sqlite(engine) => {
+                crate::engine::sqlite::batch::write_step(engine, batch, live, attempts)
+            }
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => {
+                crate::engine::postgres::batch::write_step(engine, batch, live, attempts)
+            }
+        }
+    }
+
+    /// Health of the database and its lock statistics.
+    pub(crate) fn health(&self) -> Result<Health> {
+        match &self.engine {
+            Engine::Sqlite(engine) => sqlite_health::health(engine),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.health(),
+        }
+    }
+
+    /// This process's (this handle's, on PostgreSQL) waits for the lock.
+    pub(crate) fn lock_metrics(&self) -> Result<LockStats> {
+        match &self.engine {
+            Engine::Sqlite(engine) => Ok(sqlite_health::lock_metrics(engine)),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => Ok(engine.lock_metrics()),
+        }
+    }
+
+    /// Every process's waits on the file (SQLite in futex mode only).
+    pub(crate) fn file_lock_metrics(&self) -> Result<Option<LockStats>> {
+        match &self.engine {
+            Engine::Sqlite(engine) => Ok(sqlite_health::file_lock_metrics(engine)),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(_) => Ok(None),
+        }
+    }
+
+    /// Who waits for a lock now, and for whom.
+    pub(crate) fn lock_waiters(&self) -> Result<Vec<LockWaiter>> {
+        match &self.engine {
+            Engine::Sqlite(engine) => sqlite_health::lock_waiters(engine),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.lock_waiters(),
+        }
+    }
+
+    /// Routine maintenance.
+    pub(crate) fn optimize(&self, options: OptimizeOptions) -> Result<OptimizeReport> {
+        match &self.engine {
+            Engine::Sqlite(engine) => sqlite_health::optimize(engine, options),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.optimize(),
+        }
+    }
 }

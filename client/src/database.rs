@@ -18,7 +18,8 @@ use hybrid::{BackoffPolicy, Priority};
 use rusqlite::{Connection, Transaction};
 
 use crate::buffer::{BufferOptions, WriteBuffer};
-use crate::core::{Core, open_reader, open_writer};
+use crate::core::{Core, Engine};
+use crate::engine::sqlite::{SqliteEngine, open_reader, open_writer};
 use crate::error::{Error, Result};
 use crate::logdb::{LogDatabase, LogOptions};
 use crate::retry::RetryPolicy;
@@ -138,7 +139,9 @@ impl Database {
         }
     }
 
-    /// Opens with explicit options.
+    /// Opens with explicit options. A path that is a `postgres://` or
+    /// `postgresql://` URL opens a PostgreSQL database instead (feature
+    /// `postgres`; see the README's "Outgrowing one file").
     pub fn open_with(options: DatabaseBuilder) -> Result<Database> {
         options.retry.validate().map_err(Error::InvalidInput)?;
         let busy = options
@@ -146,6 +149,13 @@ impl Database {
             .validated()
             .map_err(|e| Error::InvalidInput(format!("busy policy: {e}")))?;
         options.buffer.validate()?;
+        if let Some(url) = options
+            .path
+            .to_str()
+            .filter(|p| crate::engine::is_postgres_url(p))
+        {
+            return Database::open_postgres(url.to_string(), options);
+        }
         let (conn, state) = open_writer(&options.path, busy, options.tune, &options.retry)?;
         let in_memory = conn.path().is_none_or(str::is_empty);
         // The log file exists before the readers attach it.
@@ -165,11 +175,38 @@ impl Database {
                 .map(|_| open_reader(&options.path, attach.as_deref()))
                 .collect::<Result<_>>()?
         };
+        let engine = SqliteEngine::new((conn, state), readers, options.retry);
+        let core = Core::new(options.path, Engine::Sqlite(engine), options.buffer);
+        Ok(Database {
+            core: Arc::new(core),
+            buffer: OnceLock::new(),
+            log,
+        })
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    fn open_postgres(_url: String, _options: DatabaseBuilder) -> Result<Database> {
+        Err(Error::InvalidInput(
+            "a postgres:// URL needs sqlite-hybrid's `postgres` feature, which this build lacks"
+                .into(),
+        ))
+    }
+
+    #[cfg(feature = "postgres")]
+    fn open_postgres(url: String, options: DatabaseBuilder) -> Result<Database> {
+        let engine =
+            crate::engine::postgres::PgEngine::open(&url, options.readers, &options.retry)?;
+        let log = match &options.log {
+            Some(_) => {
+                return Err(Error::InvalidInput(
+                    "TODO(pg-log): the log database on PostgreSQL".into(),
+                ));
+            }
+            None => None,
+        };
         let core = Core::new(
-            options.path,
-            (conn, state),
-            readers,
-            options.retry,
+            PathBuf::from(engine.display_url()),
+            Engine::Postgres(engine),
             options.buffer,
         );
         Ok(Database {
@@ -179,7 +216,8 @@ impl Database {
         })
     }
 
-    /// The path the database was opened with.
+    /// The path the database was opened with (for PostgreSQL, its URL
+    /// without the password).
     pub fn path(&self) -> &Path {
         &self.core.path
     }
@@ -197,15 +235,61 @@ impl Database {
     /// deadline; then [`Error::LockTimeout`]. Any other error rolls back
     /// and returns at once. So `f` may run more than once: keep side
     /// effects outside the database out of it.
+    ///
+    /// SQLite only: the closure gets a rusqlite transaction. On PostgreSQL
+    /// it is an [`Error::InvalidInput`]; [`Database::transact`] is the same
+    /// on both engines.
     pub fn write<T>(&self, f: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        self.core.write_as(Priority::Interactive, f)
+        self.core
+            .sqlite("Database::write", "Database::transact")?
+            .write_as(Priority::Interactive, f)
     }
 
     /// Runs `f` on a read-only connection inside one read transaction (a
     /// consistent snapshot for all its statements). In WAL mode it never
     /// waits for writers.
+    ///
+    /// SQLite only, like [`Database::write`]; [`Database::query`] is the
+    /// same on both engines.
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.core.read(f)
+        self.core
+            .sqlite("Database::read", "Database::query")?
+            .read(f)
+    }
+
+    /// Runs `f` in a write transaction and commits, on either engine: the
+    /// closure gets a [`Tx`](crate::Tx), whose statements take SQLite-style
+    /// `?1` placeholders and rusqlite parameters (`rusqlite::params!`).
+    ///
+    /// Retried like [`Database::write`]: on a lock error (SQLite:
+    /// `SQLITE_BUSY`, `SQLITE_LOCKED`; PostgreSQL: serialization failure
+    /// `40001`, deadlock `40P01`, lock not available `55P03`) the
+    /// transaction is rolled back and the whole closure runs again until
+    /// the retry policy's deadline, then [`Error::LockTimeout`]. Other
+    /// errors roll back and return at once.
+    pub fn transact<T>(&self, f: impl FnMut(&mut crate::Tx<'_>) -> Result<T>) -> Result<T> {
+        self.core.transact(Priority::Interactive, f)
+    }
+
+    /// Runs one query on a reader connection, on either engine; returns
+    /// every row as values. Placeholders and parameters as in
+    /// [`Database::transact`].
+    ///
+    /// ```
+    /// use sqlite_hybrid::{Database, rusqlite::{params, types::Value}};
+    /// let dir = tempfile::tempdir()?;
+    /// let db = Database::open(dir.path().join("q.db"))?;
+    /// db.transact(|tx| tx.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);"))?;
+    /// let rows = db.query("SELECT x FROM t WHERE x > ?1", params![1])?;
+    /// assert_eq!(rows, vec![vec![Value::Integer(2)]]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn query(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<Vec<rusqlite::types::Value>>> {
+        self.core.query(sql, &crate::tx::values(params)?)
     }
 
     /// The write buffer, started on first use with the builder's options.

@@ -1,4 +1,6 @@
-//! The crate's one error type: variants a caller can act on.
+//! The crate's one error type: variants a caller can act on, the same for
+//! both engines (SQLite and, with the `postgres` feature, PostgreSQL), and
+//! [`DbError`], the engine's own error inside them.
 
 use std::fmt;
 use std::time::Duration;
@@ -10,36 +12,40 @@ use rusqlite::ffi;
 /// * [`Error::LockTimeout`]: other writers held the lock past the retry
 ///   deadline; try later or raise the deadline.
 /// * [`Error::Constraint`]: the data broke a constraint; fix the data.
-/// * [`Error::Schema`]: unknown table or column, or a schema SQLite
+/// * [`Error::Schema`]: unknown table or column, or a schema the engine
 ///   rejected; fix the call or the schema.
 /// * [`Error::InvalidInput`]: the call itself was wrong (NULL key, bad
 ///   option, wrong value type for a STRICT column).
 /// * [`Error::Io`]: the file could not be read or written (disk full,
-///   read-only, permissions, corruption).
+///   read-only, permissions, corruption), or the connection to the
+///   PostgreSQL server was lost.
 /// * [`Error::BufferFull`], [`Error::Timeout`], [`Error::Closed`],
 ///   [`Error::FlushFailed`]: write-buffer outcomes.
 /// * [`Error::Spawn`]: a background thread could not be started (the
 ///   system is out of threads or memory).
+/// * [`Error::Database`]: any other error of the engine.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The write lock could not be had before the deadline.
+    /// The write lock could not be had before the deadline (PostgreSQL:
+    /// serialization failures, deadlocks and lock timeouts went on past it).
     LockTimeout {
         /// Transaction attempts made (each waited in the busy handler).
         attempts: u32,
         /// Total time spent, first attempt to giving up.
         waited: Duration,
-        /// The last lock error SQLite returned.
-        source: rusqlite::Error,
+        /// The last lock error the engine returned.
+        source: DbError,
     },
     /// A `UNIQUE`, `NOT NULL`, `CHECK`, `FOREIGN KEY` or similar constraint failed.
-    Constraint(rusqlite::Error),
+    Constraint(DbError),
     /// Unknown table or column, or SQLite reported a schema problem.
     Schema(String),
     /// The call's arguments were wrong; the message says which and why.
     InvalidInput(String),
-    /// Reading or writing the file failed (I/O, full disk, read-only, corrupt).
-    Io(rusqlite::Error),
+    /// Reading or writing the file failed (I/O, full disk, read-only,
+    /// corrupt), or the connection to the server was lost.
+    Io(DbError),
     /// The write buffer is full and the backpressure mode is `Reject` (or
     /// `Block` timed out, see [`Error::Timeout`]).
     BufferFull {
@@ -65,8 +71,108 @@ pub enum Error {
     /// A background thread (the write buffer's flusher, the log writer)
     /// could not be started.
     Spawn(std::io::Error),
-    /// Any other SQLite error.
+    /// Any other error of the engine (a syntax error, say).
+    Database(DbError),
+}
+
+/// The engine's own error behind an [`Error`]: SQLite's (with its result
+/// code) or PostgreSQL's (with its SQLSTATE).
+#[derive(Debug)]
+pub struct DbError {
+    repr: Repr,
+    /// Added context ("the first 200 rows were committed").
+    note: Option<String>,
+}
+
+#[derive(Debug)]
+enum Repr {
     Sqlite(rusqlite::Error),
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::Error),
+}
+
+impl DbError {
+    /// SQLite's extended result code, for a SQLite error.
+    pub fn sqlite_code(&self) -> Option<i32> {
+        match &self.repr {
+            Repr::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => Some(f.extended_code),
+            _ => None,
+        }
+    }
+
+    /// PostgreSQL's SQLSTATE (`23505`, `40001`, ...), for a PostgreSQL
+    /// error the server reported.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match &self.repr {
+            #[cfg(feature = "postgres")]
+            Repr::Postgres(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+
+    /// The rusqlite error, for a SQLite error.
+    pub fn as_sqlite(&self) -> Option<&rusqlite::Error> {
+        match &self.repr {
+            Repr::Sqlite(e) => Some(e),
+            #[cfg(feature = "postgres")]
+            _ => None,
+        }
+    }
+
+    /// The same error with `note` added to its message.
+    pub(crate) fn with_note(mut self, note: &str) -> DbError {
+        self.note = Some(match self.note.take() {
+            Some(old) => format!("{old} {note}"),
+            None => note.to_string(),
+        });
+        self
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(error: postgres::Error) -> DbError {
+        DbError {
+            repr: Repr::Postgres(error),
+            note: None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(error: rusqlite::Error) -> Self {
+        DbError {
+            repr: Repr::Sqlite(error),
+            note: None,
+        }
+    }
+}
+
+impl fmt::Display for DbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            Repr::Sqlite(e) => write!(f, "{e}")?,
+            #[cfg(feature = "postgres")]
+            Repr::Postgres(e) => match e.as_db_error() {
+                // The server's own message and SQLSTATE, not the driver's
+                // generic "db error".
+                Some(db) => write!(f, "{} ({})", db.message(), db.code().code())?,
+                None => write!(f, "{e}")?,
+            },
+        }
+        if let Some(note) = &self.note {
+            write!(f, " {note}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.repr {
+            Repr::Sqlite(e) => Some(e),
+            #[cfg(feature = "postgres")]
+            Repr::Postgres(e) => Some(e),
+        }
+    }
 }
 
 impl Error {
@@ -93,7 +199,13 @@ impl Error {
     pub fn is_lock_error(&self) -> bool {
         match self {
             Error::LockTimeout { .. } => true,
-            Error::Sqlite(e) => is_lock_error(e),
+            Error::Database(e) => match &e.repr {
+                Repr::Sqlite(e) => is_lock_error(e),
+                #[cfg(feature = "postgres")]
+                Repr::Postgres(_) => e
+                    .sqlstate()
+                    .is_some_and(crate::engine::postgres::is_retryable),
+            },
             _ => false,
         }
     }
@@ -102,7 +214,7 @@ impl Error {
     /// over `waited` (any other error is returned unchanged).
     pub(crate) fn into_lock_timeout(self, attempts: u32, waited: Duration) -> Error {
         let source = match self {
-            Error::Sqlite(e) => e,
+            Error::Database(e) => e,
             Error::LockTimeout { source, .. } => source,
             other => return other,
         };
@@ -113,18 +225,25 @@ impl Error {
         }
     }
 
-    /// The SQLite extended result code behind this error, if any.
-    pub fn sqlite_code(&self) -> Option<i32> {
+    /// The engine's error behind this one, if any.
+    pub fn db_error(&self) -> Option<&DbError> {
         match self {
             Error::LockTimeout { source: e, .. }
             | Error::Constraint(e)
             | Error::Io(e)
-            | Error::Sqlite(e) => match e {
-                rusqlite::Error::SqliteFailure(f, _) => Some(f.extended_code),
-                _ => None,
-            },
+            | Error::Database(e) => Some(e),
             _ => None,
         }
+    }
+
+    /// The SQLite extended result code behind this error, if any.
+    pub fn sqlite_code(&self) -> Option<i32> {
+        self.db_error().and_then(DbError::sqlite_code)
+    }
+
+    /// The PostgreSQL SQLSTATE behind this error, if any.
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.db_error().and_then(DbError::sqlstate)
     }
 }
 
@@ -139,26 +258,37 @@ pub fn is_lock_error(error: &rusqlite::Error) -> bool {
 
 impl From<rusqlite::Error> for Error {
     /// Classifies by result code: constraint, I/O family, schema, else
-    /// [`Error::Sqlite`] (lock errors included, until the retry loop turns
+    /// [`Error::Database`] (lock errors included, until the retry loop turns
     /// them into [`Error::LockTimeout`]).
     fn from(error: rusqlite::Error) -> Self {
-        let rusqlite::Error::SqliteFailure(failure, message) = &error else {
-            return match error {
-                rusqlite::Error::InvalidColumnName(name) => {
-                    Error::Schema(format!("no such column: {name}"))
-                }
-                other => Error::Sqlite(other),
-            };
+        // rusqlite reports a statement SQLite could not prepare (unknown
+        // table or column, syntax) as SqlInputError, with the same code.
+        let (failure, message) = match &error {
+            rusqlite::Error::SqliteFailure(failure, message) => (*failure, message.clone()),
+            rusqlite::Error::SqlInputError {
+                error: failure,
+                msg,
+                ..
+            } => (*failure, Some(msg.clone())),
+            _ => {
+                return match error {
+                    rusqlite::Error::InvalidColumnName(name) => {
+                        Error::Schema(format!("no such column: {name}"))
+                    }
+                    other => Error::Database(other.into()),
+                };
+            }
         };
-        match failure.extended_code & 0xff {
-            ffi::SQLITE_CONSTRAINT => Error::Constraint(error),
+        let (code, message) = (failure.extended_code, &message);
+        match code & 0xff {
+            ffi::SQLITE_CONSTRAINT => Error::Constraint(error.into()),
             ffi::SQLITE_IOERR
             | ffi::SQLITE_FULL
             | ffi::SQLITE_READONLY
             | ffi::SQLITE_CANTOPEN
             | ffi::SQLITE_CORRUPT
             | ffi::SQLITE_NOTADB
-            | ffi::SQLITE_PERM => Error::Io(error),
+            | ffi::SQLITE_PERM => Error::Io(error.into()),
             ffi::SQLITE_SCHEMA => {
                 Error::Schema(message.clone().unwrap_or_else(|| error.to_string()))
             }
@@ -173,7 +303,7 @@ impl From<rusqlite::Error> for Error {
                 // message is the only thing that tells them apart.
                 Error::Schema(message.clone().unwrap_or_default())
             }
-            _ => Error::Sqlite(error),
+            _ => Error::Database(error.into()),
         }
     }
 }
@@ -209,7 +339,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Spawn(e) => write!(f, "cannot start a background thread: {e}"),
-            Error::Sqlite(e) => write!(f, "sqlite: {e}"),
+            Error::Database(e) => write!(f, "database error: {e}"),
         }
     }
 }
@@ -218,7 +348,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::LockTimeout { source, .. } => Some(source),
-            Error::Constraint(e) | Error::Io(e) | Error::Sqlite(e) => Some(e),
+            Error::Constraint(e) | Error::Io(e) | Error::Database(e) => Some(e),
             Error::Spawn(e) => Some(e),
             _ => None,
         }
@@ -271,7 +401,7 @@ mod tests {
         ));
         assert!(matches!(
             Error::from(failure(ffi::SQLITE_ERROR, "near \"x\": syntax error")),
-            Error::Sqlite(_)
+            Error::Database(_)
         ));
         let e = Error::from(failure(
             ffi::SQLITE_CONSTRAINT_UNIQUE,

@@ -1,13 +1,14 @@
 //! Health and lock statistics of a [`Database`], typed, and routine
-//! maintenance.
+//! maintenance, on either engine.
 //!
-//! Lock statistics come straight from the writer connection's extension
-//! state ([`hybrid::ConnState::snapshot`]): no SQL, and the policy shown is
-//! the writer's own. Schema health is read from the extension's
-//! `hybrid_health` table on a reader.
+//! On SQLite, lock statistics come straight from the writer connection's
+//! extension state ([`hybrid::ConnState::snapshot`]) and schema health from
+//! the extension's `hybrid_health` table. On PostgreSQL, lock statistics are
+//! the client's own retries and waits, and the server reports its version,
+//! size, connections and lock waits (`pg_stat_activity`,
+//! `pg_blocking_pids()`).
 
 use hybrid::LockStats;
-use rusqlite::Row as SqlRow;
 
 use crate::database::Database;
 use crate::error::Result;
@@ -44,14 +45,49 @@ pub struct SchemaHealth {
 /// [`Database::health`]'s answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Health {
-    /// Every attached schema.
+    /// Every attached schema (SQLite; empty on PostgreSQL).
     pub schemas: Vec<SchemaHealth>,
     /// This database's lock statistics: this process's row, then (when the
     /// side file is in use) every process's.
     pub locks: Vec<LockStats>,
+    /// The server (PostgreSQL; `None` on SQLite).
+    pub server: Option<ServerHealth>,
 }
 
-/// What [`Database::optimize`] should do besides `PRAGMA optimize`.
+/// What a PostgreSQL server says about itself and the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerHealth {
+    /// `server_version`, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
+    pub version: String,
+    /// `pg_database_size` of the current database, bytes.
+    pub database_bytes: i64,
+    /// Sessions connected to this database (`pg_stat_activity`).
+    pub connections: i64,
+    /// The server's `max_connections`.
+    pub max_connections: i64,
+    /// Sessions of this database waiting for a lock right now.
+    pub lock_waits: i64,
+}
+
+/// One connection waiting for a lock, as the engine reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockWaiter {
+    /// The waiting process (SQLite) or server backend (PostgreSQL).
+    pub pid: u32,
+    /// How long it has waited so far, ms.
+    pub waited_ms: f64,
+    /// Who it waits for: the holder of the write lock (SQLite, when a
+    /// process with the extension holds it), or `pg_blocking_pids()`.
+    pub blocked_by: Vec<u32>,
+    /// What it waits for (`queued for the write lock (interactive, position
+    /// 1)`, `Lock:transactionid`).
+    pub wait: String,
+    /// The statement it runs (PostgreSQL).
+    pub query: Option<String>,
+}
+
+/// What [`Database::optimize`] should do besides `PRAGMA optimize` (SQLite;
+/// PostgreSQL runs `ANALYZE` and ignores these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OptimizeOptions {
     /// Checkpoint with `TRUNCATE` (shrinks the `-wal` file to zero when no
@@ -75,26 +111,10 @@ pub struct OptimizeReport {
     pub vacuumed_pages: i64,
 }
 
-fn schema_health(r: &SqlRow<'_>) -> rusqlite::Result<SchemaHealth> {
-    Ok(SchemaHealth {
-        schema: r.get(0)?,
-        file: r.get(1)?,
-        journal_mode: r.get(2)?,
-        synchronous: r.get(3)?,
-        page_size: r.get(4)?,
-        page_count: r.get(5)?,
-        freelist_count: r.get(6)?,
-        file_bytes: r.get(7)?,
-        wal_bytes: r.get(8)?,
-        foreign_keys: r.get(9)?,
-        busy_timeout_ms: r.get(10)?,
-        sqlite_version: r.get(11)?,
-    })
-}
-
 impl Database {
-    /// The extension's `hybrid_health` (every attached schema) and this
-    /// database's lock statistics.
+    /// Health of the database and its lock statistics: on SQLite the
+    /// extension's `hybrid_health` (every attached schema); on PostgreSQL the
+    /// server's version, size, connections and lock waits.
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
@@ -105,24 +125,13 @@ impl Database {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn health(&self) -> Result<Health> {
-        let schemas = self.read(|conn| {
-            Ok(conn
-                .prepare(
-                    "SELECT schema, file, journal_mode, synchronous, page_size, page_count, freelist_count, \
-                     file_bytes, wal_bytes, foreign_keys, busy_timeout, sqlite_version FROM hybrid_health",
-                )?
-                .query_map([], schema_health)?
-                .collect::<rusqlite::Result<_>>()?)
-        })?;
-        let snapshot = self.core.writer_state().snapshot();
-        let locks = std::iter::once(snapshot.process)
-            .chain(snapshot.file)
-            .collect();
-        Ok(Health { schemas, locks })
+        self.core.health()
     }
 
-    /// This process's waits on this database file (every connection of the
-    /// process on it, other `Database`s included), with the writer's policy.
+    /// This process's waits for this database's write lock (on SQLite every
+    /// connection of the process on the file, other `Database`s included,
+    /// with the writer's policy; on PostgreSQL this handle's retried lock
+    /// conflicts, `mode = "postgres"`).
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
@@ -132,11 +141,11 @@ impl Database {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn lock_metrics(&self) -> Result<LockStats> {
-        Ok(self.core.writer_state().snapshot().process)
+        self.core.lock_metrics()
     }
 
     /// Every process's waits on this database file, from the shared side
-    /// file (`None` when the file is not in futex mode).
+    /// file (`None` when the file is not in futex mode, and on PostgreSQL).
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
@@ -146,10 +155,19 @@ impl Database {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn file_lock_metrics(&self) -> Result<Option<LockStats>> {
-        Ok(self.core.writer_state().snapshot().file)
+        self.core.file_lock_metrics()
     }
 
-    /// `PRAGMA optimize`, a WAL checkpoint, and optionally incremental vacuum.
+    /// Who waits for a lock right now, and for whom: on SQLite the queue for
+    /// the write lock (every process sharing the side file); on PostgreSQL
+    /// the sessions of this database with `wait_event_type = 'Lock'` and
+    /// their `pg_blocking_pids()`.
+    pub fn lock_waiters(&self) -> Result<Vec<LockWaiter>> {
+        self.core.lock_waiters()
+    }
+
+    /// Routine maintenance: on SQLite `PRAGMA optimize`, a WAL checkpoint,
+    /// and optionally incremental vacuum; on PostgreSQL `ANALYZE`.
     ///
     /// ```
     /// use sqlite_hybrid::OptimizeOptions;
@@ -161,33 +179,6 @@ impl Database {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn optimize(&self, options: OptimizeOptions) -> Result<OptimizeReport> {
-        self.core.with_writer(|conn| {
-            conn.execute_batch("PRAGMA optimize")?;
-            let mode = if options.truncate_wal {
-                "TRUNCATE"
-            } else {
-                "PASSIVE"
-            };
-            let (busy, wal_frames, checkpointed_frames): (i64, i64, i64) =
-                conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-            let mut vacuumed_pages = 0;
-            if let Some(pages) = options.incremental_vacuum_pages {
-                let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
-                if auto_vacuum == 2 {
-                    let before: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-                    conn.execute_batch(&format!("PRAGMA incremental_vacuum({pages})"))?;
-                    let after: i64 = conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-                    vacuumed_pages = before - after;
-                }
-            }
-            Ok(OptimizeReport {
-                checkpoint_busy: busy != 0,
-                wal_frames,
-                checkpointed_frames,
-                vacuumed_pages,
-            })
-        })
+        self.core.optimize(options)
     }
 }

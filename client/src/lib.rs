@@ -38,6 +38,7 @@ mod batch;
 pub mod buffer;
 mod core;
 mod database;
+mod engine;
 mod error;
 mod health;
 mod logdb;
@@ -46,6 +47,7 @@ mod retry;
 mod row;
 mod schema;
 mod sql;
+mod tx;
 mod write_scope;
 
 // The async face (feature `tokio`).
@@ -59,8 +61,8 @@ pub use buffer::{
     TicketStatus, WriteBuffer,
 };
 pub use database::{Database, DatabaseBuilder};
-pub use error::{Error, Result, is_lock_error};
-pub use health::{Health, OptimizeOptions, OptimizeReport, SchemaHealth};
+pub use error::{DbError, Error, Result, is_lock_error};
+pub use health::{Health, LockWaiter, OptimizeOptions, OptimizeReport, SchemaHealth, ServerHealth};
 /// Re-exported from the extension crate because this crate's API takes or
 /// returns them (`busy_policy`, `lock_metrics`): an app configures and reads
 /// the busy handler without a second dependency.
@@ -75,6 +77,7 @@ pub use logdb::{
 pub use retry::RetryPolicy;
 pub use row::Row;
 pub use schema::{ColumnInfo, TableInfo};
+pub use tx::Tx;
 
 /// Re-export of the rusqlite version this crate uses.
 pub use rusqlite;

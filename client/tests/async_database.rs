@@ -519,3 +519,29 @@ async fn an_in_memory_database_reads_through_its_writer() {
     assert_eq!(value(&db, "m").await, Some(4));
     db.close().await.unwrap();
 }
+
+/// The engine-neutral calls have async faces too: `transact` on the
+/// writer thread, `query` on a reader.
+#[tokio::test]
+async fn transact_and_query_run_on_the_handle_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir).await;
+    let changed = db
+        .transact(|tx| {
+            tx.execute(
+                "INSERT INTO kv(k, v) VALUES (?1, ?2)",
+                rusqlite::params!["t", 7],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    let rows = db
+        .query(
+            "SELECT v FROM kv WHERE k = ?1".into(),
+            vec![rusqlite::types::Value::Text("t".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![vec![rusqlite::types::Value::Integer(7)]]);
+}

@@ -216,7 +216,7 @@ fn readers_do_not_wait_for_a_held_write_lock() {
         .read(|c| Ok(c.execute("INSERT INTO items(sku) VALUES ('r')", [])?))
         .unwrap_err();
     assert!(
-        matches!(err, Error::Io(_) | Error::Sqlite(_)),
+        matches!(err, Error::Io(_) | Error::Database(_)),
         "readers are read-only: {err:?}"
     );
     holder.join().unwrap();

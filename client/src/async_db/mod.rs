@@ -208,6 +208,32 @@ impl AsyncDatabase {
         })
     }
 
+    /// [`Database::transact`] on the writer thread, the same as
+    /// [`AsyncDatabase::write`] but on either engine (the closure gets a
+    /// [`crate::Tx`]).
+    pub fn transact<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + use<T, F>
+    where
+        F: FnMut(&mut crate::Tx<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        submit(&self.threads.writer, Submit::RunAlways, move |db| {
+            db.transact(f)
+        })
+    }
+
+    /// [`Database::query`] on a reader thread, on either engine.
+    pub fn query(
+        &self,
+        sql: String,
+        params: Vec<rusqlite::types::Value>,
+    ) -> impl Future<Output = Result<Vec<Vec<rusqlite::types::Value>>>> + Send + use<> {
+        submit(&self.threads.readers, Submit::SkipIfAbandoned, move |db| {
+            let refs: Vec<&dyn rusqlite::ToSql> =
+                params.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+            db.query(&sql, &refs)
+        })
+    }
+
     /// The write buffer (started on first use), the same as
     /// [`Database::buffer`]: enqueue with `upsert`, `insert`, `update` or
     /// `delete` and `.await` the returned [`crate::Ticket`] for the commit.

@@ -20,27 +20,20 @@
 //! * On **close**, batch-level errors are retried a few times; entries
 //!   still unwritten then fail with the error, so nothing vanishes.
 
-use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Transaction, ffi, params_from_iter};
-
 use super::entry::{EntryKey, Item};
-use super::pending::{Before, Columns};
 use super::{InFlightView, Shared, State, TicketStatus};
-use crate::core::Attempt;
+use crate::engine::Step;
 use crate::error::{Error, Result};
-use crate::sql;
-use hybrid::Priority;
 
 /// Attempts at close before unwritten entries are failed.
 const CLOSE_ATTEMPTS: u32 = 3;
 /// Longest pause between retries of a failed batch.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
-const SAVEPOINT: &str = "hybrid_buffer_entry";
 
 pub(super) fn run(shared: &Shared) {
     let mut retry_pause = Duration::from_millis(50);
@@ -204,63 +197,6 @@ enum Outcome {
     Unwritten,
 }
 
-/// How one attempt at a set of entries ended.
-enum Step {
-    /// Written; these (index, message) failed for row-level reasons.
-    Done(Vec<(usize, String)>),
-    /// A row error rolled the whole transaction back (`ON CONFLICT
-    /// ROLLBACK`): write again without this entry.
-    Restart(usize, String),
-}
-
-/// Prepared statements for one batch, by (table, kind, columns): the SQL
-/// text is built and prepared once per batch, not once per entry (a
-/// `prepare_cached` lookup per entry cost more than the insert itself).
-struct Statements<'tx> {
-    tx: &'tx Transaction<'tx>,
-    by_shape: HashMap<(usize, u8), Vec<Prepared<'tx>>>,
-}
-
-/// A prepared statement and the column indexes it binds.
-type Prepared<'tx> = (Vec<usize>, rusqlite::CachedStatement<'tx>);
-
-impl<'tx> Statements<'tx> {
-    fn new(tx: &'tx Transaction<'tx>) -> Self {
-        Statements {
-            tx,
-            by_shape: HashMap::new(),
-        }
-    }
-
-    /// The statement for `table`/`kind` over `columns`, built by `build`
-    /// the first time it is needed in this batch.
-    fn get(
-        &mut self,
-        table: &Arc<str>,
-        kind: u8,
-        columns: &Columns,
-        build: impl FnOnce(&[usize]) -> String,
-    ) -> rusqlite::Result<&mut rusqlite::CachedStatement<'tx>> {
-        let shapes = self
-            .by_shape
-            .entry((Arc::as_ptr(table) as *const u8 as usize, kind))
-            .or_default();
-        let found = shapes
-            .iter()
-            .position(|(cols, _)| cols.iter().copied().eq(columns.iter().map(|(c, _)| *c)));
-        let index = match found {
-            Some(index) => index,
-            None => {
-                let cols: Vec<usize> = columns.iter().map(|(c, _)| *c).collect();
-                let statement = self.tx.prepare_cached(&build(&cols))?;
-                shapes.push((cols, statement));
-                shapes.len() - 1
-            }
-        };
-        Ok(&mut shapes[index].1)
-    }
-}
-
 /// Writes the entries `indexes` of `batch` in one transaction and records
 /// each one's outcome. A failure at COMMIT (a deferred constraint) is
 /// narrowed down by writing each half on its own. Stops at the first
@@ -275,42 +211,7 @@ fn write_entries(
     let mut live: Vec<usize> = indexes.to_vec();
     while !live.is_empty() {
         let mut attempts = 0u32;
-        let result = shared.core.write_attempts(Priority::Background, |tx| {
-            attempts += 1;
-            let mut statements = Statements::new(tx);
-            let mut failed = Vec::new();
-            for &index in &live {
-                let item = &batch[index];
-                let statement_count = statement_count(item);
-                if statement_count > 1 {
-                    tx.execute_batch(&format!("SAVEPOINT {SAVEPOINT}"))?;
-                }
-                match apply(&mut statements, item) {
-                    Ok(()) => {
-                        if statement_count > 1 {
-                            tx.execute_batch(&format!("RELEASE {SAVEPOINT}"))?;
-                        }
-                    }
-                    Err(error) if is_row_error(&error) => {
-                        if tx.is_autocommit() {
-                            // The error rolled back the whole transaction.
-                            return Ok(Attempt::RolledBack(Step::Restart(
-                                index,
-                                error.to_string(),
-                            )));
-                        }
-                        if statement_count > 1 {
-                            tx.execute_batch(&format!(
-                                "ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"
-                            ))?;
-                        }
-                        failed.push((index, error.to_string()));
-                    }
-                    Err(error) => return Err(error.into()),
-                }
-            }
-            Ok(Attempt::Commit(Step::Done(failed)))
-        });
+        let result = shared.core.write_batch_step(batch, &live, &mut attempts);
         shared.state.lock().stats.lock_retries += u64::from(attempts.saturating_sub(1));
         match result {
             Ok(Step::Restart(index, message)) => {
@@ -341,79 +242,6 @@ fn write_entries(
         }
     }
     Ok(())
-}
-
-fn statement_count(item: &Item) -> usize {
-    match item {
-        Item::Insert { .. } => 1,
-        Item::Keyed { ops, .. } => ops.statement_count(),
-    }
-}
-
-const INSERT: u8 = 0;
-const UPSERT: u8 = 1;
-const UPDATE: u8 = 2;
-const DELETE: u8 = 3;
-
-fn apply(statements: &mut Statements<'_>, item: &Item) -> rusqlite::Result<()> {
-    match item {
-        Item::Insert { table, columns, .. } => {
-            let stmt = statements.get(&table.shared_name, INSERT, columns, |c| {
-                sql::insert(table, c)
-            })?;
-            stmt.execute(params_from_iter(columns.iter().map(|(_, v)| v)))?;
-        }
-        Item::Keyed {
-            table,
-            key_columns,
-            key_values,
-            ops,
-            ..
-        } => {
-            match &ops.before {
-                Before::Nothing => {}
-                Before::Delete => {
-                    let stmt = statements.get(&table.shared_name, DELETE, &Vec::new(), |_| {
-                        sql::delete(table, key_columns)
-                    })?;
-                    stmt.execute(params_from_iter(key_values.iter()))?;
-                }
-                Before::Update(set) => {
-                    let stmt = statements.get(&table.shared_name, UPDATE, set, |c| {
-                        sql::update(table, c, key_columns)
-                    })?;
-                    stmt.execute(params_from_iter(
-                        set.iter().map(|(_, v)| v).chain(key_values.iter()),
-                    ))?;
-                }
-            }
-            if let Some(columns) = &ops.upsert {
-                let stmt = statements.get(&table.shared_name, UPSERT, columns, |c| {
-                    sql::upsert(table, c, key_columns)
-                })?;
-                stmt.execute(params_from_iter(columns.iter().map(|(_, v)| v)))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Errors that belong to one row, not to the batch.
-fn is_row_error(error: &rusqlite::Error) -> bool {
-    match error {
-        rusqlite::Error::SqliteFailure(f, _) => matches!(
-            f.extended_code & 0xff,
-            ffi::SQLITE_CONSTRAINT
-                | ffi::SQLITE_MISMATCH
-                | ffi::SQLITE_TOOBIG
-                | ffi::SQLITE_RANGE
-                | ffi::SQLITE_ERROR
-        ),
-        rusqlite::Error::ToSqlConversionFailure(_) | rusqlite::Error::InvalidParameterCount(..) => {
-            true
-        }
-        _ => false,
-    }
 }
 
 /// Marks written entries: committed entries' tickets, failed entries to

@@ -44,11 +44,11 @@
 //! the flusher would see it. The lock is held for a hash-map update per
 //! enqueue (validation happens before it); `make bench` measures the rate.
 
-mod entry;
+pub(crate) mod entry;
 mod flusher;
 mod keys;
 mod options;
-mod pending;
+pub(crate) mod pending;
 mod ticket;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,0 +1,450 @@
+//! The PostgreSQL engine: one writer session and a pool of reader sessions
+//! on a server, through the synchronous `postgres` driver.
+//!
+//! What carries over from SQLite, and how:
+//! * **Retried write transactions**, `SERIALIZABLE` like SQLite's: the
+//!   whole closure runs again on the
+//!   errors retrying can cure: serialization failure (`40001`), deadlock
+//!   (`40P01`) and lock not available (`55P03`, the writer session's
+//!   `lock_timeout`, set to the retry deadline), under the same
+//!   [`RetryPolicy`]; after the deadline, [`Error::LockTimeout`]. A lock
+//!   wait itself happens in the server's fair lock queue, not in a busy
+//!   loop of ours.
+//! * **Errors** are classified by SQLSTATE into the same kinds: `23xxx`
+//!   constraint, undefined table/column schema, `22xxx` data exceptions
+//!   invalid input, connection failures I/O (the session is reopened on
+//!   the next call).
+//! * **Lock statistics** are this handle's own: each transaction that met
+//!   a retryable conflict is a wait, with its length and outcome (`mode =
+//!   "postgres"`); the server's view is [`PgEngine::lock_waiters`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hybrid::LockStats;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use postgres::{Client, Config, NoTls};
+use rusqlite::types::Value;
+
+use crate::error::{DbError, Error, Result};
+use crate::health::{Health, LockWaiter, OptimizeReport, ServerHealth};
+use crate::retry::{RetryPolicy, retry_lock_errors};
+use crate::schema::TableInfo;
+use crate::tx::Tx;
+
+pub(crate) mod batch;
+mod schema;
+pub(crate) mod values;
+
+/// The SQLSTATEs a retry can cure: serialization failure, deadlock, lock
+/// not available (`lock_timeout`).
+pub(crate) fn is_retryable(sqlstate: &str) -> bool {
+    matches!(sqlstate, "40001" | "40P01" | "55P03")
+}
+
+/// A driver error as the crate's [`Error`], classified by SQLSTATE.
+pub(crate) fn error(e: postgres::Error) -> Error {
+    let code = e.code().map(|c| c.code().to_string());
+    let closed = e.is_closed();
+    let db = DbError::postgres(e);
+    match code.as_deref() {
+        Some(c) if c.starts_with("23") => Error::Constraint(db),
+        Some("42P01" | "42703" | "3F000" | "42P10") => Error::Schema(db.to_string()),
+        Some(c) if c.starts_with("22") => Error::InvalidInput(db.to_string()),
+        Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "53100" => Error::Io(db),
+        None if closed => Error::Io(db),
+        // Lock errors stay here until the retry loop gives up on them.
+        _ => Error::Database(db),
+    }
+}
+
+/// Waits for the lock this handle has seen (for `lock_metrics`).
+#[derive(Debug, Default)]
+struct WaitCounts {
+    busy_events: u64,
+    retries: u64,
+    acquired: u64,
+    gave_up: u64,
+    in_flight: u64,
+    wait_total_us: u64,
+    wait_max_us: u64,
+    last_event_unix_ms: Option<u64>,
+}
+
+/// Sessions for reads: a fixed set, checked out one at a time.
+struct ReaderPool {
+    idle: Mutex<Vec<Client>>,
+    returned: Condvar,
+    size: usize,
+}
+
+/// One PostgreSQL database.
+pub(crate) struct PgEngine {
+    config: Config,
+    /// The URL without its password, for people.
+    display: String,
+    /// `None` after the session was lost: reopened on next use.
+    writer: Mutex<Option<Client>>,
+    readers: ReaderPool,
+    retry: RetryPolicy,
+    waits: Mutex<WaitCounts>,
+}
+
+impl PgEngine {
+    /// Connects to `url` (a `postgres://` or `postgresql://` URL): one
+    /// writer session and `readers` reader sessions.
+    pub(crate) fn open(url: &str, readers: usize, retry: &RetryPolicy) -> Result<PgEngine> {
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| Error::InvalidInput(format!("PostgreSQL URL: {e}")))?;
+        config.application_name("sqlite-hybrid");
+        let engine = PgEngine {
+            display: redact(url),
+            writer: Mutex::new(None),
+            readers: ReaderPool {
+                idle: Mutex::new(Vec::new()),
+                returned: Condvar::new(),
+                size: readers,
+            },
+            retry: *retry,
+            waits: Mutex::new(WaitCounts::default()),
+            config,
+        };
+        // Connect now, so a wrong URL or a server that is down is an error
+        // at open, like a missing directory is for SQLite.
+        *engine.writer.lock() = Some(engine.connect_writer()?);
+        let mut idle = Vec::with_capacity(readers);
+        for _ in 0..readers {
+            idle.push(engine.connect_reader()?);
+        }
+        *engine.readers.idle.lock() = idle;
+        Ok(engine)
+    }
+
+    /// The URL without its password.
+    pub(crate) fn display_url(&self) -> &str {
+        &self.display
+    }
+
+    /// The connection settings (for the log database on the same server).
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn reader_count(&self) -> usize {
+        self.readers.size
+    }
+
+    fn connect_writer(&self) -> Result<Client> {
+        let mut client = self.config.connect(NoTls).map_err(error)?;
+        // A lock wait happens in the server's queue, bounded by the retry
+        // deadline; past it, 55P03 and the retry loop gives up.
+        let ms = self.retry.deadline.as_millis().clamp(1, i32::MAX as u128);
+        client
+            .batch_execute(&format!("SET lock_timeout = {ms}"))
+            .map_err(error)?;
+        Ok(client)
+    }
+
+    fn connect_reader(&self) -> Result<Client> {
+        let mut client = self.config.connect(NoTls).map_err(error)?;
+        client
+            .batch_execute("SET default_transaction_read_only = on")
+            .map_err(error)?;
+        Ok(client)
+    }
+
+    /// The writer session, reopened if it was lost.
+    fn writer<'a>(&self, guard: &'a mut MutexGuard<'_, Option<Client>>) -> Result<&'a mut Client> {
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            **guard = Some(self.connect_writer()?);
+        }
+        Ok(guard.as_mut().expect("just set"))
+    }
+
+    /// Runs `f` in a transaction on the writer session and commits; the
+    /// whole closure again on retryable conflicts, until the deadline.
+    pub(crate) fn with_transaction<T>(
+        &self,
+        mut f: impl FnMut(&mut postgres::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.transact(&mut |tx: &mut Tx<'_>| {
+            let pg = tx.as_postgres_mut().expect("a PostgreSQL transaction");
+            f(pg)
+        })
+    }
+
+    /// Runs `f` in a write transaction (see [`crate::Database::transact`]).
+    pub(crate) fn transact<T>(&self, f: &mut impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        let mut guard = self.writer.lock();
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut conflicted = false;
+        let result = retry_lock_errors(&self.retry, || {
+            attempts += 1;
+            let outcome = (|| {
+                let client = self.writer(&mut guard)?;
+                // SERIALIZABLE: what a SQLite write transaction is, so code
+                // that reads and then writes behaves the same on both
+                // engines; a conflict is 40001 and the closure runs again.
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::Serializable)
+                    .start()
+                    .map_err(error)?;
+                let mut tx = Tx::postgres(tx);
+                let value = f(&mut tx)?;
+                tx.into_postgres()
+                    .expect("a PostgreSQL transaction")
+                    .commit()
+                    .map_err(error)?;
+                Ok(value)
+            })();
+            if outcome.as_ref().is_err_and(Error::is_lock_error) && !conflicted {
+                conflicted = true;
+                self.waits.lock().in_flight += 1;
+            }
+            outcome
+        });
+        if conflicted {
+            self.count_wait(started.elapsed(), attempts, result.is_ok());
+        }
+        result
+    }
+
+    fn count_wait(&self, waited: Duration, attempts: u32, acquired: bool) {
+        let us = waited.as_micros() as u64;
+        let mut w = self.waits.lock();
+        w.in_flight = w.in_flight.saturating_sub(1);
+        w.busy_events += 1;
+        w.retries += u64::from(attempts.saturating_sub(1));
+        if acquired {
+            w.acquired += 1;
+        } else {
+            w.gave_up += 1;
+        }
+        w.wait_total_us += us;
+        w.wait_max_us = w.wait_max_us.max(us);
+        w.last_event_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64);
+    }
+
+    /// Runs `f` on a reader session (the writer's when there are none).
+    fn with_reader<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        if self.readers.size == 0 {
+            let mut guard = self.writer.lock();
+            return f(self.writer(&mut guard)?);
+        }
+        let deadline = Instant::now() + self.retry.deadline;
+        let mut idle = self.readers.idle.lock();
+        let mut client = loop {
+            if let Some(client) = idle.pop() {
+                break client;
+            }
+            if self
+                .readers
+                .returned
+                .wait_until(&mut idle, deadline)
+                .timed_out()
+            {
+                return Err(Error::Timeout {
+                    waited: self.retry.deadline,
+                });
+            }
+        };
+        drop(idle);
+        if client.is_closed() {
+            match self.connect_reader() {
+                Ok(fresh) => client = fresh,
+                Err(e) => {
+                    self.give_back(client);
+                    return Err(e);
+                }
+            }
+        }
+        let result = f(&mut client);
+        self.give_back(client);
+        result
+    }
+
+    fn give_back(&self, client: Client) {
+        self.readers.idle.lock().push(client);
+        self.readers.returned.notify_one();
+    }
+
+    /// Every row of one query, on a reader.
+    pub(crate) fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+        self.with_reader(|client| values::query(client, sql, params))
+    }
+
+    /// The description of `name` from the server's catalog.
+    pub(crate) fn load_table(&self, name: &str) -> Result<Arc<TableInfo>> {
+        self.with_reader(|client| schema::load_table(client, name))
+    }
+
+    /// This handle's waits for locks.
+    pub(crate) fn lock_metrics(&self) -> LockStats {
+        let w = self.waits.lock();
+        let finished = w.acquired + w.gave_up;
+        let total_ms = w.wait_total_us as f64 / 1000.0;
+        LockStats {
+            db: self.display.clone(),
+            scope: "process",
+            mode: "postgres",
+            connections: Some(1 + self.readers.size as u64),
+            handler_active: None,
+            busy_events: finished + w.in_flight,
+            retries: w.retries,
+            acquired: w.acquired,
+            gave_up: w.gave_up,
+            in_flight: w.in_flight,
+            handoffs: 0,
+            wait_total_ms: total_ms,
+            wait_avg_ms: (finished > 0).then(|| total_ms / finished as f64),
+            wait_max_ms: w.wait_max_us as f64 / 1000.0,
+            wait_p50_ms: None,
+            wait_p95_ms: None,
+            wait_p99_ms: None,
+            failure_rate: (finished > 0).then(|| w.gave_up as f64 / finished as f64),
+            last_event_unix_ms: w.last_event_unix_ms,
+            policy: None,
+        }
+    }
+
+    /// The server's view: version, size, sessions, lock waits.
+    pub(crate) fn health(&self) -> Result<Health> {
+        let server = self.with_reader(|client| {
+            let row = values::query(
+                client,
+                "SELECT current_setting('server_version'), pg_database_size(current_database()), \
+                 (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()), \
+                 current_setting('max_connections')::int, \
+                 (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                  AND wait_event_type = 'Lock')",
+                &[],
+            )?;
+            let int = |v: &Value| match v {
+                Value::Integer(i) => *i,
+                _ => 0,
+            };
+            let row = row
+                .first()
+                .ok_or_else(|| Error::InvalidInput("no health row".into()))?;
+            Ok(ServerHealth {
+                version: match &row[0] {
+                    Value::Text(t) => t.clone(),
+                    other => format!("{other:?}"),
+                },
+                database_bytes: int(&row[1]),
+                connections: int(&row[2]),
+                max_connections: int(&row[3]),
+                lock_waits: int(&row[4]),
+            })
+        })?;
+        Ok(Health {
+            schemas: Vec::new(),
+            locks: vec![self.lock_metrics()],
+            server: Some(server),
+        })
+    }
+
+    /// Sessions of this database waiting for a lock, with who blocks them.
+    pub(crate) fn lock_waiters(&self) -> Result<Vec<LockWaiter>> {
+        let rows = self.with_reader(|client| {
+            values::query(
+                client,
+                "SELECT pid, extract(epoch FROM clock_timestamp() - coalesce(state_change, \
+                 query_start)) * 1000, array_to_string(pg_blocking_pids(pid), ','), \
+                 wait_event_type || ':' || wait_event, query FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' ORDER BY pid",
+                &[],
+            )
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|row| LockWaiter {
+                pid: match row[0] {
+                    Value::Integer(p) => p as u32,
+                    _ => 0,
+                },
+                waited_ms: match &row[1] {
+                    Value::Real(r) => *r,
+                    Value::Text(t) => t.parse().unwrap_or(0.0),
+                    _ => 0.0,
+                },
+                blocked_by: match &row[2] {
+                    Value::Text(t) => t.split(',').filter_map(|p| p.parse().ok()).collect(),
+                    _ => Vec::new(),
+                },
+                wait: match &row[3] {
+                    Value::Text(t) => t.clone(),
+                    _ => String::new(),
+                },
+                query: match &row[4] {
+                    Value::Text(t) => Some(t.clone()),
+                    _ => None,
+                },
+            })
+            .collect())
+    }
+
+    /// `ANALYZE` (the planner's statistics); PostgreSQL's autovacuum does
+    /// the rest.
+    pub(crate) fn optimize(&self) -> Result<OptimizeReport> {
+        let mut guard = self.writer.lock();
+        self.writer(&mut guard)?
+            .batch_execute("ANALYZE")
+            .map_err(error)?;
+        Ok(OptimizeReport {
+            checkpoint_busy: false,
+            wal_frames: 0,
+            checkpointed_frames: 0,
+            vacuumed_pages: 0,
+        })
+    }
+}
+
+/// `url` with any password replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => match authority[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end + 3],
+                &authority[..colon],
+                &rest[at..]
+            ),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgresql://h/db?x=1"), "postgresql://h/db?x=1");
+    }
+
+    #[test]
+    fn retryable_states() {
+        assert!(is_retryable("40001") && is_retryable("40P01") && is_retryable("55P03"));
+        assert!(!is_retryable("23505"));
+    }
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Runs a command with a throw-away PostgreSQL server: initdb into a fresh
+# temporary directory as an unprivileged user, listening only on a Unix
+# socket in that directory, stopped and removed afterwards (also on error or
+# Ctrl-C). The command sees HYBRID_PG_URL, a postgres:// URL of an empty
+# database, and HYBRID_PG_ADMIN_URL for the same server's `postgres`
+# database (to create more databases).
+#
+# Usage: scripts/postgres/with-postgres.sh COMMAND [ARG...]
+# Needs Debian's postgresql package (installed with apt-get when run as root,
+# otherwise it says what to install). As root the server runs as the
+# `postgres` user the package creates (PostgreSQL refuses to run as root).
+set -euo pipefail
+
+say() { echo "with-postgres: $*" >&2; }
+die() { say "$*"; exit 1; }
+[ $# -gt 0 ] || die "usage: $0 COMMAND [ARG...]"
+
+find_bin() {
+    local dir
+    for dir in /usr/lib/postgresql/*/bin; do
+        [ -x "$dir/pg_ctl" ] && { echo "$dir"; return 0; }
+    done
+    return 1
+}
+
+if ! BIN=$(find_bin); then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing Debian's postgresql (server binaries only are used)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq postgresql >/dev/null
+        BIN=$(find_bin) || die "postgresql installed but no pg_ctl under /usr/lib/postgresql/*/bin"
+    else
+        die "PostgreSQL server binaries not found; install them with: sudo apt-get install postgresql"
+    fi
+fi
+
+run_as=()
+owner=$(id -un)
+if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin postgres
+    run_as=(runuser -u postgres --)
+    owner=postgres
+fi
+
+DIR=$(mktemp -d /tmp/hybrid-pg.XXXXXX)
+chmod 755 "$DIR"
+chown "$owner" "$DIR"
+LOG="$DIR/server.log"
+cleanup() {
+    local status=$?
+    if [ -f "$DIR/data/postmaster.pid" ]; then
+        "${run_as[@]}" "$BIN/pg_ctl" -D "$DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    rm -rf "$DIR"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"${run_as[@]}" "$BIN/initdb" -D "$DIR/data" -U hybrid --auth=trust --no-instructions \
+    -E UTF8 --locale=C.UTF-8 >"$DIR/initdb.log" 2>&1 \
+    || { cat "$DIR/initdb.log" >&2; die "initdb failed"; }
+# No TCP at all: only the socket in $DIR, which only this run knows.
+"${run_as[@]}" "$BIN/pg_ctl" -D "$DIR/data" -l "$LOG" -w -t 60 start \
+    -o "-c listen_addresses='' -k $DIR -c max_connections=200" >/dev/null \
+    || { cat "$LOG" >&2; die "the server did not start"; }
+"${run_as[@]}" "$BIN/createdb" -h "$DIR" -U hybrid hybrid_test
+
+socket=$(printf '%s' "$DIR" | sed 's|/|%2F|g')
+export HYBRID_PG_URL="postgresql://hybrid@$socket/hybrid_test"
+export HYBRID_PG_ADMIN_URL="postgresql://hybrid@$socket/postgres"
+say "PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') on $DIR (HYBRID_PG_URL=$HYBRID_PG_URL)"
+"$@"
