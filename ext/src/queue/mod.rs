@@ -65,6 +65,12 @@ pub(crate) const MAX_HANDOFF_NS: u64 = 5_000_000;
 pub(crate) const YIELD_MAX: Duration = Duration::from_millis(2);
 /// Longest sleep of a waiter (the interval of its beat).
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(20);
+/// During someone else's tenure the head looks this often whether the
+/// holder has gone idle (released and not coming back): the release of a
+/// holder that meant to come back wakes nobody, and without this poll the
+/// head slept through such gaps while non-queued writers took the lock
+/// (`ext/tests/paced.rs`: paced writers in one process waited 300-500 ms).
+pub(crate) const TENURE_POLL: Duration = Duration::from_micros(500);
 /// A waiter whose beat has not moved for this long (observer's clock) is
 /// skipped: its process is alive but not running (stopped, swapped out).
 pub(crate) const STALE_NS: u64 = 100_000_000;
@@ -224,10 +230,8 @@ impl FileQueue {
         !idle
     }
 
-    /// How long until the running tenure ends by our observation. (An idle
-    /// holder hands its tenure over at release when its history says it
-    /// pauses; when that guess is wrong, the head waits out the tenure, at
-    /// most 5 ms, rather than every head polling for it and burning CPU.)
+    /// How long until the running tenure ends by our observation, at most
+    /// [`TENURE_POLL`] (to notice an idle holder early).
     fn until_tenure_end(&self, now: u64) -> Duration {
         let header = self.side.header();
         let claimed = header.tenure_ns.load(Ordering::Acquire).min(MAX_HANDOFF_NS);
@@ -235,7 +239,7 @@ impl FileQueue {
             .side
             .seen()
             .tenure_age(header.tenure_seq.load(Ordering::Acquire), now);
-        Duration::from_nanos(claimed.saturating_sub(age)).min(HEARTBEAT)
+        Duration::from_nanos(claimed.saturating_sub(age)).min(TENURE_POLL)
     }
 
     /// The serving order key of a slot.
