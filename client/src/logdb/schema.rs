@@ -40,8 +40,31 @@ pub(crate) fn create(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-pub(crate) const INSERT_ENTRY: &str = "INSERT INTO entries(ts, level, target, message, fields, module, file, line, thread) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+/// Bound parameters per entry, in `insert_entries`' column order.
+pub(crate) const ENTRY_PARAMS: usize = 9;
+
+/// Rows per multi-row insert: one statement execution per this many rows
+/// instead of one per row. Measured (`log_bench --throughput`, batches of
+/// 1,000): 1.6 µs of writer CPU per row one by one, 1.3 µs 50 at a time;
+/// 100 at a time was no better. 50 rows are 450 parameters, under SQLite's
+/// oldest limit of 999.
+pub(crate) const ROWS_PER_INSERT: usize = 50;
+
+/// An insert of `rows` entries, `ENTRY_PARAMS` parameters each (ts, level,
+/// target, message, fields, module, file, line, thread).
+pub(crate) fn insert_entries(rows: usize) -> String {
+    let one = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    let mut sql = String::from(
+        "INSERT INTO entries(ts, level, target, message, fields, module, file, line, thread) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(one);
+    }
+    sql
+}
 
 pub(crate) const UPSERT_STATS: &str = "INSERT INTO writer_stats(id, written, batches, dropped, failed, deleted, last_flush_at, pid) \
      VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO UPDATE SET written = excluded.written, \
