@@ -197,11 +197,12 @@ impl Database {
         let engine =
             crate::engine::postgres::PgEngine::open(&url, options.readers, &options.retry)?;
         let log = match &options.log {
-            Some(_) => {
-                return Err(Error::InvalidInput(
-                    "TODO(pg-log): the log database on PostgreSQL".into(),
-                ));
-            }
+            Some(log_options) => Some(LogDatabase::open_postgres(
+                engine.config(),
+                engine.display_url(),
+                log_options.clone(),
+                &options.retry,
+            )?),
             None => None,
         };
         let core = Core::new(

@@ -1,13 +1,17 @@
 //! Crash safety of the write buffer and the log database: a client process
 //! is killed with SIGKILL at a random moment while it enqueues, flushes and
-//! logs. Afterwards `PRAGMA integrity_check` is `ok` on both files and every
-//! acknowledged write and log line is there. Runs CRASH_RUNS times (default 12; `make soak` runs 200) with
-//! random kill points; the seed is printed for reproduction.
+//! logs. Afterwards every acknowledged write and log line is there, and on
+//! SQLite `PRAGMA integrity_check` is `ok` on both files. Runs CRASH_RUNS
+//! times (default 12; `make soak` runs 200) with random kill points; the
+//! seed is printed for reproduction. The same test runs on PostgreSQL (a
+//! fresh database per run) when `HYBRID_PG_URL` is set, as `make test`
+//! does.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rusqlite::types::Value;
 use sqlite_hybrid_tests::{env_parse, integrity_check};
 
 const KEYS: u64 = 5000;
@@ -31,6 +35,61 @@ fn last_number(lines: &[String], prefix: &str) -> Option<u64> {
 
 #[test]
 fn killed_mid_flush_keeps_every_acknowledged_write() {
+    crash_runs(Engine::Sqlite);
+}
+
+#[test]
+fn killed_mid_flush_on_postgres_keeps_every_acknowledged_write() {
+    if std::env::var("HYBRID_PG_URL").is_err() {
+        eprintln!("skipped: HYBRID_PG_URL is not set (make test starts a server)");
+        return;
+    }
+    crash_runs(Engine::Postgres);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh PostgreSQL database for one run, dropped afterwards.
+struct PgDatabase {
+    url: String,
+    name: String,
+    admin: String,
+}
+
+impl PgDatabase {
+    fn create(run: u32) -> PgDatabase {
+        let url = std::env::var("HYBRID_PG_URL").unwrap();
+        let admin = std::env::var("HYBRID_PG_ADMIN_URL").unwrap();
+        let name = format!("crash_{}_{run}", std::process::id());
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let base = url.rsplit_once('/').unwrap().0;
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+            admin,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = client.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+fn crash_runs(engine: Engine) {
     let runs: u32 = env_parse("CRASH_RUNS").unwrap_or(12);
     let mut seed = env_parse("CRASH_SEED").unwrap_or_else(|| {
         SystemTime::now()
@@ -38,11 +97,20 @@ fn killed_mid_flush_keeps_every_acknowledged_write() {
             .unwrap()
             .as_nanos() as u64
     });
-    eprintln!("crash test: {runs} runs, CRASH_SEED={seed}");
+    let name = if engine == Engine::Postgres {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    eprintln!("crash test ({name}): {runs} runs, CRASH_SEED={seed}");
     let (mut total_acks, mut total_tickets, mut total_log_acks) = (0u64, 0u64, 0u64);
     for run in 0..runs {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("crash.db");
+        let pg = (engine == Engine::Postgres).then(|| PgDatabase::create(run));
+        let db = match &pg {
+            Some(pg) => std::path::PathBuf::from(&pg.url),
+            None => dir.path().join("crash.db"),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_buffer_child"))
             .arg(&db)
             .stdout(Stdio::piped())
@@ -68,20 +136,26 @@ fn killed_mid_flush_keeps_every_acknowledged_write() {
             "run {run}: child did not start"
         );
 
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        assert_eq!(
-            integrity_check(&conn),
-            "ok",
-            "run {run} (seed {seed}): file damaged after SIGKILL"
-        );
         let mut values = vec![-1i64; KEYS as usize];
-        let mut stmt = conn.prepare("SELECT id, value FROM items").unwrap();
-        for row in stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-            .unwrap()
-        {
-            let (id, value) = row.unwrap();
-            values[id as usize] = value;
+        // Read back through the client itself: the same SQL on both engines.
+        // With the log database, so its entries are readable as `log.*`.
+        let reader = sqlite_hybrid::Database::builder(&db)
+            .log_database(sqlite_hybrid::LogOptions::default())
+            .open()
+            .unwrap();
+        if engine == Engine::Sqlite {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            assert_eq!(
+                integrity_check(&conn),
+                "ok",
+                "run {run} (seed {seed}): file damaged after SIGKILL"
+            );
+        }
+        for row in reader.query("SELECT id, value FROM items", &[]).unwrap() {
+            match (&row[0], &row[1]) {
+                (Value::Integer(id), Value::Integer(value)) => values[*id as usize] = *value,
+                other => panic!("{other:?}"),
+            }
         }
         // ACK <seq>: for every id, the value is at least the last write to it up to seq.
         if let Some(acked) = last_number(&lines, "ACK ") {
@@ -105,28 +179,32 @@ fn killed_mid_flush_keeps_every_acknowledged_write() {
                 values[id as usize]
             );
         }
-        // The log file: intact, and every acknowledged log line present.
-        let logs = rusqlite::Connection::open(dir.path().join("crash-logs.db")).unwrap();
-        assert_eq!(
-            integrity_check(&logs),
-            "ok",
-            "run {run} (seed {seed}): log file damaged after SIGKILL"
-        );
+        // The log: intact, and every acknowledged log line present.
+        if engine == Engine::Sqlite {
+            let logs = rusqlite::Connection::open(dir.path().join("crash-logs.db")).unwrap();
+            assert_eq!(
+                integrity_check(&logs),
+                "ok",
+                "run {run} (seed {seed}): log file damaged after SIGKILL"
+            );
+        }
         if let Some(acked) = last_number(&lines, "LOGACK ") {
             total_log_acks += 1;
             let expected = acked / 50 + 1;
-            let present: u64 = logs
-                .query_row(
-                    "SELECT count(DISTINCT message) FROM entries WHERE CAST(substr(message, 4) AS INTEGER) <= ?1",
-                    [acked as i64],
-                    |r| r.get(0),
+            let present = reader
+                .query(
+                    "SELECT count(DISTINCT message) FROM log.entries \
+                     WHERE CAST(substr(message, 4) AS INTEGER) <= ?1",
+                    &[&(acked as i64)],
                 )
                 .unwrap();
             assert_eq!(
-                present, expected,
+                present,
+                vec![vec![Value::Integer(expected as i64)]],
                 "run {run} (seed {seed}): acknowledged log lines missing (LOGACK {acked})"
             );
         }
+        drop(reader);
         let _ = start;
     }
     eprintln!(

@@ -48,6 +48,8 @@
 
 mod layer;
 mod logger;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod schema;
 mod writer;
 
@@ -384,13 +386,17 @@ pub struct LogStats {
     pub queue_depth: usize,
     /// When the last batch committed (ISO-8601 UTC).
     pub last_flush_at: Option<String>,
-    /// Size of the log file plus its WAL.
+    /// Size of the log file plus its WAL (on PostgreSQL: of the log
+    /// tables and their indexes).
     pub file_bytes: u64,
 }
 
 /// The log database: owns the writer thread. See the module docs.
 pub struct LogDatabase {
     path: PathBuf,
+    /// The server, when the log is on PostgreSQL (for `stats`' size).
+    #[cfg(feature = "postgres")]
+    server: Option<::postgres::Config>,
     sink: LogSink,
     records_rx: Receiver<LogRecord>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -433,6 +439,36 @@ impl LogDatabase {
         options.validate()?;
         let path = path.as_ref().to_path_buf();
         let conn = writer::open_connection(&path, retry)?;
+        LogDatabase::start(
+            path,
+            writer::Store::Sqlite(writer::SqliteStore::new(conn)),
+            options,
+        )
+    }
+
+    /// The log database of a PostgreSQL application database: the `log`
+    /// schema there (`log.entries`, `log.writer_stats`), written by the same
+    /// writer thread on a session of its own.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn open_postgres(
+        config: &::postgres::Config,
+        display: &str,
+        options: LogOptions,
+        retry: &crate::RetryPolicy,
+    ) -> Result<LogDatabase> {
+        options.validate()?;
+        let store = postgres::PgStore::open(config, retry)?;
+        let mut log = LogDatabase::start(
+            PathBuf::from(format!("{display} (schema log)")),
+            writer::Store::Postgres(store),
+            options,
+        )?;
+        log.server = Some(config.clone());
+        Ok(log)
+    }
+
+    /// Starts the writer thread on `store`.
+    fn start(path: PathBuf, store: writer::Store, options: LogOptions) -> Result<LogDatabase> {
         let (records_tx, records_rx) = bounded(options.channel_capacity);
         let (control_tx, control_rx) = unbounded();
         let counters = Arc::new(Counters::default());
@@ -442,7 +478,7 @@ impl LogDatabase {
             counters: Arc::clone(&counters),
         };
         let thread = writer::Writer::new(
-            conn,
+            store,
             records_rx.clone(),
             control_rx,
             counters,
@@ -454,6 +490,8 @@ impl LogDatabase {
             .map_err(Error::Spawn)?;
         Ok(LogDatabase {
             path,
+            #[cfg(feature = "postgres")]
+            server: None,
             sink,
             records_rx,
             writer: Mutex::new(Some(handle)),
@@ -461,7 +499,8 @@ impl LogDatabase {
         })
     }
 
-    /// The log file.
+    /// The log file (on PostgreSQL: the server's URL, without password,
+    /// and the schema).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -518,6 +557,13 @@ impl LogDatabase {
         let last = c.last_flush_unix_ms.load(Ordering::Relaxed);
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        #[cfg(feature = "postgres")]
+        let file_bytes = match &self.server {
+            Some(config) => postgres::PgStore::size(config),
+            None => size(&self.path) + size(&wal),
+        };
+        #[cfg(not(feature = "postgres"))]
+        let file_bytes = size(&self.path) + size(&wal);
         LogStats {
             written: c.written.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
@@ -526,7 +572,7 @@ impl LogDatabase {
             deleted: c.deleted.load(Ordering::Relaxed),
             queue_depth: self.records_rx.len(),
             last_flush_at: (last > 0).then(|| iso8601_utc(last)),
-            file_bytes: size(&self.path) + size(&wal),
+            file_bytes,
         }
     }
 

@@ -69,8 +69,73 @@ pub(crate) fn open_connection(path: &Path, retry: &crate::RetryPolicy) -> Result
     Ok(conn)
 }
 
-pub(crate) struct Writer {
+/// Where the writer puts records: the log file, or (feature `postgres`)
+/// the `log` schema of a PostgreSQL database. The writer's batching,
+/// retries and counters are the same for both. (One per log database,
+/// never moved after start: the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Store {
+    Sqlite(SqliteStore),
+    #[cfg(feature = "postgres")]
+    Postgres(super::postgres::PgStore),
+}
+
+impl Store {
+    /// Writes `batch` and the stats row in one transaction.
+    fn write(
+        &mut self,
+        batch: &[LogRecord],
+        counters: &Counters,
+    ) -> std::result::Result<(), String> {
+        match self {
+            Store::Sqlite(store) => store.write(batch, counters).map_err(|e| e.to_string()),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(store) => store.write(batch, counters),
+        }
+    }
+
+    /// Deletes up to `chunk` entries older than `cutoff_ms` (unix ms).
+    fn delete_older_than(&mut self, cutoff_ms: u64, chunk: usize) -> Result<usize> {
+        match self {
+            Store::Sqlite(store) => {
+                schema::delete_older_than(&store.conn, &super::iso8601_utc(cutoff_ms), chunk)
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(store) => store.delete_older_than(cutoff_ms, chunk),
+        }
+    }
+
+    /// Deletes up to `chunk` of the oldest entries beyond the newest `keep`.
+    fn delete_beyond(&mut self, keep: u64, chunk: usize) -> Result<usize> {
+        match self {
+            Store::Sqlite(store) => schema::delete_beyond(&store.conn, keep, chunk),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(store) => store.delete_beyond(keep, chunk),
+        }
+    }
+}
+
+/// The log file's connection and its two insert statements' text.
+pub(crate) struct SqliteStore {
     conn: Connection,
+    /// The multi-row insert (`schema::ROWS_PER_INSERT` rows) and the
+    /// one-row insert for the rest of a batch.
+    insert_rows_sql: String,
+    insert_one_sql: String,
+}
+
+impl SqliteStore {
+    pub(crate) fn new(conn: Connection) -> SqliteStore {
+        SqliteStore {
+            conn,
+            insert_rows_sql: schema::insert_entries(schema::ROWS_PER_INSERT),
+            insert_one_sql: schema::insert_entries(1),
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    store: Store,
     records: Receiver<LogRecord>,
     control: Receiver<Control>,
     counters: Arc<Counters>,
@@ -78,33 +143,27 @@ pub(crate) struct Writer {
     /// Records per transaction at most: `max_batch_size`, never below
     /// `batch_size`.
     max_batch: usize,
-    /// The multi-row insert (`schema::ROWS_PER_INSERT` rows) and the
-    /// one-row insert for the rest of a batch.
-    insert_rows_sql: String,
-    insert_one_sql: String,
 }
 
 impl Writer {
     pub(crate) fn new(
-        conn: Connection,
+        store: Store,
         records: Receiver<LogRecord>,
         control: Receiver<Control>,
         counters: Arc<Counters>,
         options: LogOptions,
     ) -> Writer {
         Writer {
-            conn,
+            store,
             records,
             control,
             counters,
             max_batch: options.max_batch(),
             options,
-            insert_rows_sql: schema::insert_entries(schema::ROWS_PER_INSERT),
-            insert_one_sql: schema::insert_entries(1),
         }
     }
 
-    pub(crate) fn run(self) {
+    pub(crate) fn run(mut self) {
         lower_cpu_priority();
         // Grows to the largest batch once and is reused (`max_batch_size`
         // may be set far above what a queue ever holds).
@@ -180,7 +239,7 @@ impl Writer {
     }
 
     /// Writes the current batch and everything queued, in batches.
-    fn drain(&self, batch: &mut Vec<LogRecord>) -> std::result::Result<(), String> {
+    fn drain(&mut self, batch: &mut Vec<LogRecord>) -> std::result::Result<(), String> {
         loop {
             self.fill(batch);
             if batch.is_empty() {
@@ -195,13 +254,13 @@ impl Writer {
     }
 
     /// Writes `batch` in one transaction (retrying), then empties it.
-    fn write(&self, batch: &mut Vec<LogRecord>) {
+    fn write(&mut self, batch: &mut Vec<LogRecord>) {
         if batch.is_empty() {
             return;
         }
         let mut pause = Duration::from_millis(20);
         for attempt in 1..=BATCH_ATTEMPTS {
-            match self.try_write(batch) {
+            match self.store.write(batch, &self.counters) {
                 Ok(()) => {
                     batch.clear();
                     return;
@@ -223,7 +282,41 @@ impl Writer {
         }
     }
 
-    fn try_write(&self, batch: &[LogRecord]) -> rusqlite::Result<()> {
+    /// Deletes old entries (and those beyond `max_rows`) in short chunks.
+    fn retention(&mut self) -> Result<u64> {
+        let mut deleted = 0u64;
+        if let Some(retention) = self.options.retention {
+            let cutoff_ms = super::now_unix_ms().saturating_sub(retention.as_millis() as u64);
+            loop {
+                let n = self
+                    .store
+                    .delete_older_than(cutoff_ms, self.options.retention_chunk)?;
+                deleted += n as u64;
+                if n < self.options.retention_chunk {
+                    break;
+                }
+                std::thread::sleep(RETENTION_PAUSE);
+            }
+        }
+        if let Some(max_rows) = self.options.max_rows {
+            loop {
+                let n = self
+                    .store
+                    .delete_beyond(max_rows, self.options.retention_chunk)?;
+                deleted += n as u64;
+                if n < self.options.retention_chunk {
+                    break;
+                }
+                std::thread::sleep(RETENTION_PAUSE);
+            }
+        }
+        self.counters.deleted.fetch_add(deleted, Ordering::Relaxed);
+        Ok(deleted)
+    }
+}
+
+impl SqliteStore {
+    fn write(&self, batch: &[LogRecord], c: &Counters) -> rusqlite::Result<()> {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         {
             // Full chunks through the multi-row statement, the rest one by
@@ -249,7 +342,6 @@ impl Writer {
             }
         }
         let now = super::now_unix_ms();
-        let c = &self.counters;
         tx.prepare_cached(schema::UPSERT_STATS)?
             .execute(rusqlite::params![
                 (c.written.load(Ordering::Relaxed) + batch.len() as u64) as i64,
@@ -265,36 +357,6 @@ impl Writer {
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.last_flush_unix_ms.store(now, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// Deletes old entries (and those beyond `max_rows`) in short chunks.
-    fn retention(&self) -> Result<u64> {
-        let mut deleted = 0u64;
-        if let Some(retention) = self.options.retention {
-            let cutoff_ms = super::now_unix_ms().saturating_sub(retention.as_millis() as u64);
-            let cutoff = super::iso8601_utc(cutoff_ms);
-            loop {
-                let n =
-                    schema::delete_older_than(&self.conn, &cutoff, self.options.retention_chunk)?;
-                deleted += n as u64;
-                if n < self.options.retention_chunk {
-                    break;
-                }
-                std::thread::sleep(RETENTION_PAUSE);
-            }
-        }
-        if let Some(max_rows) = self.options.max_rows {
-            loop {
-                let n = schema::delete_beyond(&self.conn, max_rows, self.options.retention_chunk)?;
-                deleted += n as u64;
-                if n < self.options.retention_chunk {
-                    break;
-                }
-                std::thread::sleep(RETENTION_PAUSE);
-            }
-        }
-        self.counters.deleted.fetch_add(deleted, Ordering::Relaxed);
-        Ok(deleted)
     }
 }
 

@@ -11,7 +11,7 @@
 //! * `LOGACK <seq>`: the log database's `flush()` returned Ok after the
 //!   log lines of every operation up to `seq` were sent.
 //!
-//! Usage: buffer_child DB
+//! Usage: buffer_child DB (a SQLite path or a postgres:// URL)
 
 use std::io::Write;
 use std::time::Duration;
@@ -35,10 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .open()?;
     let logs = db.log().ok_or("no log database")?.sink();
-    db.write(|tx| {
-        Ok(tx.execute_batch(
+    db.transact(|tx| {
+        tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, value INTEGER NOT NULL)",
-        )?)
+        )
     })?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "READY")?;

@@ -1,0 +1,222 @@
+//! The log database on PostgreSQL: the same records, batched by the same
+//! writer thread, in the `log` schema of the application's database
+//! (`log.entries`, `log.writer_stats`), so `SELECT ... FROM log.entries`
+//! reads the same on both engines. `ts` is a `timestamptz`, `fields` a
+//! `jsonb`; the indexes are those of the log file.
+//!
+//! The writer has a session of its own (the application's sessions never
+//! wait behind a log batch), reopened after a lost connection.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use postgres::types::ToSql;
+use postgres::{Client, Config, NoTls};
+use rusqlite::types::Value;
+
+use super::{Counters, LogRecord, Timestamps};
+use crate::engine::postgres::error;
+use crate::engine::postgres::values::TextParam;
+use crate::error::Result;
+
+const SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS log;
+    CREATE TABLE IF NOT EXISTS log.entries(
+        id BIGSERIAL PRIMARY KEY,
+        ts TIMESTAMPTZ NOT NULL,
+        level TEXT NOT NULL,
+        target TEXT NOT NULL,
+        message TEXT NOT NULL,
+        fields JSONB,
+        module TEXT,
+        file TEXT,
+        line INTEGER,
+        thread TEXT
+    );
+    CREATE INDEX IF NOT EXISTS entries_ts ON log.entries(ts);
+    CREATE INDEX IF NOT EXISTS entries_level_ts ON log.entries(level, ts);
+    CREATE TABLE IF NOT EXISTS log.writer_stats(
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        written BIGINT NOT NULL,
+        batches BIGINT NOT NULL,
+        dropped BIGINT NOT NULL,
+        failed BIGINT NOT NULL,
+        deleted BIGINT NOT NULL,
+        last_flush_at TIMESTAMPTZ,
+        pid INTEGER NOT NULL
+    );";
+
+/// Columns per entry, in insert order.
+const ENTRY_PARAMS: usize = 9;
+/// Rows per insert statement (9 parameters each, far under the limit).
+const ROWS_PER_INSERT: usize = 200;
+
+/// The writer's session on the server.
+pub(crate) struct PgStore {
+    config: Config,
+    client: Option<Client>,
+}
+
+impl PgStore {
+    /// Connects and creates the schema if missing (two processes doing it
+    /// at once may collide on the catalog: retried under `retry`).
+    pub(crate) fn open(config: &Config, retry: &crate::RetryPolicy) -> Result<PgStore> {
+        let mut store = PgStore {
+            config: config.clone(),
+            client: None,
+        };
+        crate::retry::retry_lock_errors(retry, || {
+            let client = store.client()?;
+            client.batch_execute(SCHEMA).map_err(error).or_else(|e| {
+                // Concurrent CREATE ... IF NOT EXISTS can still fail with a
+                // unique violation on the catalog; the objects exist then.
+                if e.sqlstate() == Some("23505") {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        })?;
+        Ok(store)
+    }
+
+    fn client(&mut self) -> Result<&mut Client> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = Some(self.config.connect(NoTls).map_err(error)?);
+        }
+        Ok(self.client.as_mut().expect("just set"))
+    }
+
+    /// Writes `batch` and the stats row in one transaction.
+    pub(crate) fn write(
+        &mut self,
+        batch: &[LogRecord],
+        c: &Counters,
+    ) -> std::result::Result<(), String> {
+        self.try_write(batch, c).map_err(|e| e.to_string())
+    }
+
+    fn try_write(&mut self, batch: &[LogRecord], c: &Counters) -> Result<()> {
+        let mut ts = Timestamps::default();
+        let now = super::now_unix_ms();
+        let client = self.client()?;
+        let mut tx = client.transaction().map_err(error)?;
+        for chunk in batch.chunks(ROWS_PER_INSERT) {
+            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * ENTRY_PARAMS);
+            for r in chunk {
+                values.push(Value::Text(ts.format(r.ts_unix_ms).to_string()));
+                values.push(Value::Text(r.level.as_str().to_string()));
+                values.push(Value::Text(r.target.clone()));
+                values.push(Value::Text(r.message.clone()));
+                values.push(
+                    r.fields
+                        .as_ref()
+                        .and_then(|f| serde_json::to_string(f).ok())
+                        .map_or(Value::Null, Value::Text),
+                );
+                values.push(r.module.clone().map_or(Value::Null, Value::Text));
+                values.push(r.file.clone().map_or(Value::Null, Value::Text));
+                values.push(r.line.map_or(Value::Null, |l| Value::Integer(i64::from(l))));
+                values.push(Value::Text(r.thread.clone()));
+            }
+            let bound: Vec<TextParam<'_>> = values.iter().map(TextParam).collect();
+            let params: Vec<&(dyn ToSql + Sync)> =
+                bound.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            tx.execute(insert_sql(chunk.len()).as_str(), &params)
+                .map_err(error)?;
+        }
+        let stats = [
+            Value::Integer((c.written.load(Ordering::Relaxed) + batch.len() as u64) as i64),
+            Value::Integer((c.batches.load(Ordering::Relaxed) + 1) as i64),
+            Value::Integer(c.dropped.load(Ordering::Relaxed) as i64),
+            Value::Integer(c.failed.load(Ordering::Relaxed) as i64),
+            Value::Integer(c.deleted.load(Ordering::Relaxed) as i64),
+            Value::Text(super::iso8601_utc(now)),
+            Value::Integer(i64::from(std::process::id())),
+        ];
+        let bound: Vec<TextParam<'_>> = stats.iter().map(TextParam).collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            bound.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        tx.execute(
+            "INSERT INTO log.writer_stats(id, written, batches, dropped, failed, deleted, \
+             last_flush_at, pid) VALUES (1, $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE \
+             SET written = EXCLUDED.written, batches = EXCLUDED.batches, dropped = EXCLUDED.dropped, \
+             failed = EXCLUDED.failed, deleted = EXCLUDED.deleted, \
+             last_flush_at = EXCLUDED.last_flush_at, pid = EXCLUDED.pid",
+            &params,
+        )
+        .map_err(error)?;
+        tx.commit().map_err(error)?;
+        c.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.last_flush_unix_ms.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Deletes up to `chunk` entries older than `cutoff_ms`.
+    pub(crate) fn delete_older_than(&mut self, cutoff_ms: u64, chunk: usize) -> Result<usize> {
+        let cutoff = super::iso8601_utc(cutoff_ms);
+        let client = self.client()?;
+        let n = client
+            .execute(
+                "DELETE FROM log.entries WHERE id IN (SELECT id FROM log.entries \
+                 WHERE ts < $1::text::timestamptz ORDER BY ts LIMIT $2::text::bigint)",
+                &[&cutoff, &(chunk as i64).to_string()],
+            )
+            .map_err(error)?;
+        Ok(n as usize)
+    }
+
+    /// Deletes up to `chunk` of the oldest entries beyond the newest `keep`.
+    pub(crate) fn delete_beyond(&mut self, keep: u64, chunk: usize) -> Result<usize> {
+        let client = self.client()?;
+        let count: i64 = client
+            .query_one("SELECT count(*) FROM log.entries", &[])
+            .map_err(error)?
+            .get(0);
+        let excess = (count as u64).saturating_sub(keep).min(chunk as u64);
+        if excess == 0 {
+            return Ok(0);
+        }
+        let n = client
+            .execute(
+                "DELETE FROM log.entries WHERE id IN (SELECT id FROM log.entries ORDER BY id \
+                 LIMIT $1::text::bigint)",
+                &[&excess.to_string()],
+            )
+            .map_err(error)?;
+        Ok(n as usize)
+    }
+
+    /// Bytes the log tables and their indexes take on the server.
+    pub(crate) fn size(config: &Config) -> u64 {
+        let Ok(mut client) = config.connect(NoTls) else {
+            return 0;
+        };
+        client
+            .query_one(
+                "SELECT (coalesce(pg_total_relation_size(to_regclass('log.entries')), 0) \
+                 + coalesce(pg_total_relation_size(to_regclass('log.writer_stats')), 0))::bigint",
+                &[],
+            )
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// An insert of `rows` entries, parameters `$1...` in column order.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO log.entries(ts, level, target, message, fields, module, file, line, thread) VALUES ",
+    );
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..ENTRY_PARAMS {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", row * ENTRY_PARAMS + column + 1);
+        }
+        sql.push(')');
+    }
+    sql
+}
