@@ -74,7 +74,10 @@ fn an_app_on_rusqlite_0_43_beside_the_client_builds_and_runs() {
         .arg(&db)
         // Its own target dir, kept between runs (later runs are quick), so
         // this build's features never touch the workspace's artifacts.
-        .env("CARGO_TARGET_DIR", root.join("target").join("beside-rusqlite"))
+        .env(
+            "CARGO_TARGET_DIR",
+            root.join("target").join("beside-rusqlite"),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
