@@ -73,6 +73,8 @@ bench: check-tools ext
 	scripts/postgres/with-postgres.sh $(CARGO) run --release -q -p sqlite-hybrid --features postgres --example buffer_bench -- --engine postgres
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --writer-rate 0
+	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --overload
+	scripts/postgres/with-postgres.sh $(CARGO) run --release -q -p sqlite-hybrid --features postgres --example log_bench -- --engine postgres
 
 # Environment overrides: SOAK_SECONDS, CRASH_RUNS, PROPTEST_CASES.
 soak: check-tools ext

@@ -37,6 +37,11 @@
 //! run reports how many cores' worth of CPU other processes used meanwhile:
 //! on a shared machine, the first thing to check in an outlier.
 //!
+//! `--engine postgres` (feature `postgres`; the server in `HYBRID_PG_URL`,
+//! as `scripts/postgres/with-postgres.sh` sets it): the app writers and the
+//! log database on PostgreSQL (the log in the `log` schema of the same
+//! database, written on its own session); modes `off` and `log database`.
+//!
 //! Usage: cargo run --release -p sqlite-hybrid --example log_bench
 //! [-- --seconds 5 --runs 3 --lines 100000 --writer-rate 1000 --no-main-file | --overload | --throughput]
 //! `LOG_BATCH` / `LOG_MAX_BATCH` override `batch_size` / `max_batch_size`.
@@ -158,30 +163,66 @@ fn produce(logger: &DbLogger, target: &str, rate: f64, seconds: f64) -> u64 {
     sent
 }
 
+/// `--engine postgres`: the server's URL.
+static POSTGRES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn run(dir: &std::path::Path, round: usize, mode: Mode, load: Load) -> Outcome {
-    let run_dir = dir.join(format!("{}-{round}", mode.name().replace(' ', "-")));
-    std::fs::create_dir_all(&run_dir).expect("run dir");
-    let main = run_dir.join("app.db");
-    if std::env::var_os("BENCH_NO_SIDEFILE").is_some() {
-        // Diagnostic: a directory where the side file goes forces backoff mode.
-        let _ = std::fs::create_dir(format!("{}-hybrid", main.display()));
+    match POSTGRES.get() {
+        Some(url) => run_on_postgres(url, mode, load),
+        None => run_on_sqlite(dir, round, mode, load),
     }
-    let setup = Database::open(&main).expect("open");
+}
+
+/// One run on PostgreSQL: a fresh `orders` table and `log` schema; the
+/// writers and the producer as on SQLite.
+fn run_on_postgres(url: &str, mode: Mode, load: Load) -> Outcome {
+    let setup = Database::open(url).expect("open");
     setup
-        .write(|tx| {
-            Ok(tx.execute_batch(
-                "CREATE TABLE orders(id INTEGER PRIMARY KEY, writer INT, amount INT)",
-            )?)
+        .transact(|tx| {
+            tx.execute_batch(
+                "DROP TABLE IF EXISTS orders; DROP SCHEMA IF EXISTS log CASCADE; \
+                 CREATE TABLE orders(id BIGSERIAL PRIMARY KEY, writer INT, amount BIGINT)",
+            )
         })
         .expect("schema");
-    let log_path = match mode {
-        Mode::Off => None,
-        Mode::LogDatabase => Some(run_dir.join("app-logs.db")),
-        Mode::MainFile => Some(main.clone()),
-    };
-    let logs = log_path
-        .as_ref()
-        .map(|path| LogDatabase::open(path, log_options()).expect("log database"));
+    let log_owner = (mode == Mode::LogDatabase).then(|| {
+        Database::builder(url)
+            .readers(1)
+            .log_database(log_options())
+            .open()
+            .expect("log database")
+    });
+    let logs = log_owner.as_ref().and_then(Database::log);
+    let mut out = drive(
+        &|| Database::builder(url).readers(0).open().expect("writer"),
+        logs,
+        load,
+    );
+    if let (Some(owner), Some(logs)) = (&log_owner, logs) {
+        logs.flush(Duration::from_secs(120)).expect("final flush");
+        let stats = logs.stats();
+        (out.written, out.dropped, out.failed, out.batches) =
+            (stats.written, stats.dropped, stats.failed, stats.batches);
+        let count = |sql: &str| -> u64 {
+            match &owner.query(sql, &[]).expect("count")[0][0] {
+                sqlite_hybrid::rusqlite::types::Value::Integer(n) => *n as u64,
+                other => panic!("count: {other:?}"),
+            }
+        };
+        out.rows = count("SELECT count(*) FROM log.entries");
+        if let Some(after) = &mut out.after {
+            after.kept = count("SELECT count(*) FROM log.entries WHERE target = 'after'");
+        }
+    }
+    out
+}
+
+/// The app writers and (with `logs`) the producer, for one run.
+fn drive(
+    open_writer: &(dyn Fn() -> Database + Sync),
+    logs: Option<&LogDatabase>,
+    load: Load,
+) -> Outcome {
     let running = AtomicBool::new(true);
     let committed = AtomicU64::new(0);
     let mut out = Outcome::default();
@@ -190,12 +231,12 @@ fn run(dir: &std::path::Path, round: usize, mode: Mode, load: Load) -> Outcome {
     let latencies: Vec<f64> = std::thread::scope(|s| {
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let db = Database::builder(&main).readers(0).open().expect("writer");
+                let db = open_writer();
                 let (running, committed) = (&running, &committed);
                 s.spawn(move || app_writer(&db, w, load.writer_rate, running, committed))
             })
             .collect();
-        match &logs {
+        match logs {
             None => std::thread::sleep(Duration::from_secs_f64(load.seconds)),
             Some(logs) => {
                 let logger = logs.logger();
@@ -216,6 +257,42 @@ fn run(dir: &std::path::Path, round: usize, mode: Mode, load: Load) -> Outcome {
     });
     let elapsed = began.elapsed().as_secs_f64();
     out.others = CpuTicks::now().others_since(&cpu_before);
+    let mut latencies = latencies;
+    latencies.sort_by(f64::total_cmp);
+    out.tx_per_s = committed.load(Ordering::Relaxed) as f64 / elapsed;
+    out.p50_ms = percentile(&latencies, 0.50);
+    out.p99_ms = percentile(&latencies, 0.99);
+    out.max_ms = latencies.last().copied().unwrap_or(0.0);
+    out
+}
+
+fn run_on_sqlite(dir: &std::path::Path, round: usize, mode: Mode, load: Load) -> Outcome {
+    let run_dir = dir.join(format!("{}-{round}", mode.name().replace(' ', "-")));
+    std::fs::create_dir_all(&run_dir).expect("run dir");
+    let main = run_dir.join("app.db");
+    if std::env::var_os("BENCH_NO_SIDEFILE").is_some() {
+        // Diagnostic: a directory where the side file goes forces backoff mode.
+        let _ = std::fs::create_dir(format!("{}-hybrid", main.display()));
+    }
+    let setup = Database::open(&main).expect("open");
+    setup
+        .transact(|tx| {
+            tx.execute_batch("CREATE TABLE orders(id INTEGER PRIMARY KEY, writer INT, amount INT)")
+        })
+        .expect("schema");
+    let log_path = match mode {
+        Mode::Off => None,
+        Mode::LogDatabase => Some(run_dir.join("app-logs.db")),
+        Mode::MainFile => Some(main.clone()),
+    };
+    let logs = log_path
+        .as_ref()
+        .map(|path| LogDatabase::open(path, log_options()).expect("log database"));
+    let mut out = drive(
+        &|| Database::builder(&main).readers(0).open().expect("writer"),
+        logs.as_ref(),
+        load,
+    );
     if let (Some(logs), Some(path)) = (&logs, &log_path) {
         logs.flush(Duration::from_secs(120)).expect("final flush");
         let stats = logs.stats();
@@ -231,12 +308,6 @@ fn run(dir: &std::path::Path, round: usize, mode: Mode, load: Load) -> Outcome {
             after.kept = count("SELECT count(*) FROM entries WHERE target = 'after'");
         }
     }
-    let mut latencies = latencies;
-    latencies.sort_by(f64::total_cmp);
-    out.tx_per_s = committed.load(Ordering::Relaxed) as f64 / elapsed;
-    out.p50_ms = percentile(&latencies, 0.50);
-    out.p99_ms = percentile(&latencies, 0.99);
-    out.max_ms = latencies.last().copied().unwrap_or(0.0);
     out
 }
 
@@ -290,11 +361,12 @@ fn app_writer(
             }
         }
         let start = Instant::now();
-        db.write(|tx| {
-            Ok(tx.execute(
+        // `transact`: the same call on both engines.
+        db.transact(|tx| {
+            tx.execute(
                 "INSERT INTO orders(writer, amount) VALUES (?1, ?2)",
-                (w as i64, i),
-            )?)
+                sqlite_hybrid::rusqlite::params![w as i64, i],
+            )
         })
         .expect("app write");
         latencies.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -408,6 +480,18 @@ fn main() {
         after_rate: None,
     };
     let runs = flag("--runs", 3.0).max(1.0) as usize;
+    let on_postgres = args
+        .windows(2)
+        .any(|w| w[0] == "--engine" && w[1] == "postgres");
+    if on_postgres {
+        if !cfg!(feature = "postgres") {
+            eprintln!("--engine postgres needs --features postgres");
+            std::process::exit(2);
+        }
+        let url = std::env::var("HYBRID_PG_URL")
+            .expect("HYBRID_PG_URL (run under scripts/postgres/with-postgres.sh)");
+        let _ = POSTGRES.set(url);
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let options = log_options();
     println!("# machine: {}", machine());
@@ -429,7 +513,8 @@ fn main() {
     } else if args.iter().any(|a| a == "--overload") {
         overload(dir.path(), load);
     } else {
-        let main_file = !args.iter().any(|a| a == "--no-main-file");
+        // On PostgreSQL the log is always in the application's database.
+        let main_file = !on_postgres && !args.iter().any(|a| a == "--no-main-file");
         modes(dir.path(), load, runs, main_file);
     }
 }

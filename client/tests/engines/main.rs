@@ -590,7 +590,22 @@ fn the_log_database_keeps_every_flushed_line(kind: Kind) {
         record.fields = Some(fields);
         assert!(sink.send(record), "line {i} dropped");
     }
+    let awkward = "tab\there\nnew line, back\\slash, quote ' and \"json\"";
+    assert!(sink.send(LogRecord::new(LogLevel::Warn, "awkward", awkward)));
     log.flush(Duration::from_secs(30)).unwrap();
+    let stored =
+        f.db.query(
+            "SELECT message, level FROM log.entries WHERE target = 'awkward'",
+            params![],
+        )
+        .unwrap();
+    assert_eq!(
+        stored,
+        vec![vec![
+            Value::Text(awkward.into()),
+            Value::Text("WARN".into())
+        ]]
+    );
     // Read through the application's own readers: the same SQL on both
     // engines (SQLite attaches the log file as `log`; PostgreSQL has the
     // `log` schema).
@@ -617,9 +632,9 @@ fn the_log_database_keeps_every_flushed_line(kind: Kind) {
     let written =
         f.db.query("SELECT written FROM log.writer_stats", params![])
             .unwrap();
-    assert_eq!(written, vec![vec![Value::Integer(1234)]]);
+    assert_eq!(written, vec![vec![Value::Integer(1235)]]);
     let stats = log.stats();
-    assert_eq!((stats.written, stats.dropped, stats.failed), (1234, 0, 0));
+    assert_eq!((stats.written, stats.dropped, stats.failed), (1235, 0, 0));
     assert!(stats.file_bytes > 0, "{stats:?}");
     // Retention deletes by age: nothing is older than a week yet.
     assert_eq!(log.run_retention(Duration::from_secs(30)).unwrap(), 0);
