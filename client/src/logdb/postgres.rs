@@ -218,7 +218,7 @@ fn copy_field(row: &mut String, value: Option<&str>) {
                     '\n' => row.push_str("\\n"),
                     '\r' => row.push_str("\\r"),
                     // PostgreSQL text cannot hold NUL.
-                    '\0' => row.push_str("\u{fffd}"),
+                    '\0' => row.push('\u{fffd}'),
                     c => row.push(c),
                 }
             }
