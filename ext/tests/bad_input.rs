@@ -180,3 +180,23 @@ fn tables_read_after_a_storm_of_bad_calls() {
         assert!(n >= 0, "{table}");
     }
 }
+
+/// The value the property test above once found: a policy's JSON must
+/// apply to a fresh connection unchanged (serde_json parses floats exactly
+/// only with `float_roundtrip`).
+#[test]
+fn a_policy_survives_its_own_json() {
+    let (_dir, conn) = connection();
+    conn.query_row("SELECT hybrid_busy_timeout(?1)", [5.1264724724084507e-172], |r| {
+        r.get::<_, Value>(0)
+    })
+    .unwrap();
+    let policy: String = conn
+        .query_row("SELECT hybrid_busy_config()", [], |r| r.get(0))
+        .unwrap();
+    let (_dir2, fresh) = connection();
+    let reparsed: String = fresh
+        .query_row("SELECT hybrid_busy_config(?1)", [&policy], |r| r.get(0))
+        .unwrap();
+    assert_eq!(reparsed, policy);
+}
