@@ -402,6 +402,39 @@ def draw_chart(results, modes, path):
     print(f"chart: {path}")
 
 
+def report(path):
+    """The README's tables from a --json file: the headline (synchronous=NORMAL)
+    and every other scenario, extension and backoff mode against the default
+    handler, median (range) over the rounds, and the targets missed."""
+    with open(path) as f:
+        data = json.load(f)
+    results = data["results"]
+    print(f"Machine: {data['machine']}.")
+    print()
+
+    def cell(entry, key, digits):
+        median, low, high = entry[key]
+        if low == high:
+            return f"{median:.{digits}f}"
+        return f"{median:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
+
+    header = ("| scenario | mode | tx/s ratio | max wait ms (default → mode) | Jain (default → mode) "
+              "| CPU/tx ratio | tx p99 ms (default → mode) | errors | targets (worst round) |")
+    print(header)
+    print("|---|---|---|---|---|---|---|---|---|")
+    for item in results:
+        summary = item["summary"]
+        d = summary["default"]
+        for mode in [m for m in summary if m != "default"]:
+            e = summary[mode]
+            targets = item["scenario"]["targets"] if mode == "hybrid" else {}
+            print(f"| {item['scenario']['name']} | {mode} | {cell(e, 'tx_ratio', 2)} | "
+                  f"{cell(d, 'wait_max_ms', 0)} → {cell(e, 'wait_max_ms', 1)} | "
+                  f"{cell(d, 'jain', 3)} → {cell(e, 'jain', 3)} | {cell(e, 'cpu_ratio', 2)} | "
+                  f"{cell(d, 'tx_p99_ms', 1)} → {cell(e, 'tx_p99_ms', 1)} | "
+                  f"{cell(e, 'errors', 0)} | {verdict(targets, e) if targets else ''} |")
+
+
 def machine():
     cpu = "unknown CPU"
     try:
@@ -488,7 +521,9 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--handoffs":
+    if len(sys.argv) > 2 and sys.argv[1] == "--report":
+        report(sys.argv[2])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--handoffs":
         print(handoffs_main(sys.argv[2], sys.argv[sys.argv.index("--ext") + 1]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--hog":
         args = argparse.Namespace(duration=float(sys.argv[sys.argv.index("--duration") + 1]))

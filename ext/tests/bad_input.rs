@@ -187,9 +187,11 @@ fn tables_read_after_a_storm_of_bad_calls() {
 #[test]
 fn a_policy_survives_its_own_json() {
     let (_dir, conn) = connection();
-    conn.query_row("SELECT hybrid_busy_timeout(?1)", [5.1264724724084507e-172], |r| {
-        r.get::<_, Value>(0)
-    })
+    conn.query_row(
+        "SELECT hybrid_busy_timeout(?1)",
+        [5.1264724724084507e-172],
+        |r| r.get::<_, Value>(0),
+    )
     .unwrap();
     let policy: String = conn
         .query_row("SELECT hybrid_busy_config()", [], |r| r.get(0))
