@@ -138,24 +138,25 @@ mod loadable {
             return ffi::SQLITE_ERROR;
         };
         catch_unwind(AssertUnwindSafe(|| {
-            if let Err(first) = HOST_API.compare_exchange(
-                std::ptr::null_mut(),
-                p_api,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                if first != p_api {
-                    // SAFETY: the caller's own malloc; ours points elsewhere.
-                    unsafe {
-                        write_error(
-                            host_malloc,
-                            pz_err_msg,
-                            "libhybrid is already loaded into a different SQLite library in this \
-                             process; load it into only one",
-                        )
-                    };
-                    return ffi::SQLITE_ERROR;
-                }
+            let first_api = HOST_API
+                .compare_exchange(
+                    std::ptr::null_mut(),
+                    p_api,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .err();
+            if first_api.is_some_and(|first| first != p_api) {
+                // SAFETY: the caller's own malloc; ours points elsewhere.
+                unsafe {
+                    write_error(
+                        host_malloc,
+                        pz_err_msg,
+                        "libhybrid is already loaded into a different SQLite library in this \
+                         process; load it into only one",
+                    )
+                };
+                return ffi::SQLITE_ERROR;
             }
             // SAFETY: p_api is valid; this sets the table every call uses.
             if let Err(error) = unsafe { ffi::rusqlite_extension_init2(p_api) } {
