@@ -6,9 +6,13 @@
 //! the `log` bridge. Writers are paced like request handlers (each
 //! `--writer-rate` transactions per second, default 1000), or with
 //! `--writer-rate 0` they run flat out (both cores saturated: then every
-//! other thread, logging or not, shows in their latency). Three modes:
+//! other thread, logging or not, shows in their latency). Modes:
 //!
 //! * `off`: no logging;
+//! * `null sink` (SQLite only): the producer runs, but its lines are only
+//!   formatted and dropped: what logging costs the app before any database
+//!   (the producer's thread, the formatting), so that the log database's
+//!   own share can be told apart;
 //! * `log database`: the lines go to the separate log file (the design);
 //! * `main file`: the same writer thread, but its file is the main database
 //!   (the anti-pattern: log batches take the app's write lock).
@@ -60,6 +64,7 @@ const AFTER_SECONDS: f64 = 1.0;
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Off,
+    NullSink,
     LogDatabase,
     MainFile,
 }
@@ -68,6 +73,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Off => "off",
+            Mode::NullSink => "null sink",
             Mode::LogDatabase => "log database",
             Mode::MainFile => "main file",
         }
@@ -138,9 +144,34 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
+/// A logger that formats each record as a log line needs (message and
+/// target into owned strings) and drops it.
+struct NullSink;
+
+impl Log for NullSink {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        std::hint::black_box((record.args().to_string(), record.target().to_string()));
+    }
+
+    fn flush(&self) {}
+}
+
+/// Where the producer's lines go in one run.
+#[derive(Clone, Copy)]
+enum Sink<'a> {
+    /// No producer at all.
+    Off,
+    Null,
+    Database(&'a LogDatabase),
+}
+
 /// Logs `rate` lines per second (in bursts of 1,000) for `seconds`; returns
 /// how many.
-fn produce(logger: &DbLogger, target: &str, rate: f64, seconds: f64) -> u64 {
+fn produce(logger: &dyn Log, target: &str, rate: f64, seconds: f64) -> u64 {
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed().as_secs_f64() < seconds {
@@ -195,7 +226,7 @@ fn run_on_postgres(url: &str, mode: Mode, load: Load) -> Outcome {
     let logs = log_owner.as_ref().and_then(Database::log);
     let mut out = drive(
         &|| Database::builder(url).readers(0).open().expect("writer"),
-        logs,
+        logs.map_or(Sink::Off, Sink::Database),
         load,
     );
     if let (Some(owner), Some(logs)) = (&log_owner, logs) {
@@ -217,12 +248,8 @@ fn run_on_postgres(url: &str, mode: Mode, load: Load) -> Outcome {
     out
 }
 
-/// The app writers and (with `logs`) the producer, for one run.
-fn drive(
-    open_writer: &(dyn Fn() -> Database + Sync),
-    logs: Option<&LogDatabase>,
-    load: Load,
-) -> Outcome {
+/// The app writers and (unless `sink` is off) the producer, for one run.
+fn drive(open_writer: &(dyn Fn() -> Database + Sync), sink: Sink, load: Load) -> Outcome {
     let running = AtomicBool::new(true);
     let committed = AtomicU64::new(0);
     let mut out = Outcome::default();
@@ -236,9 +263,12 @@ fn drive(
                 s.spawn(move || app_writer(&db, w, load.writer_rate, running, committed))
             })
             .collect();
-        match logs {
-            None => std::thread::sleep(Duration::from_secs_f64(load.seconds)),
-            Some(logs) => {
+        match sink {
+            Sink::Off => std::thread::sleep(Duration::from_secs_f64(load.seconds)),
+            Sink::Null => {
+                out.emitted = produce(&NullSink, "http", load.lines_per_second, load.seconds);
+            }
+            Sink::Database(logs) => {
                 let logger = logs.logger();
                 let burst_start = Instant::now();
                 out.emitted = produce(&logger, "http", load.lines_per_second, load.seconds);
@@ -281,16 +311,21 @@ fn run_on_sqlite(dir: &std::path::Path, round: usize, mode: Mode, load: Load) ->
         })
         .expect("schema");
     let log_path = match mode {
-        Mode::Off => None,
+        Mode::Off | Mode::NullSink => None,
         Mode::LogDatabase => Some(run_dir.join("app-logs.db")),
         Mode::MainFile => Some(main.clone()),
     };
     let logs = log_path
         .as_ref()
         .map(|path| LogDatabase::open(path, log_options()).expect("log database"));
+    let sink = match (&logs, mode) {
+        (Some(logs), _) => Sink::Database(logs),
+        (None, Mode::NullSink) => Sink::Null,
+        (None, _) => Sink::Off,
+    };
     let mut out = drive(
         &|| Database::builder(&main).readers(0).open().expect("writer"),
-        logs.as_ref(),
+        sink,
         load,
     );
     if let (Some(logs), Some(path)) = (&logs, &log_path) {
@@ -514,17 +549,19 @@ fn main() {
         overload(dir.path(), load);
     } else {
         // On PostgreSQL the log is always in the application's database.
-        let main_file = !on_postgres && !args.iter().any(|a| a == "--no-main-file");
-        modes(dir.path(), load, runs, main_file);
+        let mut modes = vec![Mode::Off, Mode::LogDatabase];
+        if !on_postgres {
+            // The null sink and the main file are SQLite-side comparisons.
+            modes.insert(1, Mode::NullSink);
+            if !args.iter().any(|a| a == "--no-main-file") {
+                modes.push(Mode::MainFile);
+            }
+        }
+        run_modes(dir.path(), load, runs, &modes);
     }
 }
 
-fn modes(dir: &std::path::Path, load: Load, runs: usize, main_file: bool) {
-    let modes: &[Mode] = if main_file {
-        &[Mode::Off, Mode::LogDatabase, Mode::MainFile]
-    } else {
-        &[Mode::Off, Mode::LogDatabase]
-    };
+fn run_modes(dir: &std::path::Path, load: Load, runs: usize, modes: &[Mode]) {
     println!();
     println!(
         "| run | mode | app tx/s | app p50 ms | app p99 ms | app max ms | p99 vs off | lines emitted | lines written | lines dropped | avg batch | exact | other processes (cores) |"
@@ -548,7 +585,7 @@ fn modes(dir: &std::path::Path, load: Load, runs: usize, main_file: bool) {
                 o.written,
                 o.dropped,
                 o.written as f64 / o.batches.max(1) as f64,
-                if mode == Mode::Off {
+                if matches!(mode, Mode::Off | Mode::NullSink) {
                     "-"
                 } else if o.exact() {
                     "yes"
