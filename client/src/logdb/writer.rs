@@ -14,6 +14,15 @@
 //! instead of falling further behind and dropping lines. The bound keeps
 //! every transaction short: it holds the log file's write lock, and its
 //! records are lost together if the process dies before it commits.
+//!
+//! # Why this is not the write buffer's flusher loop
+//! Both are one thread writing batches, but they wait on different queues.
+//! The buffer's is a keyed map that callers read and change in place
+//! (coalescing, tickets, the in-flight view), so it sits under a mutex with
+//! a condvar. Log records have no key and no ticket, and a full queue must
+//! drop instead of block: a bounded channel, and `select!` over records,
+//! control messages and a timeout is the whole loop. A shared batch-writer
+//! layer would serve only these two, sharing no code beneath the loop.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -129,6 +129,14 @@ impl SideFile {
         OPEN.lock().get(&path_for(db_path)).and_then(Weak::upgrade)
     }
 
+    /// `db_path`'s side file to read from: this process's mapping, or else
+    /// a read-only mapping of the existing file, so that a connection that
+    /// only reads (Datasette's, say) sees every process's waits too.
+    /// `None`: there is no side file to read.
+    pub(crate) fn observe(db_path: &str) -> Option<Arc<SideFile>> {
+        Self::existing(db_path).or_else(|| Self::open_for_reading(db_path).ok())
+    }
+
     #[cfg(target_os = "linux")]
     pub(crate) fn map(db_path: &Path, path: PathBuf, to_queue: bool) -> io::Result<SideFile> {
         let db = std::fs::metadata(db_path)?;

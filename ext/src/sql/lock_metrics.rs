@@ -36,11 +36,7 @@ fn rows(conn: &Connection, state: &ConnState) -> Result<Vec<Vec<Value>>> {
     for file in stats_registry::global().files() {
         let policy = Arc::ptr_eq(&file, own_file).then(|| policy_to_json(&state.policy()));
         rows.push(row(&process_row(&file, policy)));
-        // A connection that only reads (Datasette, say) maps an existing
-        // side file read-only, so it sees every process's waits too.
-        let side = SideFile::existing(file.path())
-            .or_else(|| SideFile::open_for_reading(file.path()).ok());
-        if let Some(side) = side {
+        if let Some(side) = SideFile::observe(file.path()) {
             rows.push(row(&file_row(file.path(), &side)));
         }
     }

@@ -6,9 +6,8 @@ use rusqlite::{Connection, Result};
 
 use crate::conn::ConnState;
 use crate::queue::waiters::waiters;
-use crate::shared::SideFile;
+use crate::sql::observed_side_files;
 use crate::sql::vtab::{TableSpec, integer};
-use crate::stats::registry as stats_registry;
 
 /// The `hybrid_lock_waiters` table.
 pub(crate) const TABLE: TableSpec = TableSpec {
@@ -22,12 +21,7 @@ pub(crate) const TABLE: TableSpec = TableSpec {
 fn rows(conn: &Connection, state: &ConnState) -> Result<Vec<Vec<Value>>> {
     state.refresh(conn)?;
     let mut rows = Vec::new();
-    for file in stats_registry::global().files() {
-        let side = SideFile::existing(file.path())
-            .or_else(|| SideFile::open_for_reading(file.path()).ok());
-        let Some(side) = side else {
-            continue;
-        };
+    for (file, side) in observed_side_files() {
         for (position, w) in waiters(&side).into_iter().enumerate() {
             rows.push(vec![
                 Value::Text(file.path().to_string()),

@@ -220,6 +220,13 @@ fn numeric(raw: &[u8]) -> Result<String, BoxError> {
 
 /// Days since 1970-01-01 as (year, month, day) (Howard Hinnant's
 /// `civil_from_days`).
+///
+/// The extension's `clock.rs` has the same ten lines for its own
+/// timestamps. They stay twice on purpose: the ext crate's public surface
+/// is the lock API only, and the client's other dates go through
+/// `humantime`, which cannot write dates before 1970 (PostgreSQL dates go
+/// back to 4713 BC). A date library for this one conversion would cost more
+/// than the copy.
 fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
