@@ -95,23 +95,12 @@ async fn measure(mode: Mode, db: Database, per_task: usize) -> sqlite_hybrid::Re
     let (latencies, elapsed, rows) = match mode {
         Mode::Async => {
             let db = Arc::new(AsyncDatabase::new(db)?);
-            let start = Instant::now();
-            let tasks: Vec<_> = (0..TASKS)
-                .map(|task| {
-                    let db = Arc::clone(&db);
-                    tokio::spawn(async move {
-                        let mut latencies = Vec::with_capacity(per_task);
-                        for seq in 0..per_task {
-                            let began = Instant::now();
-                            db.write(move |tx| insert(tx, task, seq)).await?;
-                            latencies.push(began.elapsed());
-                        }
-                        sqlite_hybrid::Result::Ok(latencies)
-                    })
-                })
-                .collect();
-            let latencies = collect(tasks).await?;
-            let elapsed = start.elapsed();
+            let writer = Arc::clone(&db);
+            let (latencies, elapsed) = run_tasks(per_task, move |task, seq| {
+                let db = Arc::clone(&writer);
+                async move { db.write(move |tx| insert(tx, task, seq)).await }
+            })
+            .await?;
             let rows = db.read(count).await?;
             Arc::try_unwrap(db)
                 .map_err(|_| sqlite_hybrid::Error::InvalidInput("handle still shared".into()))?
@@ -121,28 +110,16 @@ async fn measure(mode: Mode, db: Database, per_task: usize) -> sqlite_hybrid::Re
         }
         Mode::SpawnBlocking => {
             let db = Arc::new(db);
-            let start = Instant::now();
-            let tasks: Vec<_> = (0..TASKS)
-                .map(|task| {
-                    let db = Arc::clone(&db);
-                    tokio::spawn(async move {
-                        let mut latencies = Vec::with_capacity(per_task);
-                        for seq in 0..per_task {
-                            let began = Instant::now();
-                            let db = Arc::clone(&db);
-                            tokio::task::spawn_blocking(move || {
-                                db.write(|tx| insert(tx, task, seq))
-                            })
-                            .await
-                            .expect("blocking task")?;
-                            latencies.push(began.elapsed());
-                        }
-                        sqlite_hybrid::Result::Ok(latencies)
-                    })
-                })
-                .collect();
-            let latencies = collect(tasks).await?;
-            let elapsed = start.elapsed();
+            let writer = Arc::clone(&db);
+            let (latencies, elapsed) = run_tasks(per_task, move |task, seq| {
+                let db = Arc::clone(&writer);
+                async move {
+                    tokio::task::spawn_blocking(move || db.write(|tx| insert(tx, task, seq)))
+                        .await
+                        .expect("blocking task")
+                }
+            })
+            .await?;
             let rows = db.read(count)?;
             (latencies, elapsed, rows)
         }
@@ -170,14 +147,37 @@ fn count(conn: &rusqlite::Connection) -> sqlite_hybrid::Result<i64> {
     Ok(conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)
 }
 
-async fn collect(
-    tasks: Vec<tokio::task::JoinHandle<sqlite_hybrid::Result<Vec<Duration>>>>,
-) -> sqlite_hybrid::Result<Vec<Duration>> {
-    let mut all = Vec::new();
+/// Spawns the tasks, each making `per_task` writes through `write`, one
+/// after the other; returns every write's latency and the wall time of
+/// the whole.
+async fn run_tasks<F, Fut>(
+    per_task: usize,
+    write: F,
+) -> sqlite_hybrid::Result<(Vec<Duration>, Duration)>
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = sqlite_hybrid::Result<()>> + Send + 'static,
+{
+    let start = Instant::now();
+    let tasks: Vec<tokio::task::JoinHandle<sqlite_hybrid::Result<Vec<Duration>>>> = (0..TASKS)
+        .map(|task| {
+            let write = write.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                for seq in 0..per_task {
+                    let began = Instant::now();
+                    write(task, seq).await?;
+                    latencies.push(began.elapsed());
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(TASKS * per_task);
     for task in tasks {
         all.extend(task.await.expect("benchmark task")?);
     }
-    Ok(all)
+    Ok((all, start.elapsed()))
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
