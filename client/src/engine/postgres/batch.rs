@@ -24,7 +24,6 @@ use crate::buffer::pending::{Before, Columns};
 use crate::engine::Step;
 use crate::error::Result;
 use crate::schema::{TableInfo, quote};
-use crate::sql;
 
 /// PostgreSQL's limit on the parameters of one statement.
 const MAX_PARAMS: usize = 65_535;
@@ -226,64 +225,15 @@ fn write_entry(
     }
 }
 
-/// The statements of one entry, as on SQLite (`sql.rs`, placeholders
-/// rewritten).
+/// The statements of one entry, as on SQLite (placeholders rewritten).
 fn apply(tx: &mut Transaction<'_>, item: &Item) -> Result<(), postgres::Error> {
-    let run = |tx: &mut Transaction<'_>, text: String, values: Vec<&Value>| {
-        let bound: Vec<TextParam<'_>> = values.into_iter().map(TextParam).collect();
+    for statement in item.statements() {
+        let bound: Vec<TextParam<'_>> = statement.params().map(TextParam).collect();
         let params: Vec<&(dyn ToSql + Sync)> =
             bound.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        tx.execute(placeholders(&text).as_str(), &params)
-            .map(|_| ())
-    };
-    match item {
-        Item::Insert { table, columns, .. } => {
-            let cols: Vec<usize> = columns.iter().map(|(c, _)| *c).collect();
-            run(
-                tx,
-                sql::insert(table, &cols),
-                columns.iter().map(|(_, v)| v).collect(),
-            )
-        }
-        Item::Keyed {
-            table,
-            key_columns,
-            key_values,
-            ops,
-            ..
-        } => {
-            match &ops.before {
-                Before::Nothing => {}
-                Before::Delete => run(
-                    tx,
-                    sql::delete(table, key_columns),
-                    key_values.iter().collect(),
-                )?,
-                Before::Update(set) => {
-                    let cols: Vec<usize> = set.iter().map(|(c, _)| *c).collect();
-                    run(
-                        tx,
-                        sql::update(table, &cols, key_columns),
-                        set.iter()
-                            .map(|(_, v)| v)
-                            .chain(key_values.iter())
-                            .collect(),
-                    )?;
-                }
-            }
-            match &ops.upsert {
-                Some(columns) => {
-                    let cols: Vec<usize> = columns.iter().map(|(c, _)| *c).collect();
-                    run(
-                        tx,
-                        sql::upsert(table, &cols, key_columns),
-                        columns.iter().map(|(_, v)| v).collect(),
-                    )
-                }
-                None => Ok(()),
-            }
-        }
+        tx.execute(placeholders(&statement.sql()).as_str(), &params)?;
     }
+    Ok(())
 }
 
 /// Errors that belong to one row, not to the batch: data exceptions

@@ -11,11 +11,9 @@ use hybrid::Priority;
 use rusqlite::{Transaction, ffi, params_from_iter};
 
 use super::{Attempt, SqliteEngine};
-use crate::buffer::entry::Item;
-use crate::buffer::pending::{Before, Columns};
+use crate::buffer::entry::{EntryStatement, Item, StatementKind};
 use crate::engine::Step;
 use crate::error::Result;
-use crate::sql;
 
 const SAVEPOINT: &str = "hybrid_buffer_entry";
 
@@ -65,7 +63,7 @@ pub(crate) fn write_step(
 /// `prepare_cached` lookup per entry cost more than the insert itself).
 struct Statements<'tx> {
     tx: &'tx Transaction<'tx>,
-    by_shape: HashMap<(usize, u8), Vec<Prepared<'tx>>>,
+    by_shape: HashMap<(usize, StatementKind), Vec<Prepared<'tx>>>,
 }
 
 /// A prepared statement and the column indexes it binds.
@@ -79,19 +77,15 @@ impl<'tx> Statements<'tx> {
         }
     }
 
-    /// The statement for `table`/`kind` over `columns`, built by `build`
-    /// the first time it is needed in this batch.
+    /// The prepared form of `statement`'s shape, prepared the first time
+    /// it is needed in this batch.
     fn get(
         &mut self,
-        table: &Arc<str>,
-        kind: u8,
-        columns: &Columns,
-        build: impl FnOnce(&[usize]) -> String,
+        statement: &EntryStatement<'_>,
     ) -> rusqlite::Result<&mut rusqlite::CachedStatement<'tx>> {
-        let shapes = self
-            .by_shape
-            .entry((Arc::as_ptr(table) as *const u8 as usize, kind))
-            .or_default();
+        let table = Arc::as_ptr(&statement.table.shared_name) as *const u8 as usize;
+        let columns = statement.columns;
+        let shapes = self.by_shape.entry((table, statement.kind)).or_default();
         let found = shapes
             .iter()
             .position(|(cols, _)| cols.iter().copied().eq(columns.iter().map(|(c, _)| *c)));
@@ -99,7 +93,7 @@ impl<'tx> Statements<'tx> {
             Some(index) => index,
             None => {
                 let cols: Vec<usize> = columns.iter().map(|(c, _)| *c).collect();
-                let statement = self.tx.prepare_cached(&build(&cols))?;
+                let statement = self.tx.prepare_cached(&statement.sql())?;
                 shapes.push((cols, statement));
                 shapes.len() - 1
             }
@@ -115,50 +109,11 @@ fn statement_count(item: &Item) -> usize {
     }
 }
 
-const INSERT: u8 = 0;
-const UPSERT: u8 = 1;
-const UPDATE: u8 = 2;
-const DELETE: u8 = 3;
-
 fn apply(statements: &mut Statements<'_>, item: &Item) -> rusqlite::Result<()> {
-    match item {
-        Item::Insert { table, columns, .. } => {
-            let stmt = statements.get(&table.shared_name, INSERT, columns, |c| {
-                sql::insert(table, c)
-            })?;
-            stmt.execute(params_from_iter(columns.iter().map(|(_, v)| v)))?;
-        }
-        Item::Keyed {
-            table,
-            key_columns,
-            key_values,
-            ops,
-            ..
-        } => {
-            match &ops.before {
-                Before::Nothing => {}
-                Before::Delete => {
-                    let stmt = statements.get(&table.shared_name, DELETE, &Vec::new(), |_| {
-                        sql::delete(table, key_columns)
-                    })?;
-                    stmt.execute(params_from_iter(key_values.iter()))?;
-                }
-                Before::Update(set) => {
-                    let stmt = statements.get(&table.shared_name, UPDATE, set, |c| {
-                        sql::update(table, c, key_columns)
-                    })?;
-                    stmt.execute(params_from_iter(
-                        set.iter().map(|(_, v)| v).chain(key_values.iter()),
-                    ))?;
-                }
-            }
-            if let Some(columns) = &ops.upsert {
-                let stmt = statements.get(&table.shared_name, UPSERT, columns, |c| {
-                    sql::upsert(table, c, key_columns)
-                })?;
-                stmt.execute(params_from_iter(columns.iter().map(|(_, v)| v)))?;
-            }
-        }
+    for statement in item.statements() {
+        statements
+            .get(&statement)?
+            .execute(params_from_iter(statement.params()))?;
     }
     Ok(())
 }
