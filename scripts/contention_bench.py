@@ -412,12 +412,6 @@ def report(path):
     print(f"Machine: {data['machine']}.")
     print()
 
-    def cell(entry, key, digits):
-        median, low, high = entry[key]
-        if low == high:
-            return f"{median:.{digits}f}"
-        return f"{median:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
-
     header = ("| scenario | mode | tx/s ratio | max wait ms (default → mode) | Jain (default → mode) "
               "| CPU/tx ratio | tx p99 ms (default → mode) | errors | targets (worst round) |")
     print(header)
@@ -428,11 +422,11 @@ def report(path):
         for mode in [m for m in summary if m != "default"]:
             e = summary[mode]
             targets = item["scenario"]["targets"] if mode == "hybrid" else {}
-            print(f"| {item['scenario']['name']} | {mode} | {cell(e, 'tx_ratio', 2)} | "
-                  f"{cell(d, 'wait_max_ms', 0)} → {cell(e, 'wait_max_ms', 1)} | "
-                  f"{cell(d, 'jain', 3)} → {cell(e, 'jain', 3)} | {cell(e, 'cpu_ratio', 2)} | "
-                  f"{cell(d, 'tx_p99_ms', 1)} → {cell(e, 'tx_p99_ms', 1)} | "
-                  f"{cell(e, 'errors', 0)} | {verdict(targets, e) if targets else ''} |")
+            print(f"| {item['scenario']['name']} | {mode} | {fmt(e['tx_ratio'], 2)} | "
+                  f"{fmt(d['wait_max_ms'], 0)} → {fmt(e['wait_max_ms'], 1)} | "
+                  f"{fmt(d['jain'], 3)} → {fmt(e['jain'], 3)} | {fmt(e['cpu_ratio'], 2)} | "
+                  f"{fmt(d['tx_p99_ms'], 1)} → {fmt(e['tx_p99_ms'], 1)} | "
+                  f"{fmt(e['errors'], 0)} | {verdict(targets, e) if targets else ''} |")
 
 
 def machine():
