@@ -120,21 +120,17 @@ impl WaitTracker {
     /// this lock. Count 0 (or no open wait) starts a new wait, settling the
     /// previous one as acquired.
     pub(crate) fn handler_called(&self, count: i32, now: Instant) -> CallContext {
-        let (call, ended, crossed) = self.handler_called_locked(count, now);
+        let (call, ended) = self.handler_called_locked(count, now);
         self.report(ended);
-        if crossed {
-            self.report(Some(SlowEnd(SlowWaitEvent::StillWaiting, call.elapsed)));
+        if slow_waits::is_slow(call.elapsed) {
+            self.report_still_waiting(now);
         }
         call
     }
 
     /// [`Self::handler_called`] under the locks; also returns the previous
-    /// wait if it must be reported, and whether this wait just became slow.
-    fn handler_called_locked(
-        &self,
-        count: i32,
-        now: Instant,
-    ) -> (CallContext, Option<SlowEnd>, bool) {
+    /// wait if it must be reported.
+    fn handler_called_locked(&self, count: i32, now: Instant) -> (CallContext, Option<SlowEnd>) {
         let mut ended = None;
         let mut episode = self.episode.lock();
         let mut stats = self.file.stats.lock();
@@ -170,19 +166,16 @@ impl WaitTracker {
                 previous_delay_ms: 0.0,
                 first: true,
             };
-            return (call, ended, false);
+            return (call, ended);
         };
         current.phase = Phase::Waiting;
-        let elapsed = now.saturating_duration_since(current.started);
-        let crossed = !current.slow_reported && slow_waits::is_slow(elapsed);
-        current.slow_reported |= crossed;
         let call = CallContext {
             attempt: current.retries,
-            elapsed,
+            elapsed: now.saturating_duration_since(current.started),
             previous_delay_ms: current.last_delay_ms,
             first,
         };
-        (call, ended, crossed)
+        (call, ended)
     }
 
     /// How long from now until the wait in progress becomes slow and must be
@@ -194,7 +187,8 @@ impl WaitTracker {
         Some(threshold.saturating_sub(current.started.elapsed()))
     }
 
-    /// Reports the wait in progress as still going on (once per wait).
+    /// Reports the wait in progress as still going on (once per wait: the
+    /// busy handler's calls and the queue's report time both end here).
     pub(crate) fn report_still_waiting(&self, now: Instant) {
         let waited = {
             let mut episode = self.episode.lock();
