@@ -516,20 +516,20 @@ impl Member {
         // The `waiting` hint, not a scan of the queue: this runs for every
         // transaction, and a wrong hint only starts or keeps a tenure.
         let contended = header.waiting.load(Ordering::Acquire) > 0;
-        if self.barged.swap(false, Ordering::Relaxed) {
+        // (start, length) of the tenure this acquisition begins, if any.
+        let new_tenure = if self.barged.swap(false, Ordering::Relaxed) {
             // We took a free lock the head did not take in time: one
             // transaction, no tenure (the head is woken at our release).
-            self.tenure_start_ns.store(0, Ordering::Relaxed);
-            header.tenure_owner.store(self.token, Ordering::Release);
-            header.tenure_ns.store(0, Ordering::Release);
-            header.tenure_since_unix_ms.store(now_ms, Ordering::Relaxed);
-            header.tenure_seq.fetch_add(1, Ordering::AcqRel);
+            Some((0, 0))
         } else if header.tenure_owner.load(Ordering::Acquire) != self.token || !contended {
             // A new tenure: we took over, or nobody waited for ours.
-            self.tenure_start_ns.store(now, Ordering::Relaxed);
-            header
-                .tenure_ns
-                .store(self.settings.handoff_ns(), Ordering::Release);
+            Some((now, self.settings.handoff_ns()))
+        } else {
+            None // ours goes on
+        };
+        if let Some((start_ns, length_ns)) = new_tenure {
+            self.tenure_start_ns.store(start_ns, Ordering::Relaxed);
+            header.tenure_ns.store(length_ns, Ordering::Release);
             header.tenure_owner.store(self.token, Ordering::Release);
             header.tenure_since_unix_ms.store(now_ms, Ordering::Relaxed);
             header.tenure_seq.fetch_add(1, Ordering::AcqRel);
