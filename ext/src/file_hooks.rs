@@ -79,23 +79,20 @@ const UNLOCK_EXCLUSIVE: c_int = ffi::SQLITE_SHM_UNLOCK | ffi::SQLITE_SHM_EXCLUSI
 /// `db` must be an open connection used by the calling thread.
 pub(crate) unsafe fn attach(db: *mut ffi::sqlite3, observer: Arc<dyn LockObserver>) -> bool {
     // SAFETY: per this function's contract.
-    let Some(file) = (unsafe { main_file(db) }) else {
+    let Some((file, wrapped)) = (unsafe { main_file_and_wrapper(db) }) else {
         return false;
     };
-    // SAFETY: `file` is the open main database file of `db`.
-    let methods = unsafe { (*file).pMethods };
-    if methods.is_null() {
-        return false;
-    }
-    if LIVE_WRAPPERS.lock().contains(&(methods as usize)) {
-        // SAFETY: a live wrapper of a file open on this connection: it is
-        // freed only when that file closes.
-        let wrapper = unsafe { &*(methods as *const Wrapper) };
+    if let Some(wrapper) = wrapped {
         if wrapper.owner != db as usize {
             return false; // a shared-cache peer's
         }
         *wrapper.observer.write() = observer;
         return true;
+    }
+    // SAFETY: `file` is the open main database file of `db`.
+    let methods = unsafe { (*file).pMethods };
+    if methods.is_null() {
+        return false;
     }
     // SAFETY: `iVersion` exists in every table.
     let version = unsafe { (*methods).iVersion };
@@ -130,16 +127,9 @@ pub(crate) unsafe fn attach(db: *mut ffi::sqlite3, observer: Arc<dyn LockObserve
 /// `db` must be an open connection used by the calling thread.
 pub(crate) unsafe fn observed_by(db: *mut ffi::sqlite3, observer: &Arc<dyn LockObserver>) -> bool {
     // SAFETY: per this function's contract.
-    let Some(file) = (unsafe { main_file(db) }) else {
+    let Some((_, Some(wrapper))) = (unsafe { main_file_and_wrapper(db) }) else {
         return false;
     };
-    // SAFETY: an open file.
-    let methods = unsafe { (*file).pMethods };
-    if !LIVE_WRAPPERS.lock().contains(&(methods as usize)) {
-        return false;
-    }
-    // SAFETY: a live wrapper of a file open on this connection.
-    let wrapper = unsafe { &*(methods as *const Wrapper) };
     let current = Arc::as_ptr(&wrapper.observer.read()) as *const ();
     wrapper.owner == db as usize && current == Arc::as_ptr(observer) as *const ()
 }
@@ -226,6 +216,26 @@ unsafe fn main_file(db: *mut ffi::sqlite3) -> Option<*mut ffi::sqlite3_file> {
         )
     };
     (rc == ffi::SQLITE_OK && !file.is_null()).then_some(file)
+}
+
+/// `db`'s main database file and, if we wrapped it, our wrapper on it.
+///
+/// # Safety
+/// `db` must be an open connection used by the calling thread; the wrapper
+/// may be used only while that file stays open (our xClose frees it).
+unsafe fn main_file_and_wrapper<'a>(
+    db: *mut ffi::sqlite3,
+) -> Option<(*mut ffi::sqlite3_file, Option<&'a Wrapper>)> {
+    // SAFETY: per this function's contract.
+    let file = unsafe { main_file(db) }?;
+    // SAFETY: an open file.
+    let methods = unsafe { (*file).pMethods };
+    // SAFETY: a live wrapper's pMethods is its own: this file is wrapped.
+    let wrapped = LIVE_WRAPPERS
+        .lock()
+        .contains(&(methods as usize))
+        .then(|| unsafe { wrapper_of(file) });
+    Some((file, wrapped))
 }
 
 /// The wrapper of a wrapped file.
