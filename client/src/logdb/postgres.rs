@@ -10,13 +10,12 @@
 use std::io::Write as _;
 use std::sync::atomic::Ordering;
 
-use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls};
 use rusqlite::types::Value;
 
 use super::{Counters, LogRecord, Timestamps};
 use crate::engine::postgres::error;
-use crate::engine::postgres::values::TextParam;
+use crate::engine::postgres::values::execute_text;
 use crate::error::Result;
 
 const SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS log;
@@ -135,16 +134,14 @@ impl PgStore {
             Value::Text(super::iso8601_utc(now)),
             Value::Integer(i64::from(std::process::id())),
         ];
-        let bound: Vec<TextParam<'_>> = stats.iter().map(TextParam).collect();
-        let params: Vec<&(dyn ToSql + Sync)> =
-            bound.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        tx.execute(
+        execute_text(
+            &mut tx,
             "INSERT INTO log.writer_stats(id, written, batches, dropped, failed, deleted, \
              last_flush_at, pid) VALUES (1, $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE \
              SET written = EXCLUDED.written, batches = EXCLUDED.batches, dropped = EXCLUDED.dropped, \
              failed = EXCLUDED.failed, deleted = EXCLUDED.deleted, \
              last_flush_at = EXCLUDED.last_flush_at, pid = EXCLUDED.pid",
-            &params,
+            &stats,
         )
         .map_err(error)?;
         tx.commit().map_err(error)?;

@@ -14,10 +14,8 @@
 use std::fmt::Write as _;
 
 use postgres::Transaction;
-use postgres::types::ToSql;
-use rusqlite::types::Value;
 
-use super::values::{TextParam, placeholders};
+use super::values::execute_text;
 use super::{PgEngine, error};
 use crate::buffer::entry::Item;
 use crate::buffer::pending::{Before, Columns};
@@ -175,14 +173,11 @@ fn write_run(
 ) -> Result<()> {
     let table = table_of(&batch[run[0]]);
     let text = multi_row_sql(table, shape, run.len());
-    let values: Vec<&Value> = run
+    let values = run
         .iter()
-        .flat_map(|&i| row_columns(&batch[i]).iter().map(|(_, v)| v))
-        .collect();
-    let bound: Vec<TextParam<'_>> = values.into_iter().map(TextParam).collect();
-    let params: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        .flat_map(|&i| row_columns(&batch[i]).iter().map(|(_, v)| v));
     tx.batch_execute("SAVEPOINT hybrid_run").map_err(error)?;
-    match tx.execute(text.as_str(), &params) {
+    match execute_text(tx, &text, values) {
         Ok(_) => {
             tx.batch_execute("RELEASE SAVEPOINT hybrid_run")
                 .map_err(error)?;
@@ -228,10 +223,7 @@ fn write_entry(
 /// The statements of one entry, as on SQLite (placeholders rewritten).
 fn apply(tx: &mut Transaction<'_>, item: &Item) -> Result<(), postgres::Error> {
     for statement in item.statements() {
-        let bound: Vec<TextParam<'_>> = statement.params().map(TextParam).collect();
-        let params: Vec<&(dyn ToSql + Sync)> =
-            bound.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        tx.execute(placeholders(&statement.sql()).as_str(), &params)?;
+        execute_text(tx, &statement.sql(), statement.params())?;
     }
     Ok(())
 }

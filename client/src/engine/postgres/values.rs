@@ -407,11 +407,20 @@ pub(crate) fn execute(
     sql: &str,
     params_: &[Value],
 ) -> Result<u64> {
-    let bound = params(params_);
+    execute_text(client, sql, params_).map_err(error)
+}
+
+/// Runs one statement (`?N` or `$N` placeholders) with `values` sent as
+/// text parameters; the driver's error as it is, for callers that tell a
+/// row's error from the batch's.
+pub(crate) fn execute_text<'v>(
+    client: &mut impl GenericClient,
+    sql: &str,
+    values: impl IntoIterator<Item = &'v Value>,
+) -> Result<u64, postgres::Error> {
+    let bound: Vec<TextParam<'_>> = values.into_iter().map(TextParam).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-    client
-        .execute(placeholders(sql).as_str(), &refs)
-        .map_err(error)
+    client.execute(placeholders(sql).as_str(), &refs)
 }
 
 /// Every row of one query.
