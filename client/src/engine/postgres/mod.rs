@@ -225,10 +225,7 @@ impl PgEngine {
         }
         w.wait_total_us += us;
         w.wait_max_us = w.wait_max_us.max(us);
-        w.last_event_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_millis() as u64);
+        w.last_event_unix_ms = Some(crate::logdb::now_unix_ms());
     }
 
     /// Runs `f` on a reader session (the writer's when there are none).
