@@ -317,6 +317,29 @@ pub(crate) struct Counters {
     pub(crate) closed: AtomicBool,
 }
 
+impl Counters {
+    /// The counts of the `writer_stats` row written in the transaction of
+    /// a batch of `rows`, as they stand once it commits: written, batches,
+    /// dropped, failed, deleted.
+    pub(crate) fn stats_row(&self, rows: usize) -> [i64; 5] {
+        [
+            (self.written.load(Ordering::Relaxed) + rows as u64) as i64,
+            (self.batches.load(Ordering::Relaxed) + 1) as i64,
+            self.dropped.load(Ordering::Relaxed) as i64,
+            self.failed.load(Ordering::Relaxed) as i64,
+            self.deleted.load(Ordering::Relaxed) as i64,
+        ]
+    }
+
+    /// A batch of `rows` committed at `now_unix_ms`.
+    pub(crate) fn committed(&self, rows: usize, now_unix_ms: u64) {
+        self.written.fetch_add(rows as u64, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.last_flush_unix_ms
+            .store(now_unix_ms, Ordering::Relaxed);
+    }
+}
+
 /// Where records go: cheap to clone, never blocks.
 #[derive(Clone, Debug)]
 pub struct LogSink {

@@ -8,7 +8,6 @@
 //! wait behind a log batch), reopened after a lost connection.
 
 use std::io::Write as _;
-use std::sync::atomic::Ordering;
 
 use postgres::{Client, Config, NoTls};
 use rusqlite::types::Value;
@@ -125,15 +124,15 @@ impl PgStore {
             .write_all(rows.as_bytes())
             .map_err(|e| crate::error::Error::InvalidInput(format!("log COPY: {e}")))?;
         writer.finish().map_err(error)?;
-        let stats = [
-            Value::Integer((c.written.load(Ordering::Relaxed) + batch.len() as u64) as i64),
-            Value::Integer((c.batches.load(Ordering::Relaxed) + 1) as i64),
-            Value::Integer(c.dropped.load(Ordering::Relaxed) as i64),
-            Value::Integer(c.failed.load(Ordering::Relaxed) as i64),
-            Value::Integer(c.deleted.load(Ordering::Relaxed) as i64),
-            Value::Text(super::iso8601_utc(now)),
-            Value::Integer(i64::from(std::process::id())),
-        ];
+        let stats: Vec<Value> = c
+            .stats_row(batch.len())
+            .into_iter()
+            .map(Value::Integer)
+            .chain([
+                Value::Text(super::iso8601_utc(now)),
+                Value::Integer(i64::from(std::process::id())),
+            ])
+            .collect();
         execute_text(
             &mut tx,
             "INSERT INTO log.writer_stats(id, written, batches, dropped, failed, deleted, \
@@ -145,9 +144,7 @@ impl PgStore {
         )
         .map_err(error)?;
         tx.commit().map_err(error)?;
-        c.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        c.batches.fetch_add(1, Ordering::Relaxed);
-        c.last_flush_unix_ms.store(now, Ordering::Relaxed);
+        c.committed(batch.len(), now);
         Ok(())
     }
 

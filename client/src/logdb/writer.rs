@@ -351,20 +351,19 @@ impl SqliteStore {
             }
         }
         let now = super::now_unix_ms();
+        let [written, batches, dropped, failed, deleted] = c.stats_row(batch.len());
         tx.prepare_cached(schema::UPSERT_STATS)?
             .execute(rusqlite::params![
-                (c.written.load(Ordering::Relaxed) + batch.len() as u64) as i64,
-                (c.batches.load(Ordering::Relaxed) + 1) as i64,
-                c.dropped.load(Ordering::Relaxed) as i64,
-                c.failed.load(Ordering::Relaxed) as i64,
-                c.deleted.load(Ordering::Relaxed) as i64,
+                written,
+                batches,
+                dropped,
+                failed,
+                deleted,
                 super::iso8601_utc(now),
                 std::process::id(),
             ])?;
         tx.commit()?;
-        c.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        c.batches.fetch_add(1, Ordering::Relaxed);
-        c.last_flush_unix_ms.store(now, Ordering::Relaxed);
+        c.committed(batch.len(), now);
         Ok(())
     }
 }
