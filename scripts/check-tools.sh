@@ -31,6 +31,8 @@ if [ "${rust_minor:-0}" -lt 89 ] 2>/dev/null; then
 fi
 
 need_pkg sqlite3 sqlite3
+# `make ext` strips the debug info from dist/libhybrid.so.
+need_pkg strip binutils
 need_pkg "$PYTHON" python3
 for extra in "$@"; do
     if [[ $extra == py:* ]]; then
