@@ -7,14 +7,18 @@
 //! fresh database per run) when `HYBRID_PG_URL` is set, as `make test`
 //! does.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::Value;
 use sqlite_hybrid_tests::{env_parse, integrity_check};
 
 const KEYS: u64 = 5000;
+/// How long a child may take to open its database and say READY: far
+/// more than it needs, so that only a child that is stuck or failed trips it.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn next(seed: &mut u64) -> u64 {
     *seed = seed
@@ -114,27 +118,54 @@ fn crash_runs(engine: Engine) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_buffer_child"))
             .arg(&db)
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Lines go through a channel so that the kill timer can start when
+        // the child says READY: opening a database (and, on PostgreSQL,
+        // creating the log schema) takes as long as a loaded machine makes
+        // it take, and a kill before READY would test nothing.
+        let (line_tx, line_rx) = mpsc::channel::<String>();
         let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<_>>()
+        let stdout_reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
         });
-        // Kill after READY plus a random 50..550 ms.
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let first = line_rx.recv_timeout(READY_TIMEOUT);
+        if first.as_deref() != Ok("READY") {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            drop(line_rx);
+            let _ = stdout_reader.join();
+            panic!(
+                "run {run}: the child did not say READY within {READY_TIMEOUT:?} \
+                 (first line: {first:?}, {status}); its stderr:\n{}",
+                stderr_reader.join().unwrap_or_default()
+            );
+        }
+        // Kill a random 50..550 ms after READY.
         let kill_after = Duration::from_millis(50 + next(&mut seed) % 500);
-        let start = Instant::now();
-        std::thread::sleep(Duration::from_millis(300) + kill_after);
+        std::thread::sleep(kill_after);
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "run {run}: the child exited by itself ({status}) before it was killed; its stderr:\n{}",
+                stderr_reader.join().unwrap_or_default()
+            );
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let lines = reader.join().unwrap();
-        assert_eq!(
-            lines.first().map(String::as_str),
-            Some("READY"),
-            "run {run}: child did not start"
-        );
+        stdout_reader.join().unwrap();
+        let _ = stderr_reader.join();
+        let lines: Vec<String> = std::iter::once("READY".to_string())
+            .chain(line_rx.try_iter())
+            .collect();
 
         let mut values = vec![-1i64; KEYS as usize];
         // Read back through the client itself: the same SQL on both engines.
@@ -205,7 +236,6 @@ fn crash_runs(engine: Engine) {
             );
         }
         drop(reader);
-        let _ = start;
     }
     eprintln!(
         "crash test: {runs} kills, {total_acks} runs with force_flush acks, {total_tickets} committed tickets, \
