@@ -348,6 +348,56 @@ fn a_planted_symlink_is_never_followed() {
     assert_eq!((after.len(), after.mtime()), (before.len(), before.mtime()));
 }
 
+/// Item 8, other planted files: a FIFO (which a read-only open would wait
+/// on forever), a directory or a hard link at the side file's path never
+/// block or break the host. Every statement works, in backoff mode, and the
+/// tables answer at once.
+#[test]
+fn a_planted_fifo_directory_or_hard_link_never_blocks_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, b"alice's private notes\n").unwrap();
+    let plant: [(&str, &dyn Fn(&Path)); 3] = [
+        ("fifo", &|side| run(Command::new("mkfifo").arg(side))),
+        ("directory", &|side| std::fs::create_dir(side).unwrap()),
+        ("hard link", &|side| {
+            std::fs::hard_link(&notes, side).unwrap()
+        }),
+    ];
+    for (what, plant) in plant {
+        let db = dir.path().join(format!("{}.db", what.replace(' ', "_")));
+        let side = dir
+            .path()
+            .join(format!("{}.db-hybrid", what.replace(' ', "_")));
+        plant(&side);
+        let mut shell = Command::new("timeout");
+        shell
+            .args(["--signal=KILL", "60", "sqlite3"])
+            .arg(&db)
+            .arg(format!(".load {}", sqlite_hybrid_tests::ext_load_arg()))
+            .arg("PRAGMA journal_mode=WAL")
+            .arg("CREATE TABLE t(x)")
+            .arg("BEGIN IMMEDIATE")
+            .arg("INSERT INTO t VALUES (1)")
+            .arg("COMMIT")
+            .arg("SELECT mode, count(*) FROM hybrid_lock_metrics")
+            .arg("SELECT count(*) FROM hybrid_lock_waiters")
+            .arg("SELECT count(*) FROM t");
+        let output = shell.output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{what}: the shell failed or hung: {output:?}"
+        );
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            ["wal", "backoff|1", "0", "1"],
+            "{what}: {output:?}"
+        );
+    }
+    assert_eq!(std::fs::read(&notes).unwrap(), b"alice's private notes\n");
+}
+
 /// Item 9: the side file gets the database file's mode (a group-writable
 /// database gives a group-writable side file, so a second user of the group
 /// queues too) and, when root creates it, the database file's owner.

@@ -5,7 +5,8 @@
 //!   if it is a regular file with one link and either empty (new) or exactly
 //!   [`FILE_BYTES`] long. Anything else is refused untouched (the connection
 //!   stays in backoff mode): a planted symlink or hard link to a private
-//!   file is never resized or written.
+//!   file is never resized or written, and a planted FIFO never blocks the
+//!   open (`O_NONBLOCK`).
 //! * **Same mode and owner as the database.** Created with the database
 //!   file's permission bits (the umask does not narrow them), and, when
 //!   running as root, given the database file's owner, as SQLite does for
@@ -419,7 +420,11 @@ fn open_file(
     db: &std::fs::Metadata,
     create: bool,
 ) -> io::Result<(std::fs::File, bool)> {
-    let nofollow = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // O_NONBLOCK: a FIFO planted at the path would otherwise block a
+    // read-only open until someone writes to it, i.e. forever; the file
+    // type is checked once it is open. O_NOCTTY: never a controlling
+    // terminal. (Neither changes anything for the regular file we use.)
+    let nofollow = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
     if create {
         let attempt = std::fs::OpenOptions::new()
             .read(true)
@@ -625,6 +630,33 @@ mod tests {
         std::fs::hard_link(&private, path_for(&db)).unwrap();
         assert!(SideFile::open(&db).is_err());
         assert_eq!(std::fs::read(&private).unwrap(), b"alice's notes");
+    }
+
+    #[test]
+    fn a_planted_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_in(&dir, "fifo.db");
+        let fifo = std::ffi::CString::new(path_for(&db).to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        // Both ways in: the read-only open used to observe a file (which
+        // would block until a writer appears) and the read-write one.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let opener = std::thread::spawn(move || {
+            let read_only = SideFile::open_for_reading(&db).map(|_| ());
+            let read_write = SideFile::open(&db).map(|_| ());
+            let _ = done_tx.send((read_only, read_write));
+        });
+        let (read_only, read_write) = done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a side file that is a FIFO blocked");
+        opener.join().unwrap();
+        for refusal in [read_only.unwrap_err(), read_write.unwrap_err()] {
+            assert!(
+                refusal.to_string().contains("not a regular file"),
+                "{refusal}"
+            );
+        }
     }
 
     #[test]
