@@ -108,3 +108,35 @@ fn python_connect_timeout_replaces_handler_until_reinstalled() {
     );
     assert_eq!(report["later_connection_has_functions"], true, "{report}");
 }
+
+/// A pre-forking server: the parent has the database open (so this process
+/// has the side file mapped) and then forks workers that open connections
+/// of their own. Each worker takes part in the queue as itself: the tables
+/// name the child that holds the lock, not the parent whose mapping it
+/// inherited, and both children's writes land.
+#[test]
+fn connections_opened_after_fork_queue_as_their_own_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("forked.db");
+    let output = sqlite_hybrid_tests::run_python("forked.py", &[db.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let report = last_json(&stdout);
+    let (holder, waiter) = (report["holder"].clone(), report["waiter"].clone());
+    assert_eq!(
+        report["holder_table"],
+        serde_json::json!([holder]),
+        "{report}"
+    );
+    assert_eq!(
+        report["waiters_table"],
+        serde_json::json!([waiter]),
+        "{report}"
+    );
+    assert_eq!(report["exit_codes"], serde_json::json!([0, 0]), "{report}");
+    assert_eq!(
+        report["rows"],
+        serde_json::json!([holder, waiter]),
+        "{report}"
+    );
+}

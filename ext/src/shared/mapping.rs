@@ -66,6 +66,8 @@ pub(crate) struct SideFile {
     /// Our participant record (None: mapped read-only, cannot queue).
     participant: Option<usize>,
     epoch: u32,
+    /// The process that made the mapping (a forked child has another).
+    pid: u32,
     next_connection: AtomicU32,
     probes: Mutex<Vec<Probe>>,
     seen: Mutex<Observations>,
@@ -114,8 +116,13 @@ impl SideFile {
     fn open_shared(db_path: &str, to_queue: bool) -> io::Result<Arc<SideFile>> {
         let path = path_for(db_path);
         let mut open = OPEN.lock();
+        // A mapping inherited across fork() is not reused for queueing: its
+        // connection counter would hand out the same tokens in the parent
+        // and in every child. The child maps the file again and gets its own
+        // participant record (the inherited descriptor keeps the parent's
+        // OFD locks, which the two now share, so neither looks dead).
         if let Some(existing) = open.get(&path).and_then(Weak::upgrade)
-            && (existing.participant.is_some() || !to_queue)
+            && (!to_queue || (existing.participant.is_some() && existing.pid == std::process::id()))
         {
             return Ok(existing);
         }
@@ -175,6 +182,7 @@ impl SideFile {
             path,
             participant: None,
             epoch: 0,
+            pid: std::process::id(),
             next_connection: AtomicU32::new(1),
             probes: Mutex::new(vec![Probe::default(); MAX_PARTICIPANTS]),
             seen: Mutex::new(Observations::default()),
