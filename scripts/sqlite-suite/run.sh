@@ -44,8 +44,12 @@ SUITE_USER=${SQLITE_SUITE_USER:-sqlitesuite}
 KEEP=${SQLITE_SUITE_KEEP:-0}
 ACCEPTED=${SQLITE_SUITE_ACCEPTED:-$HERE/accepted.txt}
 BUILD_OPTS="-DSQLITE_ENABLE_SNAPSHOT=1"
-DEFAULT_FILES="busy lock* wal* walcrash* walro* walprotocol* walvfs walnoshm snapshot*
+DEFAULT_FILES="busy busy2 lock* wal* walcrash* walro* walprotocol* walvfs walnoshm snapshot*
   shared* pager1 pager2 pager3 journal1 journal2 journal3 incrvacuum walfault pagerfault*
+  superlock attach* backup* savepoint* trans* exclusive* tempdb* mmap* vacuum* close*
+  capi3* misuse* func func2 func3 vtab1 ioerr* crash* memdb* nolock* unixexcl* sync*
+  fallocate* zerodamage* oserror* e_wal* e_vacuum* hook* atomic* autovacuum* rollback*
+  schema* pragma* uri* e_uri symlink* openv2 filectrl 8_3_names
   hybrid_*"
 # Our own test files (scripts/sqlite-suite/tests/*.test) join SQLite's in the
 # scratch copy of test/ and are selected like them.

@@ -402,6 +402,33 @@ mod tests {
         )
     }
 
+    /// The policy's clock runs over SQLite's run of busy calls (count 0
+    /// onwards), not over one wait: a step that takes the write lock and
+    /// is then refused something else keeps its deadline.
+    #[test]
+    fn a_run_of_busy_calls_outlasts_the_waits_inside_it() {
+        let registry = Registry::default();
+        let file = registry.file("/tmp/run.db");
+        let tracker = WaitTracker::new(Arc::clone(&file));
+        let t0 = Instant::now();
+        tracker.handler_called(0, t0);
+        tracker.chose_retry(t0 + ms(4), 4.0);
+        tracker.settle(); // the write lock was taken...
+        let ctx = tracker.handler_called(1, t0 + ms(5)); // ...and the step is refused again
+        assert_eq!(
+            (ctx.attempt, ctx.elapsed, ctx.previous_delay_ms, ctx.first),
+            (1, ms(5), 4.0, false)
+        );
+        assert_eq!(identity_of(&file.snapshot()), (2, 1, 1, 0), "two waits");
+        tracker.gave_up(t0 + ms(6));
+        // A give-up ends the run; count 0 (a new step) starts one too.
+        let ctx = tracker.handler_called(1, t0 + ms(7));
+        assert_eq!((ctx.attempt, ctx.elapsed, ctx.first), (0, ms(0), true));
+        tracker.chose_retry(t0 + ms(8), 1.0);
+        let ctx = tracker.handler_called(0, t0 + ms(9));
+        assert_eq!((ctx.attempt, ctx.elapsed, ctx.first), (0, ms(0), true));
+    }
+
     #[test]
     fn acquired_wait_is_provisional_then_settled() {
         let registry = Registry::default();

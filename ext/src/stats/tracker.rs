@@ -46,7 +46,6 @@ pub(super) struct Episode {
     started: Instant,
     pub(super) phase: Phase,
     pub(super) retries: u32,
-    last_delay_ms: f64,
     retried_at: Instant,
     pub(super) retried_unix_ms: u64,
     /// The slow-wait log reported this wait as still going on.
@@ -62,16 +61,35 @@ impl Episode {
     }
 }
 
-/// Where a handler call stands within its wait; input to the policy.
+/// One run of busy-handler calls as SQLite counts them: from a call with
+/// count 0 (SQLite resets its count at every `sqlite3_step`) until the
+/// handler gives up or the count starts again. The policy's deadline and
+/// retry count run over the whole of it, as SQLite's own handler's do.
+///
+/// Why not the wait (`Episode`): a wait ends when the write lock is taken,
+/// but one step can take it and still be refused something else. With
+/// every lock byte of a WAL file held by another connection (SQLite's
+/// `superlock` test), a reader takes the write lock to recover the
+/// WAL index, fails on the read locks, and asks again: measured per wait,
+/// such a loop never reached its deadline and spun forever.
+#[derive(Debug, Clone, Copy)]
+struct BusyRun {
+    started: Instant,
+    retries: u32,
+    last_delay_ms: f64,
+}
+
+/// Where a handler call stands within its run of busy calls (see
+/// [`BusyRun`]); input to the policy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct CallContext {
-    /// Retries already allowed in this wait.
+    /// Retries already allowed in this run.
     pub(crate) attempt: u32,
-    /// Time since the wait's first handler call.
+    /// Time since the run's first handler call.
     pub(crate) elapsed: Duration,
-    /// The previous sleep of this wait in ms (0 for the first).
+    /// The previous sleep of this run in ms (0 for the first).
     pub(crate) previous_delay_ms: f64,
-    /// Whether this call started a new wait.
+    /// Whether this call started a new run.
     pub(crate) first: bool,
 }
 
@@ -84,6 +102,8 @@ struct SlowEnd(SlowWaitEvent, Duration);
 pub(crate) struct WaitTracker {
     file: Arc<FileMetrics>,
     pub(super) episode: Mutex<Option<Episode>>,
+    /// The run of busy calls in progress (locked alone, never with others).
+    run: Mutex<Option<BusyRun>>,
     handler_installed: AtomicBool,
 }
 
@@ -94,6 +114,7 @@ impl WaitTracker {
         let tracker = Arc::new(WaitTracker {
             file,
             episode: Mutex::new(None),
+            run: Mutex::new(None),
             handler_installed: AtomicBool::new(false),
         });
         tracker.file.add_tracker(&tracker);
@@ -116,21 +137,38 @@ impl WaitTracker {
         self.handler_installed.load(Ordering::Relaxed)
     }
 
-    /// A busy-handler call: `count` is SQLite's count of earlier calls for
-    /// this lock. Count 0 (or no open wait) starts a new wait, settling the
-    /// previous one as acquired.
+    /// A busy-handler call: `count` is SQLite's count of earlier calls in
+    /// this step. Count 0 (or no open wait) starts a new wait, settling the
+    /// previous one as acquired; count 0 (or no open run) also starts a new
+    /// run of calls, which the returned context describes.
     pub(crate) fn handler_called(&self, count: i32, now: Instant) -> CallContext {
-        let (call, ended) = self.handler_called_locked(count, now);
+        let (waited, ended) = self.handler_called_locked(count, now);
         self.report(ended);
-        if slow_waits::is_slow(call.elapsed) {
+        if slow_waits::is_slow(waited) {
             self.report_still_waiting(now);
         }
-        call
+        let mut run = self.run.lock();
+        let first = count <= 0 || run.is_none();
+        let current = match *run {
+            Some(current) if !first => current,
+            _ => *run.insert(BusyRun {
+                started: now,
+                retries: 0,
+                last_delay_ms: 0.0,
+            }),
+        };
+        CallContext {
+            attempt: current.retries,
+            elapsed: now.saturating_duration_since(current.started),
+            previous_delay_ms: current.last_delay_ms,
+            first,
+        }
     }
 
-    /// [`Self::handler_called`] under the locks; also returns the previous
-    /// wait if it must be reported.
-    fn handler_called_locked(&self, count: i32, now: Instant) -> (CallContext, Option<SlowEnd>) {
+    /// The wait bookkeeping of [`Self::handler_called`], under the locks:
+    /// returns how long the current wait has lasted, and the previous wait
+    /// if it must be reported.
+    fn handler_called_locked(&self, count: i32, now: Instant) -> (Duration, Option<SlowEnd>) {
         let mut ended = None;
         let mut episode = self.episode.lock();
         let mut stats = self.file.stats.lock();
@@ -139,8 +177,7 @@ impl WaitTracker {
         if let Some(shared) = &shared {
             shared.handler_call();
         }
-        let first = count <= 0 || episode.is_none();
-        if first {
+        if count <= 0 || episode.is_none() {
             if let Some(previous) = episode.take() {
                 ended = self.settle_locked(previous, &mut stats);
             }
@@ -152,30 +189,16 @@ impl WaitTracker {
                 started: now,
                 phase: Phase::Waiting,
                 retries: 0,
-                last_delay_ms: 0.0,
                 retried_at: now,
                 retried_unix_ms: 0,
                 slow_reported: false,
             });
         }
-        let Some(current) = episode.as_mut() else {
-            // Unreachable: an episode was ensured above.
-            let call = CallContext {
-                attempt: 0,
-                elapsed: Duration::ZERO,
-                previous_delay_ms: 0.0,
-                first: true,
-            };
-            return (call, ended);
-        };
-        current.phase = Phase::Waiting;
-        let call = CallContext {
-            attempt: current.retries,
-            elapsed: now.saturating_duration_since(current.started),
-            previous_delay_ms: current.last_delay_ms,
-            first,
-        };
-        (call, ended)
+        let waited = episode.as_mut().map_or(Duration::ZERO, |current| {
+            current.phase = Phase::Waiting;
+            now.saturating_duration_since(current.started)
+        });
+        (waited, ended)
     }
 
     /// How long from now until the wait in progress becomes slow and must be
@@ -210,10 +233,13 @@ impl WaitTracker {
 
     /// The handler slept `delay_ms` and now lets SQLite retry.
     pub(crate) fn chose_retry(&self, now: Instant, delay_ms: f64) {
+        if let Some(run) = self.run.lock().as_mut() {
+            run.retries = run.retries.saturating_add(1);
+            run.last_delay_ms = delay_ms;
+        }
         if let Some(episode) = self.episode.lock().as_mut() {
             episode.phase = Phase::Retrying;
             episode.retries = episode.retries.saturating_add(1);
-            episode.last_delay_ms = delay_ms;
             episode.retried_at = now;
             episode.retried_unix_ms = now_unix_ms();
         }
@@ -221,6 +247,7 @@ impl WaitTracker {
 
     /// The handler gave up: the wait ends now as `gave_up`.
     pub(crate) fn gave_up(&self, now: Instant) {
+        *self.run.lock() = None;
         let ended = {
             let mut episode = self.episode.lock();
             episode.take().and_then(|finished| {
