@@ -207,9 +207,15 @@ setup_scratch() {
 # ------------------------------------------------------------------- files
 select_files() {
   local patterns=${SQLITE_SUITE_FILES:-$DEFAULT_FILES} p f
+  local -a pattern_list
   local -A seen=()
   FILES=()
-  for p in $patterns; do
+  # Split without globbing: a pattern is matched against the test
+  # directories below, never against the directory run.sh started in.
+  set -f
+  read -r -d '' -a pattern_list <<<"$patterns" || true
+  set +f
+  for p in "${pattern_list[@]}"; do
     local matched=0
     for f in "$SRC"/test/$p.test "$OWN_TESTS"/$p.test; do
       [[ -f $f ]] || continue
