@@ -357,19 +357,16 @@ fn a_planted_fifo_directory_or_hard_link_never_blocks_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let notes = dir.path().join("notes.txt");
     std::fs::write(&notes, b"alice's private notes\n").unwrap();
-    let plant: [(&str, &dyn Fn(&Path)); 3] = [
-        ("fifo", &|side| run(Command::new("mkfifo").arg(side))),
-        ("directory", &|side| std::fs::create_dir(side).unwrap()),
-        ("hard link", &|side| {
-            std::fs::hard_link(&notes, side).unwrap()
-        }),
-    ];
-    for (what, plant) in plant {
+    for what in ["fifo", "directory", "hard link"] {
         let db = dir.path().join(format!("{}.db", what.replace(' ', "_")));
         let side = dir
             .path()
             .join(format!("{}.db-hybrid", what.replace(' ', "_")));
-        plant(&side);
+        match what {
+            "fifo" => run(Command::new("mkfifo").arg(&side)),
+            "directory" => std::fs::create_dir(&side).unwrap(),
+            _ => std::fs::hard_link(&notes, &side).unwrap(),
+        }
         let mut shell = Command::new("timeout");
         shell
             .args(["--signal=KILL", "60", "sqlite3"])
