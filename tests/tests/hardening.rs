@@ -359,9 +359,7 @@ fn a_planted_fifo_directory_or_hard_link_never_blocks_the_host() {
     std::fs::write(&notes, b"alice's private notes\n").unwrap();
     for what in ["fifo", "directory", "hard link"] {
         let db = dir.path().join(format!("{}.db", what.replace(' ', "_")));
-        let side = dir
-            .path()
-            .join(format!("{}.db-hybrid", what.replace(' ', "_")));
+        let side = std::path::PathBuf::from(format!("{}-hybrid", db.display()));
         match what {
             "fifo" => run(Command::new("mkfifo").arg(&side)),
             "directory" => std::fs::create_dir(&side).unwrap(),
