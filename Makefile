@@ -62,7 +62,7 @@ demo: ext
 # The contention suite: every scenario against SQLite's default handler in
 # the same run (3 rounds, modes alternating; about 15 minutes on 2 cores).
 # Writes the table to stdout, the figures to target/bench/contention.json
-# and the chart the README shows to docs/bench/contention.png.
+# and the chart docs/benchmarks.md shows to docs/bench/contention.png.
 BENCH_ROUNDS   ?= 3
 BENCH_DURATION ?= 3
 bench: check-tools ext
@@ -91,9 +91,10 @@ soak: check-tools ext
 sqlite-suite: ext
 	scripts/sqlite-suite/run.sh
 
-# The packages (README "Install"): the library built once for both with
-# cargo zigbuild for glibc 2.17 (its own target dir; dist/libhybrid.so and
-# target/release are untouched), stripped and checked.
+# The packages (README "Install", docs/hosts.md "Building the packages"):
+# the library built once for both with cargo zigbuild for glibc 2.17 (its
+# own target dir; dist/libhybrid.so and target/release are untouched),
+# stripped and checked.
 wheel:
 	scripts/packaging/wheel.sh
 dist:

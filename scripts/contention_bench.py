@@ -403,9 +403,10 @@ def draw_chart(results, modes, path):
 
 
 def report(path):
-    """The README's tables from a --json file: the headline (synchronous=NORMAL)
-    and every other scenario, extension and backoff mode against the default
-    handler, median (range) over the rounds, and the targets missed."""
+    """The tables of docs/benchmarks.md from a --json file: the headline
+    (synchronous=NORMAL) and every other scenario, extension and backoff mode
+    against the default handler, median (range) over the rounds, and the
+    targets missed."""
     with open(path) as f:
         data = json.load(f)
     results = data["results"]

@@ -141,7 +141,7 @@ impl Database {
 
     /// Opens with explicit options. A path that is a `postgres://` or
     /// `postgresql://` URL opens a PostgreSQL database instead (feature
-    /// `postgres`; see the README's "Outgrowing one file").
+    /// `postgres`; see `docs/postgres.md`).
     pub fn open_with(options: DatabaseBuilder) -> Result<Database> {
         options.retry.validate().map_err(Error::InvalidInput)?;
         let busy = options

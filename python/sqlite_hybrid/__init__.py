@@ -62,7 +62,7 @@ __all__ = [
     "__version__",
 ]
 
-#: Keys accepted by ``hybrid_busy_config`` (see the README's SQL reference).
+#: Keys accepted by ``hybrid_busy_config`` (see docs/sql-reference.md).
 POLICY_KEYS = frozenset(
     {"base_ms", "cap_ms", "jitter", "timeout_ms", "max_retries", "aging_ms", "handoff_ms"}
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the release archive for this platform, like sqlean's release
 # archives: the stripped library (glibc 2.17 baseline, from lib.sh), the
-# README and the LICENSE, in one folder.
+# README with the docs/ pages it links to, the CHANGELOG and the LICENSE, in
+# one folder.
 #
 #   dist/sqlite-hybrid-<version>-linux-x86_64.tar.gz
 #   dist/sqlite-hybrid-<version>-linux-x86_64.tar.gz.sha256
@@ -31,7 +32,10 @@ STAGE="$PKG/tarball/$NAME"
 rm -rf "$PKG/tarball"
 mkdir -p "$STAGE"
 install -m 0755 "$LIB" "$STAGE/libhybrid.so"
-install -m 0644 "$ROOT/README.md" "$ROOT/LICENSE" "$STAGE/"
+install -m 0644 "$ROOT/README.md" "$ROOT/CHANGELOG.md" "$ROOT/LICENSE" "$STAGE/"
+install -d "$STAGE/docs/bench"
+install -m 0644 "$ROOT"/docs/*.md "$STAGE/docs/"
+install -m 0644 "$ROOT/docs/bench/contention.png" "$STAGE/docs/bench/"
 
 EPOCH=$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)
 mkdir -p "$ROOT/dist"

@@ -11,6 +11,23 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// The Rust examples of `docs/rust-client.md` (the client, its write
+/// buffer, log database and async face), run as doctests like the README's.
+#[doc = include_str!("../../docs/rust-client.md")]
+#[cfg(doctest)]
+pub struct RustClientDocDoctests;
+
+/// The Rust examples of `docs/hosts.md` (loading into plain rusqlite).
+#[doc = include_str!("../../docs/hosts.md")]
+#[cfg(doctest)]
+pub struct HostsDocDoctests;
+
+/// The Rust examples of `docs/postgres.md` (compiled only where they need a
+/// server: `rust,ignore`).
+#[doc = include_str!("../../docs/postgres.md")]
+#[cfg(doctest)]
+pub struct PostgresDocDoctests;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};

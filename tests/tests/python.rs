@@ -84,7 +84,7 @@ fn waiter_gives_up_at_the_deadline() {
     assert!(m["wait_max_ms"].as_f64().unwrap() >= 399.0, "{m}");
 }
 
-/// Python-specific gotcha, documented in the README: connect(timeout=...)
+/// Python-specific gotcha, documented in docs/hosts.md: connect(timeout=...)
 /// calls sqlite3_busy_timeout, replacing the handler the auto-extension
 /// installed; hybrid_busy_timeout() puts it back.
 #[test]

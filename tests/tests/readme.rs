@@ -1,21 +1,45 @@
-//! The README's examples run: every ```sql block in the sqlite3 shell with
-//! the extension loaded, the one-line examples of the function table, and
-//! every ```python block with Debian's python3.
+//! The examples of the README and of `docs/*.md` run: every ```sql block in
+//! the sqlite3 shell with the extension loaded, the one-line examples of the
+//! function table in `docs/sql-reference.md`, and every ```python block with
+//! Debian's python3. (Their Rust examples are doctests of this crate, see
+//! `src/lib.rs`.)
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use sqlite_hybrid_tests::{ext_load_arg, python, run_shell, workspace_root};
 
-fn blocks(lang: &str) -> Vec<String> {
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+/// README.md and every page under docs/, in a stable order.
+fn documents() -> Vec<PathBuf> {
+    let root = workspace_root();
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/ exists")
+        .map(|entry| entry.expect("docs/ entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+        .collect();
+    docs.sort();
+    docs.insert(0, root.join("README.md"));
+    docs
+}
+
+/// Every ```lang block of every document, with the document's name.
+fn blocks(lang: &str) -> Vec<(String, String)> {
     let fence = format!("```{lang}\n");
     let mut out = Vec::new();
-    let mut rest = readme.as_str();
-    while let Some(start) = rest.find(&fence) {
-        let body = &rest[start + fence.len()..];
-        let end = body.find("```").expect("closed fence");
-        out.push(body[..end].to_string());
-        rest = &body[end..];
+    for path in documents() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path
+            .strip_prefix(workspace_root())
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find(&fence) {
+            let body = &rest[start + fence.len()..];
+            let end = body.find("```").expect("closed fence");
+            out.push((name.clone(), body[..end].to_string()));
+            rest = &body[end..];
+        }
     }
     out
 }
@@ -23,23 +47,28 @@ fn blocks(lang: &str) -> Vec<String> {
 #[test]
 fn readme_sql_examples_run_without_errors() {
     let sql = blocks("sql");
-    assert!(!sql.is_empty(), "README has sql examples");
+    for wanted in ["README.md", "docs/sql-reference.md"] {
+        assert!(
+            sql.iter().any(|(name, _)| name == wanted),
+            "{wanted} has sql examples"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("readme.db");
-    for block in sql {
+    for (name, block) in sql {
         let out = run_shell(&db, &format!(".load {}\n{block}", ext_load_arg()));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success() && stderr.is_empty(),
-            "README block failed:\n{block}\n{stderr}"
+            "{name}: block failed:\n{block}\n{stderr}"
         );
     }
 }
 
-/// The one-line examples in the SQL reference table run too.
+/// The one-line examples in the SQL reference's function table run too.
 #[test]
 fn readme_function_table_examples_run() {
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(workspace_root().join("docs/sql-reference.md")).unwrap();
     let examples: Vec<&str> = readme
         .lines()
         .filter(|l| l.starts_with("| `hybrid_"))
@@ -64,7 +93,14 @@ fn readme_function_table_examples_run() {
 /// every driver against the installed wheel).
 #[test]
 fn readme_python_examples_run() {
-    for block in blocks("python") {
+    let python_blocks = blocks("python");
+    for wanted in ["README.md", "docs/hosts.md"] {
+        assert!(
+            python_blocks.iter().any(|(name, _)| name == wanted),
+            "{wanted} has python examples"
+        );
+    }
+    for (name, block) in python_blocks {
         if block.contains("import apsw") && !python_has("apsw") {
             eprintln!("skipped (no apsw in {}):\n{block}", python().display());
             continue;
@@ -81,7 +117,7 @@ fn readme_python_examples_run() {
             .unwrap();
         assert!(
             out.status.success(),
-            "{block}\n{}",
+            "{name}:\n{block}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -128,7 +128,8 @@ pub(crate) const MAX_CAP_MS: f64 = 60_000.0;
 pub(crate) const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
 
 impl Default for BackoffPolicy {
-    /// Defaults chosen by measurement (README, "Benchmarks"): 8 writer
+    /// Defaults chosen by measurement (`docs/sql-reference.md`, "How the
+    /// busy handler decides"; figures in `docs/benchmarks.md`): 8 writer
     /// processes on one WAL file, 2 cores. A small cap keeps waiters close to
     /// the moment the lock frees (fairness, short max wait); the base keeps
     /// the first retries cheap. 5 s matches Python's sqlite3 default timeout.

@@ -12,7 +12,8 @@ use crate::sql::health::schemas;
 use crate::text::quote_identifier;
 
 /// `(pragma, value to set, value it reads back when applied)`, per
-/// connection. The why of each value is in the README's `hybrid_tune` entry.
+/// connection. The why of each value is in `docs/sql-reference.md`
+/// ("What `hybrid_tune()` sets").
 const CONNECTION_SETTINGS: [(&str, &str, Value); 5] = [
     ("synchronous", "NORMAL", Value::Integer(1)),
     ("foreign_keys", "ON", Value::Integer(1)),

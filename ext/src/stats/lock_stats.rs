@@ -21,7 +21,7 @@ pub(crate) struct Counts {
 }
 
 /// Lock-wait statistics of one database file: one row of the SQL table
-/// `hybrid_lock_metrics` (see the README for every column).
+/// `hybrid_lock_metrics` (see `docs/sql-reference.md` for every column).
 ///
 /// `busy_events` is defined as `acquired + gave_up + in_flight`, so every
 /// snapshot satisfies that identity by construction, whatever races with it.
