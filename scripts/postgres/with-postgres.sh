@@ -49,10 +49,13 @@ DIR=$(mktemp -d /tmp/hybrid-pg.XXXXXX)
 chmod 755 "$DIR"
 chown "$owner" "$DIR"
 LOG="$DIR/server.log"
+# The server's tools run in $DIR: as the postgres user they cannot enter
+# a checkout under a private directory, and would say so on every call.
+as_owner() { (cd "$DIR" && "${run_as[@]}" "$@"); }
 cleanup() {
     local status=$?
     if [ -f "$DIR/data/postmaster.pid" ]; then
-        "${run_as[@]}" "$BIN/pg_ctl" -D "$DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
+        as_owner "$BIN/pg_ctl" -D "$DIR/data" -m immediate -w stop >/dev/null 2>&1 || true
     fi
     rm -rf "$DIR"
     exit "$status"
@@ -60,14 +63,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"${run_as[@]}" "$BIN/initdb" -D "$DIR/data" -U hybrid --auth=trust --no-instructions \
+as_owner "$BIN/initdb" -D "$DIR/data" -U hybrid --auth=trust --no-instructions \
     -E UTF8 --locale=C.UTF-8 >"$DIR/initdb.log" 2>&1 \
     || { cat "$DIR/initdb.log" >&2; die "initdb failed"; }
 # No TCP at all: only the socket in $DIR, which only this run knows.
-"${run_as[@]}" "$BIN/pg_ctl" -D "$DIR/data" -l "$LOG" -w -t 60 start \
+as_owner "$BIN/pg_ctl" -D "$DIR/data" -l "$LOG" -w -t 60 start \
     -o "-c listen_addresses='' -k $DIR -c max_connections=200" >/dev/null \
     || { cat "$LOG" >&2; die "the server did not start"; }
-"${run_as[@]}" "$BIN/createdb" -h "$DIR" -U hybrid hybrid_test
+as_owner "$BIN/createdb" -h "$DIR" -U hybrid hybrid_test
 
 socket=$(printf '%s' "$DIR" | sed 's|/|%2F|g')
 export HYBRID_PG_URL="postgresql://hybrid@$socket/hybrid_test"

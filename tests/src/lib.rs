@@ -28,6 +28,7 @@ pub struct HostsDocDoctests;
 #[cfg(doctest)]
 pub struct PostgresDocDoctests;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
@@ -125,6 +126,112 @@ pub fn wrapped_python_command(wrapper: &[&str], script: &str, args: &[&str]) -> 
         .args(args)
         .env("HYBRID_EXT", ext_load_arg());
     command
+}
+
+/// What another, unprivileged user must read to run a helper script
+/// against the extension: copies of `tests/py/<script>`s and of the
+/// extension in a fresh directory under the system's temp directory, which
+/// every user can enter (directory 0755, scripts 0644, library 0755).
+///
+/// Why copies: the checkout may sit under a directory other users cannot
+/// enter (a fresh clone in root's home, mode 0700), and a test that runs
+/// `runuser -u someone -- python3 <checkout>/tests/py/client.py` would then
+/// fail with a child that exits before it says a word. Removed on drop.
+pub struct StagedForOtherUsers {
+    dir: tempfile::TempDir,
+    /// The copies: the scripts and the library.
+    files: Vec<PathBuf>,
+}
+
+impl StagedForOtherUsers {
+    /// Copies `scripts` (names under `tests/py/`) and the extension.
+    pub fn new(scripts: &[&str]) -> StagedForOtherUsers {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("hybrid-staged-")
+            .tempdir()
+            .expect("a temp directory");
+        let set_mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+        };
+        set_mode(dir.path(), 0o755);
+        let mut files = Vec::new();
+        for script in scripts {
+            let copy = dir.path().join(script);
+            std::fs::copy(py_script(script), &copy)
+                .unwrap_or_else(|e| panic!("copy tests/py/{script}: {e}"));
+            set_mode(&copy, 0o644);
+            files.push(copy);
+        }
+        let library = dir.path().join("libhybrid.so");
+        std::fs::copy(ext_path(), &library)
+            .unwrap_or_else(|e| panic!("copy {}: {e}", ext_path().display()));
+        set_mode(&library, 0o755);
+        files.push(library);
+        StagedForOtherUsers { dir, files }
+    }
+
+    /// The directory holding the copies (a working directory every user
+    /// can enter, too).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The copy of `tests/py/<name>`.
+    pub fn script(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The copy of the extension without its `.so`, as `ext_load_arg()`.
+    pub fn ext_load_arg(&self) -> String {
+        self.dir
+            .path()
+            .join("libhybrid")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// `runuser -u user -- python3 <staged script> args...`, in the staged
+    /// directory, with `HYBRID_EXT` naming the staged library; not started.
+    pub fn python_as(&self, user: &str, script: &str, args: &[&OsStr]) -> Command {
+        let mut command = Command::new("runuser");
+        command
+            .args(["-u", user, "--"])
+            .arg(python())
+            .arg(self.script(script))
+            .args(args)
+            .current_dir(self.dir())
+            .env("HYBRID_EXT", self.ext_load_arg());
+        command
+    }
+
+    /// Why `user` cannot use the staged files, or enter every directory in
+    /// `dirs` (None when it can): say, the temp directory itself sits where
+    /// the user cannot reach it (`TMPDIR` under a private directory).
+    pub fn unreachable_for(&self, user: &str, dirs: &[&Path]) -> Option<String> {
+        let mut check = Command::new("runuser");
+        check
+            .args(["-u", user, "--", "sh", "-c"])
+            .arg(concat!(
+                r#"for p in "$@"; do if [ -d "$p" ]; then [ -x "$p" ]; else [ -r "$p" ]; fi "#,
+                r#"|| { echo "cannot reach $p"; exit 1; }; done"#
+            ))
+            .arg("sh")
+            .arg(self.dir())
+            .args(&self.files)
+            .args(dirs)
+            .current_dir(self.dir());
+        match check.output() {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(format!(
+                "user {user}: {}{}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Some(format!("runuser does not run: {e}")),
+        }
+    }
 }
 
 /// Whether this process runs as root (namespaces, mounts and other users

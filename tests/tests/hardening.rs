@@ -15,7 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sqlite_hybrid_tests::{
-    LineProcess, is_root, last_json, python_command, signal, wrapped_python_command,
+    LineProcess, StagedForOtherUsers, is_root, last_json, python_command, signal,
+    wrapped_python_command,
 };
 
 /// A `tests/py/client.py` process (see its docs for the commands).
@@ -396,12 +397,18 @@ fn a_planted_fifo_directory_or_hard_link_never_blocks_the_host() {
 /// Item 9: the side file gets the database file's mode (a group-writable
 /// database gives a group-writable side file, so a second user of the group
 /// queues too) and, when root creates it, the database file's owner.
+///
+/// The two users run copies of `client.py` and the extension staged where
+/// they can read them (the checkout may be private to root), and every
+/// command they run starts in that directory.
 #[test]
 fn the_side_file_takes_the_database_files_mode_and_owner() {
-    if skip_unless_root("the_side_file_takes_the_database_files_mode_and_owner") {
+    const TEST: &str = "the_side_file_takes_the_database_files_mode_and_owner";
+    if skip_unless_root(TEST) {
         return;
     }
     let users = TestUsers::create();
+    let staged = StagedForOtherUsers::new(&["client.py"]);
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
@@ -410,26 +417,27 @@ fn the_side_file_takes_the_database_files_mode_and_owner() {
         .arg(format!("{}:{}", users.a, users.group))
         .arg(&shared));
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    for user in [&users.a, &users.b] {
+        if let Some(reason) = staged.unreachable_for(user, &[&shared]) {
+            eprintln!("{TEST}: skipped, the test users cannot reach the temp directory: {reason}");
+            return;
+        }
+    }
     let db = db_in(&shared);
     // User a creates a group-writable database (umask 002, as in a shared
     // project directory), then both users write to it.
-    run(Command::new("runuser").args(["-u", &users.a, "--", "sh", "-c"]).arg(format!(
+    let as_user = |user: &str| {
+        let mut command = Command::new("runuser");
+        command.args(["-u", user, "--"]).current_dir(staged.dir());
+        command
+    };
+    run(as_user(&users.a).args(["sh", "-c"]).arg(format!(
         "sqlite3 '{db}' 'PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT);' \
          && chmod 664 '{db}'"
     )));
     assert_eq!(std::fs::metadata(&db).unwrap().mode() & 0o777, 0o664);
-    let as_user = |user: &str| {
-        let mut command = Command::new("runuser");
-        command.args(["-u", user, "--"]);
-        command
-    };
     let spawn_as = |user: &str| {
-        let mut command = as_user(user);
-        command
-            .arg(sqlite_hybrid_tests::python())
-            .arg(sqlite_hybrid_tests::py_script("client.py"))
-            .arg(&db)
-            .env("HYBRID_EXT", sqlite_hybrid_tests::ext_load_arg());
+        let command = staged.python_as(user, "client.py", &[db.as_ref()]);
         Client::ready(LineProcess::spawn(command))
     };
     let mut a = spawn_as(&users.a);
@@ -452,8 +460,8 @@ fn the_side_file_takes_the_database_files_mode_and_owner() {
     std::fs::create_dir(&private).unwrap();
     run(Command::new("chown").arg(&users.a).arg(&private));
     let db2 = db_in(&private);
-    run(Command::new("runuser")
-        .args(["-u", &users.a, "--", "sqlite3"])
+    run(as_user(&users.a)
+        .arg("sqlite3")
         .arg(&db2)
         .arg("PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, who TEXT);"));
     let mut root = Client::start(&db2, &[]);
@@ -466,15 +474,11 @@ fn the_side_file_takes_the_database_files_mode_and_owner() {
         uid_a,
         "root gave the side file to the database's owner"
     );
-    let mut a_again = Client::ready(LineProcess::spawn({
-        let mut command = as_user(&users.a);
-        command
-            .arg(sqlite_hybrid_tests::python())
-            .arg(sqlite_hybrid_tests::py_script("client.py"))
-            .arg(&db2)
-            .env("HYBRID_EXT", sqlite_hybrid_tests::ext_load_arg());
-        command
-    }));
+    let mut a_again = Client::ready(LineProcess::spawn(staged.python_as(
+        &users.a,
+        "client.py",
+        &[db2.as_ref()],
+    )));
     assert_eq!(a_again.ask("mode"), "futex", "the user is not locked out");
 }
 
