@@ -52,13 +52,23 @@ import os
 import sqlite3
 from typing import Any, Dict, Mapping
 
+from ._errors import is_lock_error, sqlite_error_code
+from ._retry import Attempt, LockTimeout, retry, retry_stats, retrying
+
 __all__ = [
     "POLICY_KEYS",
+    "Attempt",
+    "LockTimeout",
     "connect",
+    "is_lock_error",
     "load",
     "load_async",
     "loadable_path",
     "policy_from_env",
+    "retry",
+    "retry_stats",
+    "retrying",
+    "sqlite_error_code",
     "__version__",
 ]
 
