@@ -66,7 +66,10 @@ pip_install "$WHEEL" >"$TMP/pip-wheel.log" 2>&1 || { cat "$TMP/pip-wheel.log" >&
 # The hosts' packages, one at a time: one without a wheel for this platform
 # skips its host instead of failing the run.
 : > "$TMP/missing.tsv"
-for spec in datasette sqlite-utils "sqlalchemy[asyncio]" aiosqlite apsw sqlean.py pysqlite3-binary; do
+# The web stacks (issue "zero database is locked"): FastAPI served by uvicorn
+# on SQLAlchemy's async engine, and Django; lower bounds are the oldest tested.
+for spec in datasette sqlite-utils "sqlalchemy[asyncio]>=1.4.24" aiosqlite apsw sqlean.py pysqlite3-binary \
+            "fastapi>=0.100" "uvicorn>=0.22" "django>=4.2"; do
     case "$spec" in
         apsw|sqlean.py|pysqlite3-binary) binary=(--only-binary=:all:) ;;  # no compiling here
         *) binary=(--prefer-binary) ;;
@@ -74,9 +77,18 @@ for spec in datasette sqlite-utils "sqlalchemy[asyncio]" aiosqlite apsw sqlean.p
     if ! pip_install "${binary[@]}" "$spec" >"$TMP/pip.log" 2>&1; then
         reason=$(grep -m1 -E 'ERROR|error' "$TMP/pip.log" | cut -c1-160 || true)
         say "skipping $spec: pip could not install it (${reason:-see pip output}); its host is skipped"
-        printf '%s\t%s\n' "${spec%%\[*}" "no installable wheel for this platform/python: ${reason:-pip failed}" >> "$TMP/missing.tsv"
+        name=${spec%%[\[>=<]*}
+        printf '%s\t%s\n' "$name" "no installable wheel for this platform/python: ${reason:-pip failed}" >> "$TMP/missing.tsv"
     fi
 done
+# Django < 5.1 (no OPTIONS["transaction_mode"]) beside the venv's newer one, in
+# a --target directory the Django check puts first on PYTHONPATH.
+DJANGO_OLD_PATH=""
+if pip_install --prefer-binary --no-deps --target "$TMP/django-old" "django>=4.2,<5.1" >"$TMP/pip.log" 2>&1; then
+    DJANGO_OLD_PATH="$TMP/django-old"
+else
+    say "skipping the Django < 5.1 check: pip could not install it ($(grep -m1 -E 'ERROR|error' "$TMP/pip.log" | cut -c1-160))"
+fi
 HOSTS_MISSING=$("$VENV/bin/python" -c 'import json, sys; print(json.dumps(dict(l.rstrip("\n").split("\t", 1) for l in open(sys.argv[1]) if l.strip())))' "$TMP/missing.tsv")
 HYBRID_LIB=$(cd "$TMP" && "$VENV/bin/python" -c 'import sqlite_hybrid; print(sqlite_hybrid.loadable_path())')
 installed=$(cd "$TMP" && "$VENV/bin/python" -c 'import sqlite_hybrid; print(sqlite_hybrid.__version__)')
@@ -146,6 +158,6 @@ fi
 
 # --- the checks --------------------------------------------------------------------------
 mkdir -p "$TMP/work"
-HOSTS_TMP="$TMP/work" HYBRID_VERSION="$VERSION" HYBRID_LIB="$HYBRID_LIB" HOSTS_MISSING="$HOSTS_MISSING" \
+DJANGO_OLD_PATH="$DJANGO_OLD_PATH" HOSTS_TMP="$TMP/work" HYBRID_VERSION="$VERSION" HYBRID_LIB="$HYBRID_LIB" HOSTS_MISSING="$HOSTS_MISSING" \
 NODE_WORKER="$NODE_WORKER" NODE_SKIP="$NODE_SKIP" GO_WORKER="$GO_WORKER" GO_SKIP="$GO_SKIP" \
-    timeout 600 "$VENV/bin/python" "$ROOT/hosts/python/test_hosts.py"
+    timeout 900 "$VENV/bin/python" "$ROOT/hosts/python/test_hosts.py"

@@ -46,6 +46,9 @@ SKIP_REASONS = {
 }
 WORKER = [PY, os.path.join(HERE, "worker.py")]
 SCENARIOS = [PY, os.path.join(HERE, "scenarios.py")]
+WEB = [PY, os.path.join(HERE, "web_scenarios.py")]
+DJANGO_PROJECT = os.path.join(os.path.dirname(HERE), "django_project")
+DJANGO_OLD = os.environ.get("DJANGO_OLD_PATH", "")  # a pip --target dir with Django < 5.1
 STEP_TIMEOUT = 60.0
 
 results: list = []
@@ -82,6 +85,7 @@ MODULES = {
     "stdlib": ("sqlite3", None), "connect": ("sqlite3", None), "apsw": ("apsw", "apsw"),
     "pysqlite3": ("pysqlite3", "pysqlite3-binary"), "sqlean": ("sqlean", "sqlean.py"),
     "sqlalchemy": ("sqlalchemy", "sqlalchemy"), "sqlalchemy-async": ("aiosqlite", "aiosqlite"),
+    "fastapi": ("fastapi", "fastapi"), "uvicorn": ("uvicorn", "uvicorn"), "django": ("django", "django"),
 }
 
 
@@ -426,6 +430,125 @@ def check_worker_contend(worker: list | None, label: str, waiter: list | None = 
     return assert_waited(waited)
 
 
+# --- web apps: SQLAlchemy attach()/writer(), retry, FastAPI + uvicorn, Django -----------------
+
+
+def web(name: str) -> dict:
+    return one_shot(WEB + [name, TMP], f"web-{name}")
+
+
+def check_listener_order() -> str:
+    require("sqlalchemy")
+    require("sqlalchemy-async")
+    out = web("listener-order")
+    for key, value in out.items():
+        assert value["process_row"] == [4, 4], f"{key}: connections, handler_active = {value['process_row']}"
+        assert value["timeouts"] == [500.0] * 4, f"{key}: the app's 500 ms should be the deadline: {value}"
+        assert value.get("pragma", [0] * 4) == [0] * 4, f"{key}: SQLite's own handler still installed: {value}"
+    return "app's PRAGMA busy_timeout=500 listener before/after attach(), sync and aiosqlite: handler_active 4/4, deadline 500 ms"
+
+
+def check_timeout() -> str:
+    require("sqlalchemy")
+    out = web("timeout")
+    assert out["python-default"]["timeouts"] == [5000.0] * 2, out
+    assert out["connect_args"]["timeouts"] == [2000.0] * 2, out
+    assert out["pragma"]["timeouts"] == [750.0] * 2, out
+    assert out["policy-wins"]["timeouts"] == [1234.0] * 2, out
+    for key in ("python-default", "connect_args", "pragma", "policy-wins"):
+        assert out[key]["process_row"] == [2, 2], (key, out[key])
+    deadline = out["deadline"]
+    assert deadline["is_lock_error"] and deadline["error_code"] & 0xFF == 5, deadline
+    assert deadline["metrics"]["gave_up"] == 1, deadline
+    return (f"deadline = Python default 5000 / connect_args 2000 / pragma 750 / timeout_ms 1234 ms; "
+            f"500 ms deadline vs a 1.5 s holder: SQLITE_BUSY after {deadline['waited_s']:.2f} s, gave_up 1")
+
+
+def check_read_then_write() -> str:
+    require("sqlalchemy")
+    require("sqlalchemy-async")
+    out = web("read-then-write")
+    assert out["deferred"] == {"code": 517, "is_lock_error": True}, f"expected SQLITE_BUSY_SNAPSHOT: {out}"
+    assert out["writer_sync"] == 1001, out   # the holder's +1000 and our +1, none lost
+    assert out["writer_async"] == 1004, out
+    assert out["retry"]["attempts"] == 2 and out["retry"]["retries"] == 1, out
+    assert out["retry"]["final_is_last_read_plus_one"], out
+    assert out["non_lock"] == {"calls": 1, "type": "OperationalError", "is_lock_error": False}, out
+    lock_timeout = out["lock_timeout"]
+    assert lock_timeout["is_operational"] and lock_timeout["is_lock_error"] and lock_timeout["attempts"] >= 1, out
+    return ("deferred read-then-write: SQLITE_BUSY_SNAPSHOT at once; writer() (BEGIN IMMEDIATE) waits for a "
+            "holder, sync and 4 aiosqlite tasks, no update lost; retry re-runs once; a non-lock error runs once; "
+            f"LockTimeout after {lock_timeout['attempts']} attempts")
+
+
+def check_bad_input() -> str:
+    require("sqlalchemy")
+    out = web("bad-input")
+    assert out["unknown_key"].startswith("TypeError") and "timeout" in out["unknown_key"], out
+    assert out["bad_begin"].startswith("ValueError"), out
+    assert out["writer_unattached"].startswith("ValueError") and "attach" in out["writer_unattached"], out
+    assert out["not_an_engine"].startswith("TypeError"), out
+    assert out["other_database"].startswith("TypeError") and "postgresql" in out["other_database"], out
+    assert out["twice"].startswith("TypeError") and out["reattach_after_detach"] is None, out
+    assert len(out["late_warning"]) == 1 and "next checkout" in out["late_warning"][0], out
+    assert out["late_loaded"] == VERSION and out["late_row"] == [1, 1], out
+    assert out["retry_bad_args"].startswith("ValueError"), out
+    return "unknown key, bad begin, non-SQLite engine, double attach, writer() unattached: errors; late attach: warning + loaded at checkout"
+
+
+def check_fastapi() -> str:
+    for host in ("sqlalchemy-async", "fastapi", "uvicorn"):
+        require(host)
+    sys.path.insert(0, HERE)
+    import webload
+
+    env = os.environ.copy()
+    env["WEBAPP_SCAN_ROW_MS"] = "0.5"
+    out = webload.run("hybrid", TMP, python=PY, workers=3, writers=2, scan_rows=300, scan_period=1.0,
+                      rate=45.0, seconds=15.0, clients=6, env=env)
+    api = out["api"]
+    assert api["errors"] == {}, f"API errors: {api['errors']}"
+    assert api["writes"]["n"] >= 20 and api["reads"]["n"] >= 40, api
+    assert out["acked_plays_missing"] == 0 and out["plays_in_file"] == out["acked_plays"], out
+    assert out["plays_counter"] == out["acked_plays"], f"a read-then-write increment was lost: {out}"
+    bg = out["background"]
+    assert bg["errors"] == 0 and bg["missing"] == 0 and bg["in_file"] == bg["acked"] and bg["acked"] > 0, bg
+    scan = out["scan"]
+    assert scan["errors"] == 0 and scan["acked"] >= 1 and scan["tracks_in_file"] == scan["tracks_expected"], scan
+    metrics = out["metrics"]
+    assert metrics.get("gave_up") == 0, metrics
+    return (f"uvicorn x3 + 2 writers + scan, 15 s over HTTP: {api['writes']['n']} writes + {api['reads']['n']} reads, "
+            f"0 errors; {bg['acked']} background writes, {scan['acked']} scans of 300 rows, all in the file; "
+            f"file-wide busy_events {metrics.get('busy_events')}, gave_up 0")
+
+
+def run_django(extra_path: str = "") -> str:
+    require("django")
+    data = os.path.join(TMP, "django-data" + ("-old" if extra_path else ""))
+    env = os.environ.copy()
+    env["DJANGO_DATA_DIR"] = data
+    if extra_path:
+        env["PYTHONPATH"] = extra_path + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([PY, "manage.py", "test", "tracks", "-v", "2", "--noinput"], cwd=DJANGO_PROJECT,
+                          env=env, capture_output=True, text=True, timeout=180)
+    tail = (done.stdout + done.stderr)[-3000:]
+    assert done.returncode == 0, tail
+    ran = [l for l in tail.splitlines() if l.startswith("Ran ")]
+    version = subprocess.run([PY, "-c", "import django; print(django.get_version())"], env=env,
+                             capture_output=True, text=True, timeout=60).stdout.strip()
+    return f"Django {version}: manage.py test: {ran[-1] if ran else '?'}, OK"
+
+
+def check_django() -> str:
+    return run_django()
+
+
+def check_django_old() -> str:
+    if not DJANGO_OLD:
+        raise Skip("no Django < 5.1 set up (hosts/run.sh installs one into a --target dir; pip failed or was skipped)")
+    return run_django(DJANGO_OLD)
+
+
 def main() -> None:
     print(f"hosts: wheel version {VERSION}, python {sys.version.split()[0]}, scratch {TMP}", flush=True)
     for host in ("stdlib", "apsw", "pysqlite3", "sqlean"):
@@ -441,6 +564,13 @@ def main() -> None:
     run_check("sqlalchemy: pool, every connection with the handler", check_pool)
     run_check("sqlalchemy: lock wait between two processes' engines", check_contend, "sqlalchemy")
     run_check("sqlalchemy: async engine on aiosqlite", check_async)
+    run_check("sqlalchemy: the app's busy_timeout listener, either order", check_listener_order)
+    run_check("sqlalchemy: whose timeout is the deadline", check_timeout)
+    run_check("sqlalchemy: read-then-write, writer() and sqlite_hybrid.retry", check_read_then_write)
+    run_check("sqlalchemy: bad input refused or warned about", check_bad_input)
+    run_check("fastapi: uvicorn workers, background writers and a scan over HTTP", check_fastapi)
+    run_check("django: sqlite_hybrid.django under manage.py test", check_django)
+    run_check("django < 5.1: TRANSACTION_MODE without OPTIONS['transaction_mode']", check_django_old)
     run_check("sqlite3 shell: .load", check_shell)
     run_check("node/better-sqlite3: per-connection pattern", check_pattern, NODE_WORKER, "node")
     run_check("node/better-sqlite3: lock wait between two processes", check_worker_contend, NODE_WORKER, "node")

@@ -31,6 +31,8 @@ mkdir -p "$SRC/sqlite_hybrid"
 cp "$ROOT/python/pyproject.toml" "$ROOT/python/hatch_build.py" "$ROOT/python/README.md" "$SRC/"
 cp "$ROOT/LICENSE" "$SRC/LICENSE"
 cp "$ROOT"/python/sqlite_hybrid/*.py "$SRC/sqlite_hybrid/"
+mkdir -p "$SRC/sqlite_hybrid/django"
+cp "$ROOT"/python/sqlite_hybrid/django/*.py "$SRC/sqlite_hybrid/django/"
 install -m 0755 "$LIB" "$SRC/sqlite_hybrid/libhybrid.so"
 
 say "building sqlite-hybrid $VERSION ($TAG)"
@@ -50,7 +52,8 @@ def member(suffix):
     assert len(found) == 1, (suffix, names)
     return z.read(found[0]).decode()
 assert "sqlite_hybrid/libhybrid.so" in names, names
-for module in ("__init__", "datasette_plugin", "sqlite_utils_plugin", "sqlalchemy"):
+for module in ("__init__", "_errors", "_retry", "datasette_plugin", "sqlite_utils_plugin", "sqlalchemy",
+               "django/__init__", "django/apps"):
     assert f"sqlite_hybrid/{module}.py" in names, (module, names)
 wheel = member(".dist-info/WHEEL")
 assert "Root-Is-Purelib: false" in wheel, wheel
