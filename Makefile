@@ -3,7 +3,7 @@
 #   make demo    build the extension and watch it in the sqlite3 shell
 #   make test    every test: unit, doc, end-to-end (sqlite3 shell, python3, processes)
 #   make bench   benchmarks: contention (SQLite's default handler vs the extension,
-#                with a chart), write buffer, log database
+#                with a chart), the FastAPI app, write buffer, log database
 #   make ext     the loadable extension only -> dist/libhybrid.so
 #   make lint    cargo fmt --check and clippy with warnings as errors (both builds)
 #   make package cargo package of both crates (publishable, built from the package)
@@ -65,12 +65,17 @@ demo: ext
 # and the chart docs/benchmarks.md shows to docs/bench/contention.png.
 BENCH_ROUNDS   ?= 3
 BENCH_DURATION ?= 3
+FASTAPI_BENCH_SECONDS ?= 30
 bench: check-tools ext
 	@scripts/check-tools.sh py:matplotlib=python3-matplotlib
 	@mkdir -p target/bench docs/bench
 	$(PYTHON) scripts/contention_bench.py --ext $(HYBRID_EXT) --suite issue12 \
 	  --rounds $(BENCH_ROUNDS) --duration $(BENCH_DURATION) --modes default,hybrid,backoff \
 	  --json target/bench/contention.json --chart docs/bench/contention.png
+	@# The FastAPI scenario (uvicorn x4, 4 writers, a scan, 120 requests/s): plain
+	@# busy_timeout=500 / 5000, a seed-style retry decorator and sqlite-hybrid side
+	@# by side (installs the web stack into target/bench/web-venv on first use).
+	$(PYTHON) scripts/fastapi_bench.py --seconds $(FASTAPI_BENCH_SECONDS) --json target/bench/fastapi.json
 	$(CARGO) run --release -q -p sqlite-hybrid --features tokio --example async_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example buffer_bench
 	scripts/postgres/with-postgres.sh $(CARGO) run --release -q -p sqlite-hybrid --features postgres --example buffer_bench -- --engine postgres
@@ -101,7 +106,8 @@ dist:
 	scripts/packaging/dist.sh
 # Installs the wheel into a fresh venv and runs every host against it:
 # stdlib sqlite3, apsw, pysqlite3, sqlean, Datasette, sqlite-utils,
-# SQLAlchemy (sync and aiosqlite), better-sqlite3 and mattn/go-sqlite3.
+# SQLAlchemy (sync and aiosqlite), FastAPI on uvicorn, Django, better-sqlite3
+# and mattn/go-sqlite3.
 hosts: wheel
 	hosts/run.sh
 
