@@ -14,7 +14,11 @@ where that cannot be used, and lock metrics (``hybrid_lock_metrics``).
 Plugins: the wheel registers a Datasette plugin and a sqlite-utils plugin that
 load the extension into every connection those tools open; see
 ``sqlite_hybrid.datasette_plugin`` and ``sqlite_hybrid.sqlite_utils_plugin``.
-SQLAlchemy: :func:`sqlite_hybrid.sqlalchemy.attach`.
+SQLAlchemy: :func:`sqlite_hybrid.sqlalchemy.attach` and
+:func:`sqlite_hybrid.sqlalchemy.writer` (``BEGIN IMMEDIATE``). Django: the app
+``sqlite_hybrid.django``. Units of work that must survive lock errors:
+:func:`retry` / :func:`retrying` (raising :class:`LockTimeout`), with
+:func:`is_lock_error` as the one rule for what a lock error is.
 
 Rules
 -----
