@@ -473,6 +473,10 @@ def check_read_then_write() -> str:
     assert out["writer_async"] == 1004, out
     assert out["retry"]["attempts"] == 2 and out["retry"]["retries"] == 1, out
     assert out["retry"]["final_is_last_read_plus_one"], out
+    if out["retry"]["has_note_function"]:  # the library counts application retries
+        assert out["retry"]["noted"] == 1 and out["retry"]["app_retries"] >= 1, out
+    else:  # an older library: "no such function" tolerated, nothing noted
+        assert out["retry"]["noted"] == 0, out
     assert out["non_lock"] == {"calls": 1, "type": "OperationalError", "is_lock_error": False}, out
     lock_timeout = out["lock_timeout"]
     assert lock_timeout["is_operational"] and lock_timeout["is_lock_error"] and lock_timeout["attempts"] >= 1, out

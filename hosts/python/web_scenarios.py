@@ -270,9 +270,18 @@ def read_then_write(directory: str) -> None:
     with Session(engine) as session:
         bump_deferred(session)
     after_stats = sqlite_hybrid.retry_stats()
+    has_note = other.execute(
+        "SELECT count(*) FROM pragma_function_list WHERE name = 'hybrid_note_retry'").fetchone()[0] == 1
+    app_retries = None
+    if has_note:
+        app_retries = other.execute(
+            "SELECT max(app_retries) FROM hybrid_lock_metrics WHERE db = ?", (path,)).fetchone()[0]
     out["retry"] = {
         "attempts": len(attempts),
         "retries": after_stats["retries"] - before_stats["retries"],
+        "noted": after_stats["noted"] - before_stats["noted"],
+        "has_note_function": has_note,
+        "app_retries": app_retries,
         "final_is_last_read_plus_one": other.execute("SELECT n FROM t WHERE id = 1").fetchone()[0] == attempts[-1] + 1,
     }
 

@@ -117,22 +117,41 @@ def _targets(args: Sequence[Any], kwargs: Dict[str, Any], session: Any) -> list:
     return found
 
 
+def _note_bind(session: Any) -> Any:
+    """The engine a session writes to, with plain deferred transactions (a note must not queue)."""
+    bind = getattr(session, "bind", None)
+    if bind is None:
+        get_bind = getattr(session, "get_bind", None)
+        bind = get_bind() if get_bind is not None else None
+    if bind is None or not hasattr(bind, "execution_options"):
+        return None
+    return bind.execution_options(sqlite_hybrid_begin="deferred")
+
+
 def _note_and_rollback_sync(targets: list) -> bool:
-    """Records the retry in the extension where a connection is reachable, then rolls back."""
+    """Rolls back, then records the retry in the extension where a connection is reachable.
+
+    ``SELECT hybrid_note_retry()`` (``hybrid_lock_metrics.app_retries``) runs on the
+    ``sqlite3`` connection itself, or on a connection of the session's engine; a
+    library without that function ("no such function") is tolerated.
+    """
     noted = False
     for target in targets:
+        try:
+            target.rollback()
+        except Exception:
+            pass
         try:
             if isinstance(target, sqlite3.Connection):
                 target.execute(_NOTE_SQL).fetchall()
                 noted = True
-            elif target.in_transaction():
-                target.connection().exec_driver_sql(_NOTE_SQL).fetchall()
-                noted = True
-        except Exception:  # no such function (older library), or the connection is gone
-            pass
-        try:
-            target.rollback()
-        except Exception:
+            else:
+                bind = _note_bind(target)
+                if bind is not None:
+                    with bind.connect() as conn:
+                        conn.exec_driver_sql(_NOTE_SQL).fetchall()
+                    noted = True
+        except Exception:  # no such function (an older library), or no connection to be had
             pass
     return noted
 
@@ -140,18 +159,19 @@ def _note_and_rollback_sync(targets: list) -> bool:
 async def _note_and_rollback_async(targets: list) -> bool:
     noted = False
     for target in targets:
-        if not (type(target).__name__ == "AsyncSession" or hasattr(target, "sync_session")):
+        if not hasattr(target, "sync_session"):  # not an AsyncSession
             noted = _note_and_rollback_sync([target]) or noted
             continue
         try:
-            if target.in_transaction():
-                conn = await target.connection()
-                await conn.exec_driver_sql(_NOTE_SQL)
-                noted = True
+            await target.rollback()
         except Exception:
             pass
         try:
-            await target.rollback()
+            bind = _note_bind(target)
+            if bind is not None:
+                async with bind.connect() as conn:
+                    await conn.exec_driver_sql(_NOTE_SQL)
+                noted = True
         except Exception:
             pass
     return noted
