@@ -89,6 +89,13 @@ if pip_install --prefer-binary --no-deps --target "$TMP/django-old" "django>=4.2
 else
     say "skipping the Django < 5.1 check: pip could not install it ($(grep -m1 -E 'ERROR|error' "$TMP/pip.log" | cut -c1-160))"
 fi
+# SQLAlchemy 1.4 the same way, for the attach()/writer()/retry checks on both majors.
+SQLALCHEMY14_PATH=""
+if pip_install --prefer-binary --no-deps --target "$TMP/sqlalchemy14" "sqlalchemy>=1.4.24,<2" >"$TMP/pip.log" 2>&1; then
+    SQLALCHEMY14_PATH="$TMP/sqlalchemy14"
+else
+    say "skipping the SQLAlchemy 1.4 check: pip could not install it ($(grep -m1 -E 'ERROR|error' "$TMP/pip.log" | cut -c1-160))"
+fi
 HOSTS_MISSING=$("$VENV/bin/python" -c 'import json, sys; print(json.dumps(dict(l.rstrip("\n").split("\t", 1) for l in open(sys.argv[1]) if l.strip())))' "$TMP/missing.tsv")
 HYBRID_LIB=$(cd "$TMP" && "$VENV/bin/python" -c 'import sqlite_hybrid; print(sqlite_hybrid.loadable_path())')
 installed=$(cd "$TMP" && "$VENV/bin/python" -c 'import sqlite_hybrid; print(sqlite_hybrid.__version__)')
@@ -158,6 +165,6 @@ fi
 
 # --- the checks --------------------------------------------------------------------------
 mkdir -p "$TMP/work"
-DJANGO_OLD_PATH="$DJANGO_OLD_PATH" HOSTS_TMP="$TMP/work" HYBRID_VERSION="$VERSION" HYBRID_LIB="$HYBRID_LIB" HOSTS_MISSING="$HOSTS_MISSING" \
+DJANGO_OLD_PATH="$DJANGO_OLD_PATH" SQLALCHEMY14_PATH="$SQLALCHEMY14_PATH" HOSTS_TMP="$TMP/work" HYBRID_VERSION="$VERSION" HYBRID_LIB="$HYBRID_LIB" HOSTS_MISSING="$HOSTS_MISSING" \
 NODE_WORKER="$NODE_WORKER" NODE_SKIP="$NODE_SKIP" GO_WORKER="$GO_WORKER" GO_SKIP="$GO_SKIP" \
     timeout 900 "$VENV/bin/python" "$ROOT/hosts/python/test_hosts.py"

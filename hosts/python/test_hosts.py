@@ -49,6 +49,7 @@ SCENARIOS = [PY, os.path.join(HERE, "scenarios.py")]
 WEB = [PY, os.path.join(HERE, "web_scenarios.py")]
 DJANGO_PROJECT = os.path.join(os.path.dirname(HERE), "django_project")
 DJANGO_OLD = os.environ.get("DJANGO_OLD_PATH", "")  # a pip --target dir with Django < 5.1
+SQLALCHEMY14 = os.environ.get("SQLALCHEMY14_PATH", "")  # a pip --target dir with SQLAlchemy 1.4
 STEP_TIMEOUT = 60.0
 
 results: list = []
@@ -433,8 +434,35 @@ def check_worker_contend(worker: list | None, label: str, waiter: list | None = 
 # --- web apps: SQLAlchemy attach()/writer(), retry, FastAPI + uvicorn, Django -----------------
 
 
+WEB_DIR = {"dir": TMP, "label": "web"}  # where the web scenarios put their files
+
+
 def web(name: str) -> dict:
-    return one_shot(WEB + [name, TMP], f"web-{name}")
+    directory = os.path.join(WEB_DIR["dir"], name)
+    os.makedirs(directory, exist_ok=True)
+    return one_shot(WEB + [name, directory], f"{WEB_DIR['label']}-{name}")
+
+
+def check_sqlalchemy14() -> str:
+    """The same four checks on SQLAlchemy 1.4 (a --target dir first on PYTHONPATH)."""
+    if not SQLALCHEMY14:
+        raise Skip("no SQLAlchemy 1.4 set up (hosts/run.sh installs one into a --target dir; pip failed)")
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = SQLALCHEMY14 + (os.pathsep + saved if saved else "")
+    WEB_DIR.update(dir=os.path.join(TMP, "sqlalchemy14"), label="web14")
+    try:
+        version = subprocess.run([PY, "-c", "import sqlalchemy; print(sqlalchemy.__version__)"],
+                                 capture_output=True, text=True, timeout=60).stdout.strip()
+        assert version.startswith("1.4"), version
+        for check in (check_listener_order, check_timeout, check_read_then_write, check_bad_input):
+            check()
+    finally:
+        WEB_DIR.update(dir=TMP, label="web")
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return f"SQLAlchemy {version}: listener order, timeout, read-then-write/writer()/retry, bad input all pass"
 
 
 def check_listener_order() -> str:
@@ -572,6 +600,7 @@ def main() -> None:
     run_check("sqlalchemy: whose timeout is the deadline", check_timeout)
     run_check("sqlalchemy: read-then-write, writer() and sqlite_hybrid.retry", check_read_then_write)
     run_check("sqlalchemy: bad input refused or warned about", check_bad_input)
+    run_check("sqlalchemy 1.4: the same four checks", check_sqlalchemy14)
     run_check("fastapi: uvicorn workers, background writers and a scan over HTTP", check_fastapi)
     run_check("django: sqlite_hybrid.django under manage.py test", check_django)
     run_check("django < 5.1: TRANSACTION_MODE without OPTIONS['transaction_mode']", check_django_old)

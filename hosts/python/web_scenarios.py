@@ -21,6 +21,8 @@ import time
 import warnings
 from typing import Any
 
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool  # explicit: SQLAlchemy 1.4 uses NullPool for files
+
 import sqlite_hybrid
 from sqlite_hybrid import is_lock_error, sqlite_error_code
 
@@ -93,7 +95,7 @@ def listener_order(directory: str) -> None:
     out = {}
     for order in ("app-first", "attach-first"):
         path = new_db(directory, f"order-{order}.db")
-        engine = create_engine(f"sqlite:///{path}", pool_size=4, max_overflow=0)
+        engine = create_engine(f"sqlite:///{path}", poolclass=QueuePool, pool_size=4, max_overflow=0)
         if order == "app-first":
             app_listener(engine, 500)
             attach(engine)
@@ -105,7 +107,8 @@ def listener_order(directory: str) -> None:
         engine.dispose()
 
         apath = new_db(directory, f"order-async-{order}.db")
-        aengine = create_async_engine(f"sqlite+aiosqlite:///{apath}", pool_size=4, max_overflow=0)
+        aengine = create_async_engine(f"sqlite+aiosqlite:///{apath}", poolclass=AsyncAdaptedQueuePool,
+                                     pool_size=4, max_overflow=0)
         if order == "app-first":
             app_listener(aengine.sync_engine, 500)
             attach(aengine)
@@ -138,7 +141,7 @@ def timeout(directory: str) -> None:
     }
     for name, (kwargs, pragma_ms, policy) in cases.items():
         path = new_db(directory, f"timeout-{name}.db")
-        engine = create_engine(f"sqlite:///{path}", pool_size=2, max_overflow=0, **kwargs)
+        engine = create_engine(f"sqlite:///{path}", poolclass=QueuePool, pool_size=2, max_overflow=0, **kwargs)
         attach(engine, **policy)
         if pragma_ms is not None:
             app_listener(engine, pragma_ms)
@@ -364,7 +367,7 @@ def bad_input(directory: str) -> None:
     detach(engine)
 
     # attach() after the pool opened connections: a warning, and the connection loaded at checkout.
-    late = create_engine(f"sqlite:///{path}", pool_size=2, max_overflow=0)
+    late = create_engine(f"sqlite:///{path}", poolclass=QueuePool, pool_size=2, max_overflow=0)
     with late.connect() as conn:
         conn.exec_driver_sql("SELECT 1")
     with warnings.catch_warnings(record=True) as caught:
@@ -387,8 +390,8 @@ def checkout_cost(directory: str) -> None:
     from sqlite_hybrid.sqlalchemy import attach
 
     path = new_db(directory, "checkout-cost.db")
-    engines = {"plain": create_engine(f"sqlite:///{path}", pool_size=1, max_overflow=0),
-               "attached": create_engine(f"sqlite:///{path}", pool_size=1, max_overflow=0)}
+    engines = {"plain": create_engine(f"sqlite:///{path}", poolclass=QueuePool, pool_size=1, max_overflow=0),
+               "attached": create_engine(f"sqlite:///{path}", poolclass=QueuePool, pool_size=1, max_overflow=0)}
     attach(engines["attached"])
     figures: dict = {label: [] for label in engines}
     for _ in range(5):  # rounds, alternating, so load on the machine hits both alike
