@@ -210,8 +210,9 @@ def attach(engine: Any, *, begin: Optional[str] = None, **policy: Any) -> Callab
     * ``None`` (default): the driver, as without :func:`attach` (Python's
       ``sqlite3`` emits ``BEGIN`` before the first ``INSERT``/``UPDATE``/
       ``DELETE``). Connections of :func:`writer` start with ``BEGIN IMMEDIATE``.
-      If the driver was opened with Python 3.12's ``autocommit=False``
-      (a ``DEFERRED`` transaction always open), ``"deferred"`` is used.
+      If the driver was opened with Python 3.12's ``autocommit=False`` (a
+      ``DEFERRED`` transaction always open) or ``autocommit=True`` (``commit()``
+      does nothing), ``"deferred"`` is used.
     * ``"deferred"``: SQLAlchemy's documented recipe, done here: the driver's
       implicit transactions are turned off and every transaction starts with
       ``BEGIN`` (reads inside a transaction see one snapshot), or ``BEGIN
@@ -259,7 +260,10 @@ def attach(engine: Any, *, begin: Optional[str] = None, **policy: Any) -> Callab
     def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
         connection_record.info[_DEADLINE_KEY] = _load_into(dbapi_connection, attachment.policy)
         connection_record.info[_LOADED_KEY] = True
-        control = attachment.begin is not None or _driver_autocommit(dbapi_connection) is False
+        # Python 3.12's autocommit=False keeps a DEFERRED transaction open (no BEGIN
+        # IMMEDIATE possible); autocommit=True makes commit() a no-op (a BEGIN of ours
+        # would never be committed): both need the legacy mode and our own BEGIN.
+        control = attachment.begin is not None or _driver_autocommit(dbapi_connection) is not None
         if control:
             _take_transaction_control(dbapi_connection)
         connection_record.info[BEGIN_OPTION] = control
