@@ -434,6 +434,15 @@ def check_worker_contend(worker: list | None, label: str, waiter: list | None = 
 # --- web apps: SQLAlchemy attach()/writer(), retry, FastAPI + uvicorn, Django -----------------
 
 
+def check_doctests() -> str:
+    """The examples in the package's docstrings (retry, retrying, sqlite_error_code) run."""
+    code = ("import doctest, json, sqlite_hybrid._retry as r, sqlite_hybrid._errors as e; "
+            "print('result ' + json.dumps([tuple(doctest.testmod(m)) for m in (r, e)]))")
+    out = one_shot([PY, "-c", code], "doctests")
+    assert all(failed == 0 for failed, _ in out) and all(attempted > 0 for _, attempted in out), out
+    return f"sqlite_hybrid._retry: {out[0][1]} examples, sqlite_hybrid._errors: {out[1][1]}, all pass"
+
+
 WEB_DIR = {"dir": TMP, "label": "web"}  # where the web scenarios put their files
 
 
@@ -596,6 +605,7 @@ def main() -> None:
     run_check("sqlalchemy: pool, every connection with the handler", check_pool)
     run_check("sqlalchemy: lock wait between two processes' engines", check_contend, "sqlalchemy")
     run_check("sqlalchemy: async engine on aiosqlite", check_async)
+    run_check("python: the package's docstring examples (doctest)", check_doctests)
     run_check("sqlalchemy: the app's busy_timeout listener, either order", check_listener_order)
     run_check("sqlalchemy: whose timeout is the deadline", check_timeout)
     run_check("sqlalchemy: read-then-write, writer() and sqlite_hybrid.retry", check_read_then_write)
