@@ -101,9 +101,11 @@ def retry_stats() -> Dict[str, int]:
 def _is_session(obj: Any) -> bool:
     if "sqlalchemy" not in sys.modules:
         return False
-    names = {c.__name__ for c in type(obj).__mro__}
-    module = type(obj).__module__ or ""
-    return module.startswith("sqlalchemy") and bool(names & {"Session", "AsyncSession"})
+    # SQLAlchemy's Session / AsyncSession, or an application subclass of either.
+    return any(
+        c.__name__ in ("Session", "AsyncSession") and (c.__module__ or "").startswith("sqlalchemy")
+        for c in type(obj).__mro__
+    )
 
 
 def _targets(args: Sequence[Any], kwargs: Dict[str, Any], session: Any) -> list:
