@@ -128,10 +128,13 @@ class TableInfo:
     def key_columns(self, names: Any, argument: str) -> Tuple[str, ...]:
         """``names`` (one column name, or a sequence of them) resolved to a unique key of
         this table (its PRIMARY KEY or a UNIQUE index)."""
-        names_tuple = (names,) if isinstance(names, str) else tuple(names)
-        cached = self._key_cache.get(names_tuple)
+        try:
+            cached = self._key_cache.get(names)
+        except TypeError:  # unhashable (a list)
+            cached = None
         if cached is not None:
             return cached
+        names_tuple = (names,) if isinstance(names, str) else tuple(names)
         if not names_tuple:
             raise InvalidRow(f"{argument}: no key columns given for {self.name}", argument=argument, table=self.name)
         resolved: List[str] = []
@@ -148,7 +151,8 @@ class TableInfo:
                 table=self.name,
             )
         key = tuple(resolved)
-        self._key_cache[names_tuple] = key
+        if isinstance(names, (str, tuple)):
+            self._key_cache[names] = key
         return key
 
     # -- values --------------------------------------------------------------------------
@@ -241,6 +245,8 @@ class TableInfo:
             )
         kind = self.affinities[column]
         cls = value.__class__
+        if (cls is int and kind == "INTEGER") or (cls is str and kind == "TEXT"):
+            return value  # the common case
         if cls is bool:
             value, cls = int(value), int
         expected = None
@@ -278,18 +284,20 @@ class TableInfo:
 
     def resolve_row(self, row: Mapping[str, Any], argument: str) -> Dict[str, Any]:
         """``row`` with the schema's column names and checked values."""
-        if not isinstance(row, Mapping):
+        if row.__class__ is not dict and not isinstance(row, Mapping):
             raise InvalidRow(
                 f"{argument}: expected a mapping of column to value (a dict), got {type(row).__name__}",
                 argument=argument,
                 table=self.name,
             )
         types = self.types
+        plain = not self.strict
+        rowid_alias = self.rowid_alias
         out: Dict[str, Any] = {}
         for name, value in row.items():
             column = name if name in types else self.column(name, argument)
             cls = value.__class__
-            if (cls is str or cls is int) and not self.strict and column != self.rowid_alias:
+            if plain and (cls is int or (cls is str and column != rowid_alias)):
                 out[column] = value  # the common case, nothing to check
             else:
                 out[column] = self.check_value(column, value, argument)

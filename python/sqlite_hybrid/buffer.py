@@ -411,6 +411,24 @@ def _is_row_error(error: BaseException) -> bool:
     return False
 
 
+class _LazyStatements:
+    """``_statements(items[start + n])`` by ``n``, computed on first use: a transaction
+    usually ends (time bound) long before ``batch_size`` entries."""
+
+    __slots__ = ("_items", "_start", "_done")
+
+    def __init__(self, items: List[_Entry], start: int) -> None:
+        self._items = items
+        self._start = start
+        self._done: List[Any] = []
+
+    def __getitem__(self, n: int) -> Any:
+        done = self._done
+        while len(done) <= n:
+            done.append(_statements(self._items[self._start + len(done)]))
+        return done[n]
+
+
 class _Restart(Exception):
     """The transaction was rolled back by a row's error (an ON CONFLICT ROLLBACK)."""
 
@@ -537,6 +555,8 @@ class WriteBuffer:
         self._batch_failures = 0
         self._failed: Deque[FailedEntry] = deque()
         self._stats = BufferStats()
+        self._enqueued = 0  # new entries; + _coalesced = operations accepted
+        self._coalesced = 0
         self._holds: Deque[float] = deque(maxlen=4096)
 
         self._ready = threading.Event()
@@ -557,7 +577,8 @@ class WriteBuffer:
         info = self._schema.table(table)
         key_columns = info.key_columns(key, "key")
         values = info.resolve_row(row, "row")
-        info.check_insertable(values, "row")
+        if info.not_null:
+            info.check_insertable(values, "row")
         key_values = self._key_values(info, key_columns, values, "row")
         return self._enqueue_keyed(info, key_columns, key_values, _UPSERT, values)
 
@@ -608,6 +629,15 @@ class WriteBuffer:
 
     @staticmethod
     def _key_values(info: TableInfo, key_columns: Tuple[str, ...], values: Dict[str, Any], argument: str) -> Tuple[Any, ...]:
+        if len(key_columns) == 1:
+            column = key_columns[0]
+            value = values.get(column, _DELETED)
+            if value is not _DELETED:
+                cls = value.__class__
+                affinity = info.affinities[column]
+                if not ((cls is int and affinity == "INTEGER") or (cls is str and affinity == "TEXT")):
+                    value = values[column] = info.normalize_key(column, value, argument)
+                return (value,)
         out = []
         for column in key_columns:
             if column not in values:
@@ -624,7 +654,11 @@ class WriteBuffer:
 
     def _check_mode(self, info: TableInfo, key_columns: Optional[Tuple[str, ...]]) -> None:
         wanted = "append" if key_columns is None else key_columns
-        mode = self._modes.setdefault(info.name, wanted)
+        mode = self._modes.get(info.name)
+        if mode is wanted:
+            return
+        if mode is None:
+            mode = self._modes.setdefault(info.name, wanted)
         if mode is wanted or mode == wanted:
             return
         if mode != "append" and wanted != "append" and set(mode) == set(wanted):
@@ -658,9 +692,11 @@ class WriteBuffer:
                 self._admit(index_key)
                 entry = self._index.get(index_key)  # may have appeared while waiting for room
             if entry is not None:
-                entry.apply(op, columns)
-                self._stats.coalesced += 1
-                self._stats.enqueued += 1
+                if op == _UPSERT and entry.upsert is not None:
+                    entry.upsert.update(columns)  # type: ignore[arg-type]
+                else:
+                    entry.apply(op, columns)
+                self._coalesced += 1
                 return entry.tickets[0]
             ticket = Ticket(self)
             entry = _Entry(info, key_columns, key_values, ticket)
@@ -699,7 +735,7 @@ class WriteBuffer:
             self._index[index_key] = entry
         if self._oldest is None:
             self._oldest = time.monotonic()
-        self._stats.enqueued += 1
+        self._enqueued += 1
         if len(queue) >= self.batch_size:
             self._wake.notify()
 
@@ -757,6 +793,8 @@ class WriteBuffer:
         """A snapshot of the counters."""
         with self._lock:
             s = BufferStats(**vars(self._stats))
+            s.coalesced = self._coalesced
+            s.enqueued = self._enqueued + self._coalesced
             s.pending = len(self._queue)
             s.in_flight = self._in_flight
             s.failed_kept = len(self._failed)
@@ -919,11 +957,12 @@ class WriteBuffer:
         conn = self._conn
         sql = self._sql
         stop = min(len(items), start + most)
-        statements = [_statements(items[i]) for i in range(start, stop)]
+        statements = _LazyStatements(items, start)
         failed: Dict[int, str] = {}
         retries = 0
         budget_s = self.max_lock_ms / 1000.0
         perf = time.perf_counter
+        grouping = True  # off after a group's error ended the transaction: find the row
         while True:
             retries += begin_immediate(conn, time.monotonic() + self.lock_timeout)
             began = perf()
@@ -940,7 +979,8 @@ class WriteBuffer:
                         shape = own[0][0]
                         j = i + 1
                         while (
-                            j < stop
+                            grouping
+                            and j < stop
                             and j - i < _GROUP_ROWS
                             and j not in failed
                             and len(statements[j - start]) == 1
@@ -964,13 +1004,15 @@ class WriteBuffer:
                 try:
                     conn.execute("COMMIT")
                 except Exception as error:
-                    if not _is_row_error(error) or not conn.in_transaction:
-                        raise
+                    if not _is_row_error(error) or not conn.in_transaction or most == 1:
+                        raise  # (one entry alone: _write_singly fails it)
                     # A deferred constraint failed at COMMIT: it belongs to some
                     # entries, not the batch. Write each one alone to find them.
                     rollback_quietly(conn)
                     return self._write_singly(items, start, i, failed, retries)
-            except _Restart:
+            except _Restart as restart:
+                if restart.args and restart.args[0] == "group":
+                    grouping = False
                 continue
             except BaseException:
                 rollback_quietly(conn)
@@ -1022,7 +1064,7 @@ class WriteBuffer:
             if not _is_row_error(error):
                 raise
             if not conn.in_transaction:
-                raise _Restart() from error
+                raise _Restart("group") from error  # which row is unknown: redo without groups
             conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
             conn.execute(f"RELEASE {_SAVEPOINT}")
         for k in range(i, j):  # one of them failed: find which, one by one
@@ -1131,9 +1173,11 @@ class WriteBuffer:
 
 
 def _report(text: str) -> None:
-    """At exit: to the log and to stderr (the log may already be shut down)."""
+    """At exit: to the ``sqlite_hybrid.buffer`` logger (stderr when logging is not
+    configured: logging's last-resort handler), or straight to stderr if that fails."""
     try:
         _log.error(text)
+        return
     except Exception:
         pass
     try:
