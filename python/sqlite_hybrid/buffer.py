@@ -53,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import operator
 import os
 import sqlite3
 import sys
@@ -377,6 +378,10 @@ class _Sql:
 
 def _statements(entry: _Entry) -> List[Tuple[Tuple[Any, ...], Tuple[Any, ...]]]:
     """The (shape, parameters) of the statements an entry runs, in order."""
+    upsert = entry.upsert
+    if entry.before is None and upsert is not None:  # the common case: one statement
+        kind = _UPSERT if entry.key is not None else "insert"
+        return [((kind, entry.table.name, tuple(upsert), entry.key_columns), tuple(upsert.values()))]
     table = entry.table.name
     if entry.key is None:
         row = entry.upsert or {}
@@ -411,22 +416,12 @@ def _is_row_error(error: BaseException) -> bool:
     return False
 
 
-class _LazyStatements:
-    """``_statements(items[start + n])`` by ``n``, computed on first use: a transaction
-    usually ends (time bound) long before ``batch_size`` entries."""
-
-    __slots__ = ("_items", "_start", "_done")
-
-    def __init__(self, items: List[_Entry], start: int) -> None:
-        self._items = items
-        self._start = start
-        self._done: List[Any] = []
-
-    def __getitem__(self, n: int) -> Any:
-        done = self._done
-        while len(done) <= n:
-            done.append(_statements(self._items[self._start + len(done)]))
-        return done[n]
+def _params_getter(columns: Tuple[str, ...]) -> Callable[[Dict[str, Any]], Tuple[Any, ...]]:
+    """A function taking ``columns``' values out of a dict, as a tuple, in that order."""
+    if len(columns) == 1:
+        column = columns[0]
+        return lambda values: (values[column],)
+    return operator.itemgetter(*columns)
 
 
 class _Restart(Exception):
@@ -868,12 +863,17 @@ class WriteBuffer:
         try:
             self._conn = self._connect()
             prepare_connection(self._conn)
+            try:  # with the extension: queue behind interactive writers (futex mode)
+                self._conn.execute("SELECT hybrid_priority('background')")
+            except sqlite3.Error:
+                pass  # not loaded into this connection
         except BaseException as error:
             self._start_error = error
             self._ready.set()
             return
         self._ready.set()
         self._sql = _Sql()
+        self._getters: Dict[Tuple[str, ...], Callable[[Dict[str, Any]], Tuple[Any, ...]]] = {}
         retry_pause = 0.05
         close_attempts = 0
         try:
@@ -945,8 +945,6 @@ class WriteBuffer:
                 return False
             self._finish(items, position, end, failed, hold_ms, retries)
             position = end
-            if position < len(items):
-                time.sleep(0)  # let a waiting writer of this process run before the next BEGIN
         return True
 
     def _write_transaction(
@@ -957,7 +955,7 @@ class WriteBuffer:
         conn = self._conn
         sql = self._sql
         stop = min(len(items), start + most)
-        statements = _LazyStatements(items, start)
+        getters = self._getters
         failed: Dict[int, str] = {}
         retries = 0
         budget_s = self.max_lock_ms / 1000.0
@@ -974,28 +972,44 @@ class WriteBuffer:
                     if i in failed:
                         i += 1
                         continue
-                    own = statements[i - start]
-                    if len(own) == 1:
-                        shape = own[0][0]
+                    entry = items[i]
+                    upsert = entry.upsert
+                    if entry.before is None and upsert is not None:
+                        # One statement (an upsert or an insert). The entries after it
+                        # with the same table and columns join it in one executemany;
+                        # parameters come out of each dict in the shape's column order.
+                        columns = tuple(upsert)
+                        table, key_columns = entry.table, entry.key_columns
+                        shape = (_UPSERT if entry.key is not None else "insert", table.name, columns, key_columns)
+                        getter = getters.get(columns)
+                        if getter is None:
+                            getter = getters[columns] = _params_getter(columns)
+                        group = [getter(upsert)]
+                        names = upsert.keys()
                         j = i + 1
-                        while (
-                            grouping
-                            and j < stop
-                            and j - i < _GROUP_ROWS
-                            and j not in failed
-                            and len(statements[j - start]) == 1
-                            and statements[j - start][0][0] == shape
-                        ):
+                        limit = min(stop, i + _GROUP_ROWS) if grouping else j
+                        while j < limit and j not in failed:
+                            following = items[j]
+                            values = following.upsert
+                            if (
+                                following.before is not None
+                                or values is None
+                                or following.table is not table
+                                or following.key_columns is not key_columns
+                                or values.keys() != names
+                            ):
+                                break
+                            group.append(getter(values))
                             j += 1
                         if j - i == 1:
-                            self._run_one(conn, sql.get(shape), own[0][1], i, failed)
+                            self._run_one(conn, sql.get(shape), group[0], i, failed)
                         else:
-                            self._run_group(conn, sql.get(shape), statements, start, i, j, failed)
+                            self._run_group(conn, sql.get(shape), group, i, failed)
                         i = j
                     else:
                         conn.execute(f"SAVEPOINT {_SAVEPOINT}")
                         try:
-                            for shape, params in own:
+                            for shape, params in _statements(entry):
                                 conn.execute(sql.get(shape), params)
                             conn.execute(f"RELEASE {_SAVEPOINT}")
                         except Exception as error:
@@ -1045,19 +1059,11 @@ class WriteBuffer:
         except Exception as error:
             self._row_failed(conn, error, i, failed, savepoint=False)
 
-    def _run_group(
-        self,
-        conn: Any,
-        text: str,
-        statements: List[Any],
-        start: int,
-        i: int,
-        j: int,
-        failed: Dict[int, str],
-    ) -> None:
+    def _run_group(self, conn: Any, text: str, group: List[Tuple[Any, ...]], i: int, failed: Dict[int, str]) -> None:
+        """Entries ``i``, ``i + 1``, ... of one statement shape, parameters ``group``."""
         conn.execute(f"SAVEPOINT {_SAVEPOINT}")
         try:
-            conn.executemany(text, [statements[k - start][0][1] for k in range(i, j)])
+            conn.executemany(text, group)
             conn.execute(f"RELEASE {_SAVEPOINT}")
             return
         except Exception as error:
@@ -1067,8 +1073,8 @@ class WriteBuffer:
                 raise _Restart("group") from error  # which row is unknown: redo without groups
             conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
             conn.execute(f"RELEASE {_SAVEPOINT}")
-        for k in range(i, j):  # one of them failed: find which, one by one
-            self._run_one(conn, text, statements[k - start][0][1], k, failed)
+        for k, params in enumerate(group, i):  # one of them failed: find which, one by one
+            self._run_one(conn, text, params, k, failed)
 
     @staticmethod
     def _row_failed(conn: Any, error: Exception, i: int, failed: Dict[int, str], savepoint: bool) -> None:

@@ -211,7 +211,6 @@ def _write_chunks(
             report.rows += written
             report.chunks += 1
             report.max_lock_ms = max(report.max_lock_ms, (perf() - began) * 1000.0)
-            time.sleep(0)  # let another thread of this process take the lock first
     finally:
         rollback_quietly(conn)
         if saved_autocommit is not legacy:
