@@ -209,6 +209,7 @@ def main() -> None:
     parser.add_argument("--flush-rows", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each log-handler run")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--parts", default="buffer,log", help="what to run: buffer, log or both (default)")
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, "
@@ -216,16 +217,30 @@ def main() -> None:
     results: dict = {"enqueue_coalescing": [], "enqueue_distinct": [], "flush": [], "log": {"off": [], "null": [], "handler": []}}
     with tempfile.TemporaryDirectory(prefix="pybuffer-bench-") as directory:
         for round_ in range(args.rounds):
-            results["enqueue_coalescing"].append(bench_enqueue(directory, args.enqueue_ops, True))
-            results["enqueue_distinct"].append(bench_enqueue(directory, args.enqueue_ops, False))
-            results["flush"].append(bench_flush(directory, args.flush_rows))
-            for mode in ("off", "null", "handler"):  # interleaved, so load changes hit every mode
-                results["log"][mode].append(bench_log(directory, mode, args.seconds))
+            if "buffer" in args.parts:
+                results["enqueue_coalescing"].append(bench_enqueue(directory, args.enqueue_ops, True))
+                results["enqueue_distinct"].append(bench_enqueue(directory, args.enqueue_ops, False))
+                results["flush"].append(bench_flush(directory, args.flush_rows))
+            if "log" in args.parts:
+                for mode in ("off", "null", "handler"):  # interleaved, so load changes hit every mode
+                    results["log"][mode].append(bench_log(directory, mode, args.seconds))
             print(f"round {round_ + 1}/{args.rounds} done", flush=True)
 
-    def col(rows: list, key: str) -> list:
-        return [r[key] for r in rows]
+    if "buffer" in args.parts:
+        print_buffer(results, args)
+    if "log" in args.parts:
+        print_log(results)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as out:
+            json.dump({"load_average": load, "python": sys.version, "results": results}, out, indent=1)
 
+
+def col(rows: list, key: str) -> list:
+    return [r[key] for r in rows]
+
+
+def print_buffer(results: dict, args: argparse.Namespace) -> None:
     print("\n| measure | median (range) | target |\n|---|---|---|")
     for name, key in (("coalescing keys (1,000)", "enqueue_coalescing"), ("distinct keys", "enqueue_distinct")):
         r = results[key]
@@ -243,6 +258,9 @@ def main() -> None:
     print(f"| buffer end to end / plain | {summary(col(f, 'e2e_ratio'), '{:.2f}')} | |")
     print(f"| end to end: longest / p99 lock hold, ms | {summary(col(f, 'e2e_max_lock_ms'), '{:.1f}')} / "
           f"{summary(col(f, 'e2e_p99_lock_ms'), '{:.1f}')} | ≤ 20 |")
+
+
+def print_log(results: dict) -> None:
     log = results["log"]
     off_p99 = col(log["off"], "p99_ms")
     print("\n| logging (1,000 tx/s, 10 records per tx) | app p50 ms | app p99 ms | p99 vs off | written | dropped |\n|---|---|---|---|---|---|")
@@ -253,10 +271,6 @@ def main() -> None:
         dropped = ", ".join(str(x.get("dropped", "")) for x in r) if mode == "handler" else ""
         print(f"| {label} | {summary(col(r, 'p50_ms'), '{:.3f}')} | {summary(col(r, 'p99_ms'), '{:.3f}')} | "
               f"{summary(ratios, '{:.2f}')} | {written} | {dropped} |")
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as out:
-            json.dump({"load_average": load, "python": sys.version, "results": results}, out, indent=1)
 
 
 if __name__ == "__main__":
