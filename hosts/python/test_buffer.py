@@ -751,3 +751,18 @@ def test_fastapi_lifespan_example(tmp_path):
         assert response.status_code == 200, response.text
     # Leaving the lifespan closed the buffer: everything is in the file.
     assert rows(path, "SELECT job, pct FROM progress ORDER BY job") == [("a", 100), ("b", 100)]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="autocommit= is new in Python 3.12")
+def test_python_312_autocommit_connections(tmp_path):
+    path = make_db(tmp_path, STOCK)
+    factory = lambda: sqlite3.connect(path, autocommit=False)  # noqa: E731
+    with sh.WriteBuffer(connect=factory) as buffer:
+        buffer.upsert("stock", {"sku": "a", "qty": 1}, "sku").wait(WAIT_S)
+    conn = sqlite3.connect(path, autocommit=False)
+    with pytest.raises(sh.ImportFailed, match="autocommit=False"):
+        sh.insert_many(conn, "stock", [{"sku": "b"}])
+    conn.autocommit = True
+    assert sh.insert_many(conn, "stock", [{"sku": "b"}]).rows == 1
+    assert conn.autocommit is True
+    assert rows(path, "SELECT sku FROM stock ORDER BY sku") == [("a",), ("b",)]

@@ -28,15 +28,22 @@ class LockDeadline(sqlite3.OperationalError):
     """``BEGIN IMMEDIATE`` met lock errors until the deadline; ``__cause__`` is the last one."""
 
 
-def prepare_connection(conn: Any) -> None:
-    """Lets the caller control transactions with explicit ``BEGIN``/``COMMIT``."""
+def prepare_connection(conn: Any, fresh: bool = False) -> None:
+    """Lets the caller control transactions with explicit ``BEGIN``/``COMMIT``.
+
+    ``fresh``: the connection was just opened for us (the write buffer's, from a
+    factory), so Python 3.12's ``autocommit=False`` (whose implicit transaction
+    is empty) is simply switched to ``autocommit=True``. An app's connection
+    with ``autocommit=False`` is refused: its open transaction may hold the app's
+    own changes, which a chunk's commit must not commit behind its back."""
     legacy = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", None)
     autocommit = getattr(conn, "autocommit", legacy)
     if autocommit is not legacy and autocommit is not True:
-        if getattr(conn, "in_transaction", False):
+        if not fresh:
             raise ValueError(
-                "the connection has autocommit=False and an open transaction: commit or roll back "
-                "first, or open it with autocommit=True (sqlite-hybrid issues BEGIN IMMEDIATE itself)"
+                "the connection has autocommit=False, so it is always inside a transaction: chunks "
+                "are committed one by one, so use a connection with autocommit=True (or the "
+                "default legacy transaction control)"
             )
         conn.autocommit = True
         return

@@ -442,8 +442,9 @@ atexit.register(_close_all_at_exit)
 class WriteBuffer:
     """A write buffer on one database file; see the module docs for the rules.
 
-    ``database`` is a path, opened with the host's ``sqlite3`` (and, with
-    ``hybrid=True``, the extension loaded for its fair lock hand-off);
+    ``database`` is a path, opened with the host's ``sqlite3`` module, with the
+    extension loaded for its fair lock hand-off (``hybrid=None``, the default:
+    when this Python can load extensions; ``True``: required; ``False``: never);
     ``connect`` instead is a factory returning a DB-API connection of the
     standard ``sqlite3`` module the app already uses (called on the flusher's
     thread, and for schema look-ups). Settings:
@@ -489,7 +490,7 @@ class WriteBuffer:
         block_timeout: float = 5.0,
         table_priorities: Optional[Mapping[str, int]] = None,
         lock_timeout: float = 30.0,
-        hybrid: bool = True,
+        hybrid: Optional[bool] = None,
         timeout_ms: int = 5000,
     ) -> None:
         if (database is None) == (connect is None):
@@ -508,11 +509,17 @@ class WriteBuffer:
 
             def connect_path() -> sqlite3.Connection:
                 conn = sqlite3.connect(path, timeout=timeout_ms / 1000.0, isolation_level=None)
-                if hybrid:
+                if hybrid is not False:
                     from . import load
 
                     try:
                         load(conn, timeout_ms=timeout_ms)
+                    except (TypeError, FileNotFoundError):
+                        # This Python cannot load extensions, or no library: SQLite's
+                        # own busy handler (timeout_ms) then. Only hybrid=True insists.
+                        if hybrid:
+                            conn.close()
+                            raise
                     except BaseException:
                         conn.close()
                         raise
@@ -862,7 +869,7 @@ class WriteBuffer:
     def _run(self) -> None:
         try:
             self._conn = self._connect()
-            prepare_connection(self._conn)
+            prepare_connection(self._conn, fresh=True)
             try:  # with the extension: queue behind interactive writers (futex mode)
                 self._conn.execute("SELECT hybrid_priority('background')")
             except sqlite3.Error:
