@@ -263,12 +263,12 @@ def print_buffer(results: dict, args: argparse.Namespace) -> None:
 def print_log(results: dict) -> None:
     log = results["log"]
     off_p99 = col(log["off"], "p99_ms")
-    print("\n| logging (1,000 tx/s, 10 records per tx) | app p50 ms | app p99 ms | p99 vs off | written | dropped |\n|---|---|---|---|---|---|")
+    print("\n| logging (1,000 tx/s, 10 records per tx) | app p50 ms | app p99 ms | p99 vs off | written/emitted | dropped (failed) |\n|---|---|---|---|---|---|")
     for mode, label in (("off", "off"), ("null", "handler that drops records"), ("handler", "LogHandler (defaults)")):
         r = log[mode]
         ratios = [a["p99_ms"] / b for a, b in zip(r, off_p99)]
-        written = ", ".join(str(x.get("written", "")) for x in r) if mode == "handler" else ""
-        dropped = ", ".join(str(x.get("dropped", "")) for x in r) if mode == "handler" else ""
+        written = ", ".join(f"{x.get('written', '')}/{x['emitted']}" for x in r) if mode == "handler" else ""
+        dropped = ", ".join(f"{x.get('dropped', '')} (failed {x.get('failed', '')})" for x in r) if mode == "handler" else ""
         print(f"| {label} | {summary(col(r, 'p50_ms'), '{:.3f}')} | {summary(col(r, 'p99_ms'), '{:.3f}')} | "
               f"{summary(ratios, '{:.2f}')} | {written} | {dropped} |")
 
