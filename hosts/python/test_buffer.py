@@ -365,7 +365,10 @@ def test_lock_errors_are_retried_until_the_lock_is_free(tmp_path):
     # while the lock is held, and is retried with backoff (lock_timeout 30 s).
     with sh.WriteBuffer(path, timeout_ms=100, flush_interval=3600) as buffer:
         ticket = buffer.upsert("stock", {"sku": "a", "qty": 1}, "sku")
-        buffer._wait_for([ticket], 0.5)  # let it meet the held lock
+        buffer._wait_for([ticket], 0.1)  # asks for the flush
+        deadline = time.monotonic() + WAIT_S
+        while buffer.stats().lock_retries == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the lock stays held until the flusher has met it and retried
         assert ticket.status == "pending"
         held.release()
         ticket.wait(WAIT_S)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
 from ._errors import is_lock_error
 
@@ -60,10 +60,11 @@ def backoff_pause(attempt: int) -> float:
     return random.uniform(0.0, min(_MAX_PAUSE_S, _FIRST_PAUSE_S * (2 ** min(attempt, 16))))
 
 
-def begin_immediate(conn: Any, deadline: float) -> int:
+def begin_immediate(conn: Any, deadline: float, on_retry: Optional[Callable[[], None]] = None) -> int:
     """``BEGIN IMMEDIATE`` on ``conn``, retrying lock errors until ``deadline``
-    (a ``time.monotonic()`` value). Returns the attempts beyond the first.
-    Raises :class:`LockDeadline` when the deadline passes; any other error at once."""
+    (a ``time.monotonic()`` value). Returns the attempts beyond the first, and calls
+    ``on_retry`` before each. Raises :class:`LockDeadline` when the deadline passes;
+    any other error at once."""
     attempt = 0
     while True:
         try:
@@ -75,6 +76,8 @@ def begin_immediate(conn: Any, deadline: float) -> int:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LockDeadline(f"could not take the write lock before the deadline: {error}") from error
+            if on_retry is not None:
+                on_retry()
             time.sleep(min(remaining, backoff_pause(attempt)))
             attempt += 1
 

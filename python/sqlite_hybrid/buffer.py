@@ -938,6 +938,11 @@ class WriteBuffer:
         self._oldest = None
         return items
 
+    def _count_retry(self) -> None:
+        """A lock error at ``BEGIN IMMEDIATE``, about to be retried: counted at once."""
+        with self._lock:
+            self._stats.lock_retries += 1
+
     def _write_all(self, items: List[_Entry]) -> bool:
         """Writes ``items`` transaction by transaction; False if one failed as a whole
         (its entries and the rest were put back in the queue)."""
@@ -969,7 +974,7 @@ class WriteBuffer:
         perf = time.perf_counter
         grouping = True  # off after a group's error ended the transaction: find the row
         while True:
-            retries += begin_immediate(conn, time.monotonic() + self.lock_timeout)
+            retries += begin_immediate(conn, time.monotonic() + self.lock_timeout, self._count_retry)
             began = perf()
             i = start
             try:
@@ -1115,7 +1120,6 @@ class WriteBuffer:
             stats.failed_entries += len(failed)
             stats.flushed_entries += count - len(failed)
             stats.flushed_batches += 1
-            stats.lock_retries += retries
             stats.max_lock_ms = max(stats.max_lock_ms, hold_ms)
             self._holds.append(hold_ms)
             self._in_flight = max(0, self._in_flight - count)
