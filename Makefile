@@ -83,6 +83,7 @@ bench: check-tools ext
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --writer-rate 0
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --overload
 	scripts/postgres/with-postgres.sh $(CARGO) run --release -q -p sqlite-hybrid --features postgres --example log_bench -- --engine postgres
+	PYTHONPATH=python SQLITE_HYBRID_LIBRARY=$(HYBRID_EXT) $(PYTHON) scripts/python_buffer_bench.py --json target/bench/python_buffer.json
 
 # Environment overrides: SOAK_SECONDS, CRASH_RUNS, PROPTEST_CASES.
 soak: check-tools ext

@@ -165,6 +165,19 @@ fi
 
 # --- the checks --------------------------------------------------------------------------
 mkdir -p "$TMP/work"
+status=0
 DJANGO_OLD_PATH="$DJANGO_OLD_PATH" SQLALCHEMY14_PATH="$SQLALCHEMY14_PATH" HOSTS_TMP="$TMP/work" HYBRID_VERSION="$VERSION" HYBRID_LIB="$HYBRID_LIB" HOSTS_MISSING="$HOSTS_MISSING" \
 NODE_WORKER="$NODE_WORKER" NODE_SKIP="$NODE_SKIP" GO_WORKER="$GO_WORKER" GO_SKIP="$GO_SKIP" \
-    timeout 900 "$VENV/bin/python" "$ROOT/hosts/python/test_hosts.py"
+    timeout 900 "$VENV/bin/python" "$ROOT/hosts/python/test_hosts.py" || status=$?
+
+# --- the write buffer, chunked imports and the log handler (pytest) ----------------------
+# About 15 s. pytest is required; fastapi and httpx only for the lifespan example's
+# test, which is skipped (with the reason) when they cannot be installed.
+pip_install --prefer-binary pytest >"$TMP/pip-pytest.log" 2>&1 \
+    || { cat "$TMP/pip-pytest.log" >&2; die "pip could not install pytest (needed by hosts/python/test_buffer.py)"; }
+pip_install --prefer-binary fastapi httpx >"$TMP/pip-fastapi.log" 2>&1 \
+    || say "fastapi/httpx could not be installed: the FastAPI lifespan example's test is skipped (see $TMP/pip-fastapi.log)"
+say "python: write buffer, chunked imports, log handler (hosts/python/test_buffer.py)"
+(cd "$TMP/work" && timeout 300 "$VENV/bin/python" -m pytest -q -rs -p no:cacheprovider \
+    "$ROOT/hosts/python/test_buffer.py") || status=$?
+exit $status

@@ -74,6 +74,23 @@ __all__ = [
     "retrying",
     "sqlite_error_code",
     "__version__",
+    # write buffer, chunked imports, log handler (docs/python-buffer.md)
+    "BufferClosed",
+    "BufferFull",
+    "BufferStats",
+    "FailedEntry",
+    "FlushFailed",
+    "ImportFailed",
+    "ImportReport",
+    "InvalidRow",
+    "LogHandler",
+    "LogStats",
+    "Ticket",
+    "WriteBuffer",
+    "WriteBufferError",
+    "insert_many",
+    "query_logs",
+    "upsert_many",
 ]
 
 #: Keys accepted by ``hybrid_busy_config`` (see docs/sql-reference.md).
@@ -296,3 +313,20 @@ def _plugins_enabled() -> bool:
     """``SQLITE_HYBRID_PLUGINS=0`` (or ``off``/``false``/``no``) turns both plugins off."""
     value = os.environ.get("SQLITE_HYBRID_PLUGINS", "1").strip().lower()
     return value not in {"0", "off", "false", "no"}
+
+
+# The write buffer, chunked imports and the log handler (pure Python on the
+# host's sqlite3; docs/python-buffer.md). Imported last: they use load().
+from ._schema import InvalidRow  # noqa: E402
+from .buffer import (  # noqa: E402
+    BufferClosed,
+    BufferFull,
+    BufferStats,
+    FailedEntry,
+    FlushFailed,
+    Ticket,
+    WriteBuffer,
+    WriteBufferError,
+)
+from .imports import ImportFailed, ImportReport, insert_many, upsert_many  # noqa: E402
+from .logdb import LogHandler, LogStats, query_logs  # noqa: E402
