@@ -179,6 +179,13 @@ async def _note_and_rollback_async(targets: list) -> bool:
     return noted
 
 
+def full_jitter(attempt: int, base: float, cap: float) -> float:
+    """The pause before retry ``attempt + 1`` (0-based), in seconds: "full jitter",
+    uniform in ``[0, min(cap, base * 2**attempt)]``, so waiters that collided once
+    do not wake together again. The one backoff formula of the package."""
+    return random.uniform(0.0, min(cap, base * (2 ** min(attempt, 30))))
+
+
 class _Policy:
     def __init__(self, deadline: float, base: float, cap: float, attempts: Optional[int],
                  on: Callable[[BaseException], bool]) -> None:
@@ -202,9 +209,7 @@ class _Policy:
         if remaining <= 0 or (self.attempts is not None and attempt >= self.attempts):
             _STATS.add("gave_up")
             raise LockTimeout(attempt, elapsed, error) from error
-        # "Full jitter": uniform in [0, min(cap, base * 2^n)], never past the deadline.
-        ceiling = min(self.cap, self.base * (2 ** min(attempt - 1, 30)))
-        return min(random.uniform(0, ceiling), remaining)
+        return min(full_jitter(attempt - 1, self.base, self.cap), remaining)
 
 
 class Attempt:

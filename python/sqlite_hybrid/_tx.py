@@ -13,19 +13,15 @@
 
 from __future__ import annotations
 
-import random
 import sqlite3
 import time
 from typing import Any, Callable, Optional
 
 from ._errors import is_lock_error
+from ._retry import LockTimeout, full_jitter
 
 _FIRST_PAUSE_S = 0.002
 _MAX_PAUSE_S = 0.25
-
-
-class LockDeadline(sqlite3.OperationalError):
-    """``BEGIN IMMEDIATE`` met lock errors until the deadline; ``__cause__`` is the last one."""
 
 
 def prepare_connection(conn: Any, fresh: bool = False) -> None:
@@ -56,15 +52,17 @@ def prepare_connection(conn: Any, fresh: bool = False) -> None:
 
 
 def backoff_pause(attempt: int) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, first * 2**attempt)]."""
-    return random.uniform(0.0, min(_MAX_PAUSE_S, _FIRST_PAUSE_S * (2 ** min(attempt, 16))))
+    """The pause before the next ``BEGIN IMMEDIATE`` (:func:`full_jitter`, 2 ms doubling to 250 ms)."""
+    return full_jitter(attempt, _FIRST_PAUSE_S, _MAX_PAUSE_S)
 
 
 def begin_immediate(conn: Any, deadline: float, on_retry: Optional[Callable[[], None]] = None) -> int:
     """``BEGIN IMMEDIATE`` on ``conn``, retrying lock errors until ``deadline``
     (a ``time.monotonic()`` value). Returns the attempts beyond the first, and calls
-    ``on_retry`` before each. Raises :class:`LockDeadline` when the deadline passes;
+    ``on_retry`` before each. Raises :class:`sqlite_hybrid.LockTimeout` (the
+    retry decorator's, so one ``except`` serves both) when the deadline passes;
     any other error at once."""
+    started = time.monotonic()
     attempt = 0
     while True:
         try:
@@ -75,7 +73,7 @@ def begin_immediate(conn: Any, deadline: float, on_retry: Optional[Callable[[], 
                 raise
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise LockDeadline(f"could not take the write lock before the deadline: {error}") from error
+                raise LockTimeout(attempt + 1, time.monotonic() - started, error) from error
             if on_retry is not None:
                 on_retry()
             time.sleep(min(remaining, backoff_pause(attempt)))

@@ -66,7 +66,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 
 from ._errors import is_lock_error, sqlite_error_code
 from ._schema import InvalidRow, SchemaCache, TableInfo, quote
-from ._tx import backoff_pause, begin_immediate, prepare_connection, rollback_quietly
+from ._tx import begin_immediate, prepare_connection, rollback_quietly
 
 __all__ = [
     "WriteBuffer",
