@@ -9,7 +9,9 @@
 //!   `lock_timeout`, set to the retry deadline), under the same
 //!   [`RetryPolicy`]; after the deadline, [`Error::LockTimeout`]. A lock
 //!   wait itself happens in the server's fair lock queue, not in a busy
-//!   loop of ours.
+//!   loop of ours. Conflicts (`40001`, `40P01`) are contention, not rare
+//!   errors: they do not use up `max_attempts`, and the delays between
+//!   attempts age so that no session starves (`retry.rs`).
 //! * **Errors** are classified by SQLSTATE into the same kinds: `23xxx`
 //!   constraint, undefined table/column schema, `22xxx` data exceptions
 //!   invalid input, connection failures I/O (the session is reopened on
@@ -28,11 +30,12 @@ use rusqlite::types::Value;
 
 use crate::error::{DbError, Error, Result};
 use crate::health::{Health, LockWaiter, OptimizeReport, ServerHealth};
-use crate::retry::{RetryPolicy, retry_lock_errors};
+use crate::retry::RetryPolicy;
 use crate::schema::TableInfo;
 use crate::tx::Tx;
 
 pub(crate) mod batch;
+mod retry;
 mod schema;
 pub(crate) mod values;
 
@@ -180,7 +183,7 @@ impl PgEngine {
         let started = Instant::now();
         let mut attempts = 0u32;
         let mut conflicted = false;
-        let result = retry_lock_errors(&self.retry, || {
+        let result = retry::retry_transaction(&self.retry, || {
             attempts += 1;
             let outcome = (|| {
                 let client = self.writer(&mut guard)?;
