@@ -29,12 +29,13 @@ use postgres::{Client, Config, NoTls};
 use rusqlite::types::Value;
 
 use crate::error::{DbError, Error, Result};
-use crate::health::{Health, LockWaiter, OptimizeReport, ServerHealth};
+use crate::health::{Health, LockWaiter, OptimizeReport, ServerHealth, StandbyHealth};
 use crate::retry::RetryPolicy;
 use crate::schema::TableInfo;
 use crate::tx::Tx;
 
 pub(crate) mod batch;
+mod replicas;
 mod retry;
 mod schema;
 pub(crate) mod values;
@@ -81,6 +82,54 @@ struct ReaderPool {
     size: usize,
 }
 
+impl ReaderPool {
+    fn with_sessions(idle: Vec<Client>, size: usize) -> ReaderPool {
+        ReaderPool {
+            idle: Mutex::new(idle),
+            returned: Condvar::new(),
+            size,
+        }
+    }
+
+    /// Runs `f` on a session of the pool (waiting up to `deadline` for
+    /// one), reopened with `connect` if it was lost.
+    fn with<T>(
+        &self,
+        deadline: Duration,
+        connect: impl FnOnce() -> Result<Client>,
+        f: impl FnOnce(&mut Client) -> Result<T>,
+    ) -> Result<T> {
+        let until = Instant::now() + deadline;
+        let mut idle = self.idle.lock();
+        let mut client = loop {
+            if let Some(client) = idle.pop() {
+                break client;
+            }
+            if self.returned.wait_until(&mut idle, until).timed_out() {
+                return Err(Error::Timeout { waited: deadline });
+            }
+        };
+        drop(idle);
+        if client.is_closed() {
+            match connect() {
+                Ok(fresh) => client = fresh,
+                Err(e) => {
+                    self.give_back(client);
+                    return Err(e);
+                }
+            }
+        }
+        let result = f(&mut client);
+        self.give_back(client);
+        result
+    }
+
+    fn give_back(&self, client: Client) {
+        self.idle.lock().push(client);
+        self.returned.notify_one();
+    }
+}
+
 /// One PostgreSQL database.
 pub(crate) struct PgEngine {
     config: Config,
@@ -91,12 +140,23 @@ pub(crate) struct PgEngine {
     readers: ReaderPool,
     retry: RetryPolicy,
     waits: Mutex<WaitCounts>,
+    /// Where `query` runs when there are any (`replicas.rs`).
+    standbys: replicas::Standbys,
+    /// This handle's newest write, for read-your-writes on standbys.
+    writes: replicas::ReadYourWrites,
 }
 
 impl PgEngine {
     /// Connects to `url` (a `postgres://` or `postgresql://` URL): one
-    /// writer session and `readers` reader sessions.
-    pub(crate) fn open(url: &str, readers: usize, retry: &RetryPolicy) -> Result<PgEngine> {
+    /// writer session and `readers` reader sessions; and to each of
+    /// `standbys` (`readers` sessions each), where reads then go.
+    pub(crate) fn open(
+        url: &str,
+        readers: usize,
+        retry: &RetryPolicy,
+        standbys: &[String],
+        standby_wait: Duration,
+    ) -> Result<PgEngine> {
         let mut config: Config = url
             .parse()
             .map_err(|e| Error::InvalidInput(format!("PostgreSQL URL: {e}")))?;
@@ -104,13 +164,11 @@ impl PgEngine {
         let engine = PgEngine {
             display: redact(url),
             writer: Mutex::new(None),
-            readers: ReaderPool {
-                idle: Mutex::new(Vec::new()),
-                returned: Condvar::new(),
-                size: readers,
-            },
+            readers: ReaderPool::with_sessions(Vec::new(), readers),
             retry: *retry,
             waits: Mutex::new(WaitCounts::default()),
+            standbys: replicas::Standbys::open(standbys, readers, standby_wait)?,
+            writes: replicas::ReadYourWrites::new(),
             config,
         };
         // Connect now, so a wrong URL or a server that is down is an error
@@ -212,6 +270,12 @@ impl PgEngine {
         if conflicted {
             self.count_wait(started.elapsed(), attempts, result.is_ok());
         }
+        if result.is_ok()
+            && !self.standbys.is_empty()
+            && let Some(writer) = guard.as_mut()
+        {
+            self.writes.record_after_commit(writer);
+        }
         result
     }
 
@@ -231,51 +295,29 @@ impl PgEngine {
         w.last_event_unix_ms = Some(crate::logdb::now_unix_ms());
     }
 
-    /// Runs `f` on a reader session (the writer's when there are none).
+    /// Runs `f` on a reader session of the primary (the writer's when
+    /// there are none).
     fn with_reader<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
         if self.readers.size == 0 {
             let mut guard = self.writer.lock();
             return f(self.writer(&mut guard)?);
         }
-        let deadline = Instant::now() + self.retry.deadline;
-        let mut idle = self.readers.idle.lock();
-        let mut client = loop {
-            if let Some(client) = idle.pop() {
-                break client;
-            }
-            if self
-                .readers
-                .returned
-                .wait_until(&mut idle, deadline)
-                .timed_out()
-            {
-                return Err(Error::Timeout {
-                    waited: self.retry.deadline,
-                });
-            }
-        };
-        drop(idle);
-        if client.is_closed() {
-            match self.connect_reader() {
-                Ok(fresh) => client = fresh,
-                Err(e) => {
-                    self.give_back(client);
-                    return Err(e);
-                }
-            }
-        }
-        let result = f(&mut client);
-        self.give_back(client);
-        result
-    }
-
-    fn give_back(&self, client: Client) {
-        self.readers.idle.lock().push(client);
-        self.readers.returned.notify_one();
+        self.readers
+            .with(self.retry.deadline, || self.connect_reader(), f)
     }
 
     /// Every row of one query, on a reader.
+    /// On a standby that has this handle's writes, if there is one
+    /// (`replicas.rs`); otherwise on the primary.
     pub(crate) fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+        if let Some(rows) = self
+            .standbys
+            .read(&self.writes, self.retry.deadline, |client| {
+                values::query(client, sql, params)
+            })?
+        {
+            return Ok(rows);
+        }
         self.with_reader(|client| values::query(client, sql, params))
     }
 
@@ -315,7 +357,9 @@ impl PgEngine {
 
     /// The server's view: version, size, sessions, lock waits.
     pub(crate) fn health(&self) -> Result<Health> {
-        let server = self.with_reader(|client| {
+        let mut primary_lsn = None;
+        let mut server = self.with_reader(|client| {
+            primary_lsn = replicas::current_lsn(client);
             let row = values::query(
                 client,
                 "SELECT current_setting('server_version'), pg_database_size(current_database()), \
@@ -341,8 +385,24 @@ impl PgEngine {
                 connections: int(&row[2]),
                 max_connections: int(&row[3]),
                 lock_waits: int(&row[4]),
+                standbys: Vec::new(),
             })
         })?;
+        server.standbys = self
+            .standbys
+            .iter()
+            .map(|standby| {
+                let lag = standby.lag(primary_lsn);
+                let (reads, reads_sent_to_primary) = standby.reads();
+                StandbyHealth {
+                    url: standby.display.clone(),
+                    lag_bytes: lag.map(|(bytes, _)| bytes),
+                    lag_ms: lag.map(|(_, ms)| ms),
+                    reads,
+                    reads_sent_to_primary,
+                }
+            })
+            .collect();
         Ok(Health {
             schemas: Vec::new(),
             locks: vec![self.lock_metrics()],
