@@ -51,10 +51,13 @@ ext:
 # temporary directory as an unprivileged user, Unix sockets only, stopped and
 # removed afterwards; installs Debian's postgresql as root if it is missing).
 # The engine-parameterised suites run on both engines (on the primary);
-# client/tests/replicas.rs reads on the standby.
+# client/tests/replicas.rs reads on the standby. client/tests/failover.rs
+# kills its primary, so it gets servers of its own, with synchronous
+# replication (it is skipped in the first run).
 CLIENT_FEATURES := sqlite-hybrid/tokio,sqlite-hybrid/postgres
 test: check-tools ext
 	scripts/postgres/with-replicas.sh $(CARGO) test --workspace --features $(CLIENT_FEATURES)
+	scripts/postgres/with-replicas.sh --sync $(CARGO) test --workspace --features $(CLIENT_FEATURES) --test failover
 
 # The demo needs cargo, the sqlite3 shell and python3 (not valgrind).
 demo: ext

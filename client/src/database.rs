@@ -312,6 +312,14 @@ impl Database {
     /// transaction is rolled back and the whole closure runs again until
     /// the retry policy's deadline, then [`Error::LockTimeout`]. Other
     /// errors roll back and return at once.
+    ///
+    /// PostgreSQL: serialization failures and deadlocks, what contention
+    /// looks like there, are bounded by the deadline only (not by
+    /// `max_attempts`), with aged delays so no handle starves. A connection
+    /// lost before `COMMIT` (a failover) is reopened (a multi-host URL with
+    /// `target_session_attrs=read-write` finds the new primary) and the
+    /// closure runs again, until the deadline; a connection lost *during*
+    /// `COMMIT` is [`Error::CommitOutcomeUnknown`], never re-run.
     pub fn transact<T>(&self, f: impl FnMut(&mut crate::Tx<'_>) -> Result<T>) -> Result<T> {
         self.core.transact(Priority::Interactive, f)
     }

@@ -9,8 +9,21 @@
 #   HYBRID_PG_URL          the primary, an empty database
 #   HYBRID_PG_ADMIN_URL    the primary's `postgres` database (to create more)
 #   HYBRID_PG_STANDBY_URL  the same database on the standby (read-only)
+#   HYBRID_PG_MULTI_URL    both, as one multi-host URL with
+#                          target_session_attrs=read-write (the primary,
+#                          whichever of the two it is)
+#   HYBRID_PG_PRIMARY_PID_FILE  the primary's postmaster.pid (to kill it)
+#   HYBRID_PG_PROMOTE      a command that promotes the standby (pg_ctl
+#                          promote -w, as the servers' user)
+#   HYBRID_PG_SYNC         1 with --sync, else 0
 #
-# Usage: scripts/postgres/with-replicas.sh COMMAND [ARG...]
+# With --sync the primary waits for the standby at every commit
+# (synchronous_standby_names = '*', set on the primary after cloning, so the
+# standby does not inherit it and a promoted standby does not wait for a
+# standby it does not have). A command may kill the primary and promote the
+# standby; the old primary is never started again.
+#
+# Usage: scripts/postgres/with-replicas.sh [--sync] COMMAND [ARG...]
 # Needs Debian's postgresql package (installed with apt-get when run as root,
 # otherwise it says what to install). As root the servers run as the
 # `postgres` user the package creates (PostgreSQL refuses to run as root).
@@ -20,7 +33,9 @@ set -euo pipefail
 
 say() { echo "with-replicas: $*" >&2; }
 die() { say "$*"; exit 1; }
-[ $# -gt 0 ] || die "usage: $0 COMMAND [ARG...]"
+SYNC=0
+if [ "${1:-}" = --sync ]; then SYNC=1; shift; fi
+[ $# -gt 0 ] || die "usage: $0 [--sync] COMMAND [ARG...]"
 
 find_bin() {
     local dir
@@ -91,11 +106,32 @@ start primary 5432
 start standby 5433
 "${run_as[@]}" "$BIN/createdb" -h "$DIR/primary" -p 5432 -U hybrid hybrid_test
 
+if [ "$SYNC" = 1 ]; then
+    "$BIN/psql" -XAtq -h "$DIR/primary" -p 5432 -U hybrid postgres \
+        -c "ALTER SYSTEM SET synchronous_standby_names = '*'" -c 'SELECT pg_reload_conf()' \
+        >/dev/null
+    for _ in $(seq 1 600); do
+        [ "$("$BIN/psql" -XAtq -h "$DIR/primary" -p 5432 -U hybrid postgres \
+            -c "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")" = 1 ] && break
+        sleep 0.1
+    done
+fi
+# Promotion, as the servers' user (pg_ctl refuses to run as root).
+cat >"$DIR/promote" <<PROMOTE
+#!/bin/sh
+exec ${run_as[*]} "$BIN/pg_ctl" promote -w -t 60 -D "$DIR/standby/data"
+PROMOTE
+chmod 755 "$DIR/promote"
+
 primary=$(printf '%s' "$DIR/primary" | sed 's|/|%2F|g')
 standby=$(printf '%s' "$DIR/standby" | sed 's|/|%2F|g')
 export HYBRID_PG_URL="postgresql://hybrid@$primary:5432/hybrid_test"
 export HYBRID_PG_ADMIN_URL="postgresql://hybrid@$primary:5432/postgres"
 export HYBRID_PG_STANDBY_URL="postgresql://hybrid@$standby:5433/hybrid_test"
+export HYBRID_PG_MULTI_URL="postgresql://hybrid@$primary:5432,$standby:5433/hybrid_test?target_session_attrs=read-write"
+export HYBRID_PG_PRIMARY_PID_FILE="$DIR/primary/data/postmaster.pid"
+export HYBRID_PG_PROMOTE="$DIR/promote"
+export HYBRID_PG_SYNC="$SYNC"
 # The standby has the new database once it replayed its creation.
 for _ in $(seq 1 600); do
     "$BIN/psql" -XAtq "$HYBRID_PG_STANDBY_URL" -c 'SELECT 1' >/dev/null 2>&1 && break
@@ -104,6 +140,7 @@ done
 state=$("$BIN/psql" -XAtq "$HYBRID_PG_STANDBY_URL" -c 'SELECT pg_is_in_recovery()' 2>&1) \
     || die "the standby has no hybrid_test database after 60 s: $state"
 [ "$state" = t ] || die "the standby is not in recovery: $state"
-say "PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'): primary and streaming standby" \
+mode=asynchronous; [ "$SYNC" = 1 ] && mode=synchronous
+say "PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'): primary and $mode streaming standby" \
     "on $DIR (HYBRID_PG_URL=$HYBRID_PG_URL HYBRID_PG_STANDBY_URL=$HYBRID_PG_STANDBY_URL)"
 "$@"

@@ -12,6 +12,15 @@
 //!   loop of ours. Conflicts (`40001`, `40P01`) are contention, not rare
 //!   errors: they do not use up `max_attempts`, and the delays between
 //!   attempts age so that no session starves (`retry.rs`).
+//! * **Failover**: a lost session is reopened on next use (through the
+//!   URL's hosts in order; with `target_session_attrs=read-write` the one
+//!   that is the primary now). A write transaction whose session was lost
+//!   before `COMMIT` runs again until the deadline (`retry.rs`); one lost
+//!   during `COMMIT` (no answer, `08xxx`, `57P0x`) is
+//!   [`Error::CommitOutcomeUnknown`], as is a commit the server reports as
+//!   "committed locally" after cancelling its wait for the synchronous
+//!   standby. Reads on the primary are run again on a new session.
+//! * **Standbys** (`replicas.rs`): reads with read-your-writes.
 //! * **Errors** are classified by SQLSTATE into the same kinds: `23xxx`
 //!   constraint, undefined table/column schema, `22xxx` data exceptions
 //!   invalid input, connection failures I/O (the session is reopened on
@@ -21,6 +30,7 @@
 //!   "postgres"`); the server's view is [`PgEngine::lock_waiters`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hybrid::LockStats;
@@ -59,6 +69,34 @@ pub(crate) fn error(e: postgres::Error) -> Error {
         None if closed => Error::Io(db),
         // Lock errors stay here until the retry loop gives up on them.
         _ => Error::Database(db),
+    }
+}
+
+/// A driver error at `COMMIT`: when the server did not answer (the
+/// connection broke, the server shut down or crashed), whether the
+/// transaction committed is unknown; any answer (`40001`, a deferred
+/// constraint) means it rolled back.
+fn commit_error(e: postgres::Error) -> Error {
+    let unknown = match e.code() {
+        None => true,
+        Some(code) => code.code().starts_with("08") || code.code().starts_with("57P"),
+    };
+    if unknown {
+        Error::CommitOutcomeUnknown(DbError::postgres(e))
+    } else {
+        error(e)
+    }
+}
+
+/// A failure to open a session: [`Error::Io`] when the server did not
+/// answer (refused, down, or no host of a multi-host URL fit
+/// `target_session_attrs`), else classified by the server's SQLSTATE
+/// (a wrong password is not a connection problem to wait out).
+pub(crate) fn connect_error(e: postgres::Error) -> Error {
+    if e.code().is_none() {
+        Error::Io(DbError::postgres(e))
+    } else {
+        error(e)
     }
 }
 
@@ -144,6 +182,9 @@ pub(crate) struct PgEngine {
     standbys: replicas::Standbys,
     /// This handle's newest write, for read-your-writes on standbys.
     writes: replicas::ReadYourWrites,
+    /// Set by the sessions' notice callback when the server warns that it
+    /// cancelled a commit's wait for the synchronous standby.
+    sync_wait_cancelled: Arc<AtomicBool>,
 }
 
 impl PgEngine {
@@ -161,7 +202,20 @@ impl PgEngine {
             .parse()
             .map_err(|e| Error::InvalidInput(format!("PostgreSQL URL: {e}")))?;
         config.application_name("sqlite-hybrid");
+        let sync_wait_cancelled = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&sync_wait_cancelled);
+        config.notice_callback(move |notice| {
+            if notice
+                .message()
+                .contains("wait for synchronous replication")
+            {
+                flag.store(true, Ordering::Relaxed);
+            } else {
+                log::info!("PostgreSQL {}: {}", notice.severity(), notice.message());
+            }
+        });
         let engine = PgEngine {
+            sync_wait_cancelled,
             display: redact(url),
             writer: Mutex::new(None),
             readers: ReaderPool::with_sessions(Vec::new(), readers),
@@ -197,7 +251,7 @@ impl PgEngine {
     }
 
     fn connect_writer(&self) -> Result<Client> {
-        let mut client = self.config.connect(NoTls).map_err(error)?;
+        let mut client = self.config.connect(NoTls).map_err(connect_error)?;
         // A lock wait happens in the server's queue, bounded by the retry
         // deadline; past it, 55P03 and the retry loop gives up.
         let ms = self.retry.deadline.as_millis().clamp(1, i32::MAX as u128);
@@ -208,7 +262,7 @@ impl PgEngine {
     }
 
     fn connect_reader(&self) -> Result<Client> {
-        let mut client = self.config.connect(NoTls).map_err(error)?;
+        let mut client = self.config.connect(NoTls).map_err(connect_error)?;
         client
             .batch_execute("SET default_transaction_read_only = on")
             .map_err(error)?;
@@ -255,10 +309,19 @@ impl PgEngine {
                     .map_err(error)?;
                 let mut tx = Tx::postgres(tx);
                 let value = f(&mut tx)?;
+                self.sync_wait_cancelled.store(false, Ordering::Relaxed);
                 tx.into_postgres()
                     .expect("a PostgreSQL transaction")
                     .commit()
-                    .map_err(error)?;
+                    .map_err(commit_error)?;
+                if self.sync_wait_cancelled.swap(false, Ordering::Relaxed) {
+                    // Committed here, perhaps not on the synchronous
+                    // standby: not acknowledged (POSTGRES-NOTES pitfall 1).
+                    return Err(Error::CommitOutcomeUnknown(DbError::note_only(
+                        "the server cancelled the wait for the synchronous standby: committed \
+                         on the primary, perhaps not replicated",
+                    )));
+                }
                 Ok(value)
             })();
             if outcome.as_ref().is_err_and(Error::is_lock_error) && !conflicted {
@@ -306,6 +369,26 @@ impl PgEngine {
             .with(self.retry.deadline, || self.connect_reader(), f)
     }
 
+    /// A read on the primary, run again on a new session while the
+    /// connection is lost (a failover), until the retry deadline: reads
+    /// change nothing, so running one twice is harmless.
+    fn read_primary<T>(&self, mut f: impl FnMut(&mut Client) -> Result<T>) -> Result<T> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.with_reader(&mut f) {
+                Err(e)
+                    if retry::is_connection_lost(&e)
+                        && started.elapsed() + pause < self.retry.deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(self.retry.cap);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Every row of one query, on a reader.
     /// On a standby that has this handle's writes, if there is one
     /// (`replicas.rs`); otherwise on the primary.
@@ -318,7 +401,7 @@ impl PgEngine {
         {
             return Ok(rows);
         }
-        self.with_reader(|client| values::query(client, sql, params))
+        self.read_primary(|client| values::query(client, sql, params))
     }
 
     /// The description of `name` from the server's catalog.

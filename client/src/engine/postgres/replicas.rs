@@ -219,7 +219,7 @@ fn should_fall_back(e: &Error) -> bool {
 }
 
 fn connect(config: &Config) -> Result<Client> {
-    let mut client = config.connect(NoTls).map_err(error)?;
+    let mut client = config.connect(NoTls).map_err(super::connect_error)?;
     client
         .batch_execute("SET default_transaction_read_only = on")
         .map_err(error)?;

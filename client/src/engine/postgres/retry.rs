@@ -24,6 +24,16 @@
 //!
 //! A conflict is always safe to re-run: PostgreSQL rolled the attempt back
 //! (`40001` at `COMMIT` means the commit did not happen).
+//!
+//! **A lost connection** (the server died, a failover began) is retried
+//! too, until the deadline, with the policy's delays but no aging (a new
+//! attempt first opens a new session, which a multi-host URL with
+//! `target_session_attrs=read-write` sends to whichever server is the
+//! primary now): the caller in `mod.rs` turns a connection lost during
+//! `COMMIT` into [`Error::CommitOutcomeUnknown`] first, so every lost
+//! connection that reaches this loop lost an open transaction, which the
+//! server rolled back. After the deadline the connection error itself is
+//! returned.
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +50,19 @@ pub(crate) const AGING_MS: f64 = 10.0;
 /// was rolled back; running it again is the cure).
 pub(crate) fn is_conflict_state(sqlstate: &str) -> bool {
     matches!(sqlstate, "40001" | "40P01")
+}
+
+/// Whether `error` says the session is gone: the driver's own I/O or
+/// closed-connection errors (no SQLSTATE), `08xxx` connection exceptions,
+/// `57P01`..`57P03` (shutdown, crash, cannot connect now).
+pub(crate) fn is_connection_lost(error: &Error) -> bool {
+    match error {
+        Error::Io(db) => match db.sqlstate() {
+            None => true,
+            Some(state) => state.starts_with("08") || state.starts_with("57P"),
+        },
+        _ => false,
+    }
 }
 
 /// Whether `error` is a serialization failure or a deadlock.
@@ -62,15 +85,17 @@ pub(crate) fn retry_transaction<T>(
         aging_ms: Some(AGING_MS),
         ..policy.as_backoff()
     };
+    let reconnect_backoff = policy.as_backoff();
     let start = Instant::now();
     let (mut attempts, mut counted, mut previous) = (0u32, 0u32, Duration::ZERO);
     loop {
         attempts = attempts.saturating_add(1);
         let error = match attempt() {
-            Err(error) if error.is_lock_error() => error,
+            Err(error) if error.is_lock_error() || is_connection_lost(&error) => error,
             other => return other,
         };
-        if !is_conflict(&error) {
+        let lost = is_connection_lost(&error);
+        if !lost && !is_conflict(&error) {
             counted += 1;
         }
         let elapsed = start.elapsed();
@@ -78,7 +103,7 @@ pub(crate) fn retry_transaction<T>(
         if counted >= policy.max_attempts || left.is_zero() {
             return Err(error.into_lock_timeout(attempts, elapsed));
         }
-        let delay_ms = backoff.delay_ms(
+        let delay_ms = if lost { &reconnect_backoff } else { &backoff }.delay_ms(
             attempts - 1,
             elapsed.as_secs_f64() * 1000.0,
             previous.as_secs_f64() * 1000.0,
