@@ -59,7 +59,11 @@ pub(crate) fn is_retryable(sqlstate: &str) -> bool {
 /// A driver error as the crate's [`Error`], classified by SQLSTATE.
 pub(crate) fn error(e: postgres::Error) -> Error {
     let code = e.code().map(|c| c.code().to_string());
-    let closed = e.is_closed();
+    // The driver's own I/O errors on the socket ("error communicating with
+    // the server": a reset, a server killed mid-statement) carry the
+    // `std::io::Error` as their source; they are a lost connection too.
+    let closed =
+        e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     let db = DbError::postgres(e);
     match code.as_deref() {
         Some(c) if c.starts_with("23") => Error::Constraint(db),
