@@ -46,13 +46,18 @@ ext:
 	@echo "built $(EXT)  (load it with: .load ./dist/libhybrid)"
 
 # Every crate with the client's optional features on (tokio, postgres),
-# against a throw-away PostgreSQL server (scripts/postgres/with-postgres.sh:
-# initdb into a temporary directory as an unprivileged user, a Unix socket
-# only, stopped and removed afterwards; installs Debian's postgresql as root
-# if it is missing). The engine-parameterised suites run on both engines.
+# against a throw-away PostgreSQL primary and a streaming standby
+# (scripts/postgres/with-replicas.sh: initdb and pg_basebackup into a
+# temporary directory as an unprivileged user, Unix sockets only, stopped and
+# removed afterwards; installs Debian's postgresql as root if it is missing).
+# The engine-parameterised suites run on both engines (on the primary);
+# client/tests/replicas.rs reads on the standby. client/tests/failover.rs
+# kills its primary, so it gets servers of its own, with synchronous
+# replication (it is skipped in the first run).
 CLIENT_FEATURES := sqlite-hybrid/tokio,sqlite-hybrid/postgres
 test: check-tools ext
-	scripts/postgres/with-postgres.sh $(CARGO) test --workspace --features $(CLIENT_FEATURES)
+	scripts/postgres/with-replicas.sh $(CARGO) test --workspace --features $(CLIENT_FEATURES)
+	scripts/postgres/with-replicas.sh --sync $(CARGO) test --workspace --features $(CLIENT_FEATURES) --test failover
 
 # The demo needs cargo, the sqlite3 shell and python3 (not valgrind).
 demo: ext
@@ -79,6 +84,8 @@ bench: check-tools ext
 	$(CARGO) run --release -q -p sqlite-hybrid --features tokio --example async_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example buffer_bench
 	scripts/postgres/with-postgres.sh $(CARGO) run --release -q -p sqlite-hybrid --features postgres --example buffer_bench -- --engine postgres
+	$(CARGO) run --release -q -p sqlite-hybrid --example contention_rmw
+	scripts/postgres/with-postgres.sh $(CARGO) run --release -q -p sqlite-hybrid --features postgres --example contention_rmw -- --engine postgres
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --writer-rate 0
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --overload

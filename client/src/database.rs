@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use hybrid::{BackoffPolicy, Priority};
 use rusqlite::{Connection, Transaction};
@@ -47,6 +48,8 @@ pub struct DatabaseBuilder {
     tune: bool,
     buffer: BufferOptions,
     log: Option<LogOptions>,
+    standbys: Vec<String>,
+    standby_wait: Duration,
 }
 
 impl DatabaseBuilder {
@@ -89,6 +92,35 @@ impl DatabaseBuilder {
     /// Options of the write buffer (started on first use).
     pub fn write_buffer(mut self, options: BufferOptions) -> Self {
         self.buffer = options;
+        self
+    }
+
+    /// PostgreSQL: a streaming standby of the server (a `postgres://` URL
+    /// of the same database on it; call once per standby). `query` runs
+    /// there, `transact` and the write buffer on the primary. A read
+    /// after this handle's own write waits until the standby has replayed
+    /// that write (`pg_last_wal_replay_lsn()` >= the write's commit
+    /// position), at most [`DatabaseBuilder::standby_wait`], else it runs
+    /// on the primary: a handle always reads its own writes. On SQLite, an
+    /// error at open.
+    ///
+    /// ```no_run
+    /// use sqlite_hybrid::Database;
+    ///
+    /// let db = Database::builder("postgresql://app@db1/app")
+    ///     .standby("postgresql://app@db2/app")
+    ///     .open()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn standby(mut self, url: impl Into<String>) -> Self {
+        self.standbys.push(url.into());
+        self
+    }
+
+    /// How long a read waits for a standby to replay this handle's last
+    /// write before it goes to the primary instead (default 100 ms).
+    pub fn standby_wait(mut self, wait: Duration) -> Self {
+        self.standby_wait = wait;
         self
     }
 
@@ -136,6 +168,8 @@ impl Database {
             tune: true,
             buffer: BufferOptions::default(),
             log: None,
+            standbys: Vec::new(),
+            standby_wait: Duration::from_millis(100),
         }
     }
 
@@ -155,6 +189,11 @@ impl Database {
             .filter(|p| crate::engine::is_postgres_url(p))
         {
             return Database::open_postgres(url.to_string(), options);
+        }
+        if !options.standbys.is_empty() {
+            return Err(Error::InvalidInput(
+                "DatabaseBuilder::standby is for PostgreSQL servers; a SQLite file has none".into(),
+            ));
         }
         let (conn, state) = open_writer(&options.path, busy, options.tune, &options.retry)?;
         let in_memory = conn.path().is_none_or(str::is_empty);
@@ -194,8 +233,13 @@ impl Database {
 
     #[cfg(feature = "postgres")]
     fn open_postgres(url: String, options: DatabaseBuilder) -> Result<Database> {
-        let engine =
-            crate::engine::postgres::PgEngine::open(&url, options.readers, &options.retry)?;
+        let engine = crate::engine::postgres::PgEngine::open(
+            &url,
+            options.readers,
+            &options.retry,
+            &options.standbys,
+            options.standby_wait,
+        )?;
         let log = match &options.log {
             Some(log_options) => Some(LogDatabase::open_postgres(
                 engine.config(),
@@ -268,6 +312,14 @@ impl Database {
     /// transaction is rolled back and the whole closure runs again until
     /// the retry policy's deadline, then [`Error::LockTimeout`]. Other
     /// errors roll back and return at once.
+    ///
+    /// PostgreSQL: serialization failures and deadlocks, what contention
+    /// looks like there, are bounded by the deadline only (not by
+    /// `max_attempts`), with aged delays so no handle starves. A connection
+    /// lost before `COMMIT` (a failover) is reopened (a multi-host URL with
+    /// `target_session_attrs=read-write` finds the new primary) and the
+    /// closure runs again, until the deadline; a connection lost *during*
+    /// `COMMIT` is [`Error::CommitOutcomeUnknown`], never re-run.
     pub fn transact<T>(&self, f: impl FnMut(&mut crate::Tx<'_>) -> Result<T>) -> Result<T> {
         self.core.transact(Priority::Interactive, f)
     }

@@ -23,6 +23,9 @@ use rusqlite::ffi;
 ///   [`Error::FlushFailed`]: write-buffer outcomes.
 /// * [`Error::Spawn`]: a background thread could not be started (the
 ///   system is out of threads or memory).
+/// * [`Error::CommitOutcomeUnknown`]: PostgreSQL, the connection was lost
+///   while `COMMIT` was under way; the transaction may or may not have
+///   committed, and it was not run again. Check before repeating it.
 /// * [`Error::Database`]: any other error of the engine.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -73,6 +76,15 @@ pub enum Error {
     Spawn(std::io::Error),
     /// Any other error of the engine (a syntax error, say).
     Database(DbError),
+    /// PostgreSQL: the connection was lost while `COMMIT` was under way
+    /// (the server died, a failover began, the network broke), so whether
+    /// the transaction committed is unknown. [`crate::Database::transact`]
+    /// never runs such a transaction again by itself (it may have
+    /// committed, and running it twice could apply it twice): look at the
+    /// data, or make the transaction idempotent, before repeating it. A
+    /// connection lost *before* `COMMIT` is not this error: that
+    /// transaction was rolled back and is run again on a new session.
+    CommitOutcomeUnknown(DbError),
 }
 
 /// The engine's own error behind an [`Error`]: SQLite's (with its result
@@ -89,6 +101,9 @@ enum Repr {
     Sqlite(rusqlite::Error),
     #[cfg(feature = "postgres")]
     Postgres(postgres::Error),
+    /// Found by the client, not reported by the engine: the note says it.
+    #[cfg(feature = "postgres")]
+    Client,
 }
 
 impl DbError {
@@ -128,6 +143,15 @@ impl DbError {
         self
     }
 
+    /// An error the client itself found, with only a message.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn note_only(note: &str) -> DbError {
+        DbError {
+            repr: Repr::Client,
+            note: Some(note.to_string()),
+        }
+    }
+
     #[cfg(feature = "postgres")]
     pub(crate) fn postgres(error: postgres::Error) -> DbError {
         DbError {
@@ -157,6 +181,10 @@ impl fmt::Display for DbError {
                 Some(db) => write!(f, "{} ({})", db.message(), db.code().code())?,
                 None => write!(f, "{e}")?,
             },
+            #[cfg(feature = "postgres")]
+            Repr::Client => {
+                return f.write_str(self.note.as_deref().unwrap_or_default());
+            }
         }
         if let Some(note) = &self.note {
             write!(f, " {note}")?;
@@ -171,6 +199,8 @@ impl std::error::Error for DbError {
             Repr::Sqlite(e) => Some(e),
             #[cfg(feature = "postgres")]
             Repr::Postgres(e) => Some(e),
+            #[cfg(feature = "postgres")]
+            Repr::Client => None,
         }
     }
 }
@@ -205,6 +235,8 @@ impl Error {
                 Repr::Postgres(_) => e
                     .sqlstate()
                     .is_some_and(crate::engine::postgres::is_retryable),
+                #[cfg(feature = "postgres")]
+                Repr::Client => false,
             },
             _ => false,
         }
@@ -231,7 +263,8 @@ impl Error {
             Error::LockTimeout { source: e, .. }
             | Error::Constraint(e)
             | Error::Io(e)
-            | Error::Database(e) => Some(e),
+            | Error::Database(e)
+            | Error::CommitOutcomeUnknown(e) => Some(e),
             _ => None,
         }
     }
@@ -340,6 +373,11 @@ impl fmt::Display for Error {
             }
             Error::Spawn(e) => write!(f, "cannot start a background thread: {e}"),
             Error::Database(e) => write!(f, "database error: {e}"),
+            Error::CommitOutcomeUnknown(e) => write!(
+                f,
+                "the connection was lost during COMMIT; whether the transaction committed is \
+                 unknown, and it was not run again ({e})"
+            ),
         }
     }
 }
@@ -348,7 +386,10 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::LockTimeout { source, .. } => Some(source),
-            Error::Constraint(e) | Error::Io(e) | Error::Database(e) => Some(e),
+            Error::Constraint(e)
+            | Error::Io(e)
+            | Error::Database(e)
+            | Error::CommitOutcomeUnknown(e) => Some(e),
             Error::Spawn(e) => Some(e),
             _ => None,
         }

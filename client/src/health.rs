@@ -67,6 +67,30 @@ pub struct ServerHealth {
     pub max_connections: i64,
     /// Sessions of this database waiting for a lock right now.
     pub lock_waits: i64,
+    /// The standbys reads go to ([`crate::DatabaseBuilder::standby`]),
+    /// with how far each lags behind the primary.
+    pub standbys: Vec<StandbyHealth>,
+}
+
+/// One streaming standby as this handle sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StandbyHealth {
+    /// Its URL without the password.
+    pub url: String,
+    /// `None` when it could not be asked (down, unreachable); otherwise
+    /// the WAL it has still to replay: the primary's
+    /// `pg_current_wal_lsn()` minus its `pg_last_wal_replay_lsn()`, bytes.
+    pub lag_bytes: Option<i64>,
+    /// How old its newest replayed transaction is
+    /// (`now() - pg_last_xact_replay_timestamp()`), ms; 0 when it has
+    /// replayed everything the primary wrote; `None` when unknown.
+    pub lag_ms: Option<f64>,
+    /// Reads this handle ran on it.
+    pub reads: u64,
+    /// Reads that went to the primary instead, because the standby had
+    /// not replayed this handle's last write within the wait bound, or
+    /// could not be reached.
+    pub reads_sent_to_primary: u64,
 }
 
 /// One connection waiting for a lock, as the engine reports it.

@@ -62,7 +62,9 @@ pub use buffer::{
 };
 pub use database::{Database, DatabaseBuilder};
 pub use error::{DbError, Error, Result, is_lock_error};
-pub use health::{Health, LockWaiter, OptimizeOptions, OptimizeReport, SchemaHealth, ServerHealth};
+pub use health::{
+    Health, LockWaiter, OptimizeOptions, OptimizeReport, SchemaHealth, ServerHealth, StandbyHealth,
+};
 /// Re-exported from the extension crate because this crate's API takes or
 /// returns them (`busy_policy`, `lock_metrics`): an app configures and reads
 /// the busy handler without a second dependency.

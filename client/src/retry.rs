@@ -29,6 +29,11 @@ use crate::error::Error;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Most attempts (the first run included). At least 1.
+    ///
+    /// On PostgreSQL, attempts that ended in a serialization failure
+    /// (`40001`) or a deadlock (`40P01`) do not count: those are what
+    /// ordinary contention looks like there (on SQLite the same contention
+    /// is a wait inside one attempt), so only the deadline bounds them.
     pub max_attempts: u32,
     /// First delay between attempts.
     pub base: Duration,
@@ -71,7 +76,8 @@ impl RetryPolicy {
         Ok(())
     }
 
-    fn as_backoff(&self) -> BackoffPolicy {
+    /// These delays as the extension's backoff policy (aging off).
+    pub(crate) fn as_backoff(&self) -> BackoffPolicy {
         BackoffPolicy {
             base_ms: self.base.as_secs_f64() * 1000.0,
             cap_ms: self.cap.as_secs_f64() * 1000.0,
@@ -140,7 +146,7 @@ pub(crate) fn retry_lock_errors<T>(
 /// A uniform number in `[0, 1)`. Each call hashes with fresh random keys
 /// (std's `RandomState` draws them per instance), so two `Database`s, or two
 /// processes, never jitter in step, and there is no generator state to seed.
-fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     (RandomState::new().hash_one(0u8) >> 11) as f64 / (1u64 << 53) as f64
 }
 

@@ -69,6 +69,11 @@ impl Fixture {
         }
     }
 
+    /// The file's path or the server's URL.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
     /// Another handle on the same database (another "process").
     pub fn reopen(&self) -> Database {
         Database::open(&self.location).unwrap()

@@ -4,6 +4,7 @@
 //! database. Retried write transactions, errors, the write buffer, the
 //! batch helpers, metrics and health, concurrency.
 
+mod contention;
 mod fixture;
 
 use std::sync::Arc;
@@ -15,6 +16,10 @@ use sqlite_hybrid::{
     Database, Error, LogLevel, LogOptions, LogRecord, RetryPolicy, Row, TicketStatus,
 };
 
+use contention::{
+    contended_increments_from_eight_handles_all_succeed,
+    contended_increments_from_two_processes_all_succeed,
+};
 use fixture::{Fixture, Kind};
 
 /// One `#[test]` per engine for each function: `sqlite::name` and
@@ -61,6 +66,8 @@ on_both_engines!(
     health_and_metrics_describe_the_engine,
     write_and_read_are_sqlite_only,
     the_log_database_keeps_every_flushed_line,
+    contended_increments_from_eight_handles_all_succeed,
+    contended_increments_from_two_processes_all_succeed,
 );
 
 fn schema(f: &Fixture) {

@@ -9,7 +9,18 @@
 //!   `lock_timeout`, set to the retry deadline), under the same
 //!   [`RetryPolicy`]; after the deadline, [`Error::LockTimeout`]. A lock
 //!   wait itself happens in the server's fair lock queue, not in a busy
-//!   loop of ours.
+//!   loop of ours. Conflicts (`40001`, `40P01`) are contention, not rare
+//!   errors: they do not use up `max_attempts`, and the delays between
+//!   attempts age so that no session starves (`retry.rs`).
+//! * **Failover**: a lost session is reopened on next use (through the
+//!   URL's hosts in order; with `target_session_attrs=read-write` the one
+//!   that is the primary now). A write transaction whose session was lost
+//!   before `COMMIT` runs again until the deadline (`retry.rs`); one lost
+//!   during `COMMIT` (no answer, `08xxx`, `57P0x`) is
+//!   [`Error::CommitOutcomeUnknown`], as is a commit the server reports as
+//!   "committed locally" after cancelling its wait for the synchronous
+//!   standby. Reads on the primary are run again on a new session.
+//! * **Standbys** (`replicas.rs`): reads with read-your-writes.
 //! * **Errors** are classified by SQLSTATE into the same kinds: `23xxx`
 //!   constraint, undefined table/column schema, `22xxx` data exceptions
 //!   invalid input, connection failures I/O (the session is reopened on
@@ -19,6 +30,7 @@
 //!   "postgres"`); the server's view is [`PgEngine::lock_waiters`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hybrid::LockStats;
@@ -27,12 +39,14 @@ use postgres::{Client, Config, NoTls};
 use rusqlite::types::Value;
 
 use crate::error::{DbError, Error, Result};
-use crate::health::{Health, LockWaiter, OptimizeReport, ServerHealth};
-use crate::retry::{RetryPolicy, retry_lock_errors};
+use crate::health::{Health, LockWaiter, OptimizeReport, ServerHealth, StandbyHealth};
+use crate::retry::RetryPolicy;
 use crate::schema::TableInfo;
 use crate::tx::Tx;
 
 pub(crate) mod batch;
+mod replicas;
+mod retry;
 mod schema;
 pub(crate) mod values;
 
@@ -45,7 +59,11 @@ pub(crate) fn is_retryable(sqlstate: &str) -> bool {
 /// A driver error as the crate's [`Error`], classified by SQLSTATE.
 pub(crate) fn error(e: postgres::Error) -> Error {
     let code = e.code().map(|c| c.code().to_string());
-    let closed = e.is_closed();
+    // The driver's own I/O errors on the socket ("error communicating with
+    // the server": a reset, a server killed mid-statement) carry the
+    // `std::io::Error` as their source; they are a lost connection too.
+    let closed =
+        e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
     let db = DbError::postgres(e);
     match code.as_deref() {
         Some(c) if c.starts_with("23") => Error::Constraint(db),
@@ -55,6 +73,34 @@ pub(crate) fn error(e: postgres::Error) -> Error {
         None if closed => Error::Io(db),
         // Lock errors stay here until the retry loop gives up on them.
         _ => Error::Database(db),
+    }
+}
+
+/// A driver error at `COMMIT`: when the server did not answer (the
+/// connection broke, the server shut down or crashed), whether the
+/// transaction committed is unknown; any answer (`40001`, a deferred
+/// constraint) means it rolled back.
+fn commit_error(e: postgres::Error) -> Error {
+    let unknown = match e.code() {
+        None => true,
+        Some(code) => code.code().starts_with("08") || code.code().starts_with("57P"),
+    };
+    if unknown {
+        Error::CommitOutcomeUnknown(DbError::postgres(e))
+    } else {
+        error(e)
+    }
+}
+
+/// A failure to open a session: [`Error::Io`] when the server did not
+/// answer (refused, down, or no host of a multi-host URL fit
+/// `target_session_attrs`), else classified by the server's SQLSTATE
+/// (a wrong password is not a connection problem to wait out).
+pub(crate) fn connect_error(e: postgres::Error) -> Error {
+    if e.code().is_none() {
+        Error::Io(DbError::postgres(e))
+    } else {
+        error(e)
     }
 }
 
@@ -78,6 +124,54 @@ struct ReaderPool {
     size: usize,
 }
 
+impl ReaderPool {
+    fn with_sessions(idle: Vec<Client>, size: usize) -> ReaderPool {
+        ReaderPool {
+            idle: Mutex::new(idle),
+            returned: Condvar::new(),
+            size,
+        }
+    }
+
+    /// Runs `f` on a session of the pool (waiting up to `deadline` for
+    /// one), reopened with `connect` if it was lost.
+    fn with<T>(
+        &self,
+        deadline: Duration,
+        connect: impl FnOnce() -> Result<Client>,
+        f: impl FnOnce(&mut Client) -> Result<T>,
+    ) -> Result<T> {
+        let until = Instant::now() + deadline;
+        let mut idle = self.idle.lock();
+        let mut client = loop {
+            if let Some(client) = idle.pop() {
+                break client;
+            }
+            if self.returned.wait_until(&mut idle, until).timed_out() {
+                return Err(Error::Timeout { waited: deadline });
+            }
+        };
+        drop(idle);
+        if client.is_closed() {
+            match connect() {
+                Ok(fresh) => client = fresh,
+                Err(e) => {
+                    self.give_back(client);
+                    return Err(e);
+                }
+            }
+        }
+        let result = f(&mut client);
+        self.give_back(client);
+        result
+    }
+
+    fn give_back(&self, client: Client) {
+        self.idle.lock().push(client);
+        self.returned.notify_one();
+    }
+}
+
 /// One PostgreSQL database.
 pub(crate) struct PgEngine {
     config: Config,
@@ -88,26 +182,51 @@ pub(crate) struct PgEngine {
     readers: ReaderPool,
     retry: RetryPolicy,
     waits: Mutex<WaitCounts>,
+    /// Where `query` runs when there are any (`replicas.rs`).
+    standbys: replicas::Standbys,
+    /// This handle's newest write, for read-your-writes on standbys.
+    writes: replicas::ReadYourWrites,
+    /// Set by the sessions' notice callback when the server warns that it
+    /// cancelled a commit's wait for the synchronous standby.
+    sync_wait_cancelled: Arc<AtomicBool>,
 }
 
 impl PgEngine {
     /// Connects to `url` (a `postgres://` or `postgresql://` URL): one
-    /// writer session and `readers` reader sessions.
-    pub(crate) fn open(url: &str, readers: usize, retry: &RetryPolicy) -> Result<PgEngine> {
+    /// writer session and `readers` reader sessions; and to each of
+    /// `standbys` (`readers` sessions each), where reads then go.
+    pub(crate) fn open(
+        url: &str,
+        readers: usize,
+        retry: &RetryPolicy,
+        standbys: &[String],
+        standby_wait: Duration,
+    ) -> Result<PgEngine> {
         let mut config: Config = url
             .parse()
             .map_err(|e| Error::InvalidInput(format!("PostgreSQL URL: {e}")))?;
         config.application_name("sqlite-hybrid");
+        let sync_wait_cancelled = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&sync_wait_cancelled);
+        config.notice_callback(move |notice| {
+            if notice
+                .message()
+                .contains("wait for synchronous replication")
+            {
+                flag.store(true, Ordering::Relaxed);
+            } else {
+                log::info!("PostgreSQL {}: {}", notice.severity(), notice.message());
+            }
+        });
         let engine = PgEngine {
+            sync_wait_cancelled,
             display: redact(url),
             writer: Mutex::new(None),
-            readers: ReaderPool {
-                idle: Mutex::new(Vec::new()),
-                returned: Condvar::new(),
-                size: readers,
-            },
+            readers: ReaderPool::with_sessions(Vec::new(), readers),
             retry: *retry,
             waits: Mutex::new(WaitCounts::default()),
+            standbys: replicas::Standbys::open(standbys, readers, standby_wait)?,
+            writes: replicas::ReadYourWrites::new(),
             config,
         };
         // Connect now, so a wrong URL or a server that is down is an error
@@ -136,7 +255,7 @@ impl PgEngine {
     }
 
     fn connect_writer(&self) -> Result<Client> {
-        let mut client = self.config.connect(NoTls).map_err(error)?;
+        let mut client = self.config.connect(NoTls).map_err(connect_error)?;
         // A lock wait happens in the server's queue, bounded by the retry
         // deadline; past it, 55P03 and the retry loop gives up.
         let ms = self.retry.deadline.as_millis().clamp(1, i32::MAX as u128);
@@ -147,7 +266,7 @@ impl PgEngine {
     }
 
     fn connect_reader(&self) -> Result<Client> {
-        let mut client = self.config.connect(NoTls).map_err(error)?;
+        let mut client = self.config.connect(NoTls).map_err(connect_error)?;
         client
             .batch_execute("SET default_transaction_read_only = on")
             .map_err(error)?;
@@ -180,7 +299,7 @@ impl PgEngine {
         let started = Instant::now();
         let mut attempts = 0u32;
         let mut conflicted = false;
-        let result = retry_lock_errors(&self.retry, || {
+        let result = retry::retry_transaction(&self.retry, || {
             attempts += 1;
             let outcome = (|| {
                 let client = self.writer(&mut guard)?;
@@ -194,10 +313,19 @@ impl PgEngine {
                     .map_err(error)?;
                 let mut tx = Tx::postgres(tx);
                 let value = f(&mut tx)?;
+                self.sync_wait_cancelled.store(false, Ordering::Relaxed);
                 tx.into_postgres()
                     .expect("a PostgreSQL transaction")
                     .commit()
-                    .map_err(error)?;
+                    .map_err(commit_error)?;
+                if self.sync_wait_cancelled.swap(false, Ordering::Relaxed) {
+                    // Committed here, perhaps not on the synchronous
+                    // standby: not acknowledged (POSTGRES-NOTES pitfall 1).
+                    return Err(Error::CommitOutcomeUnknown(DbError::note_only(
+                        "the server cancelled the wait for the synchronous standby: committed \
+                         on the primary, perhaps not replicated",
+                    )));
+                }
                 Ok(value)
             })();
             if outcome.as_ref().is_err_and(Error::is_lock_error) && !conflicted {
@@ -208,6 +336,12 @@ impl PgEngine {
         });
         if conflicted {
             self.count_wait(started.elapsed(), attempts, result.is_ok());
+        }
+        if result.is_ok()
+            && !self.standbys.is_empty()
+            && let Some(writer) = guard.as_mut()
+        {
+            self.writes.record_after_commit(writer);
         }
         result
     }
@@ -228,52 +362,50 @@ impl PgEngine {
         w.last_event_unix_ms = Some(crate::logdb::now_unix_ms());
     }
 
-    /// Runs `f` on a reader session (the writer's when there are none).
+    /// Runs `f` on a reader session of the primary (the writer's when
+    /// there are none).
     fn with_reader<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
         if self.readers.size == 0 {
             let mut guard = self.writer.lock();
             return f(self.writer(&mut guard)?);
         }
-        let deadline = Instant::now() + self.retry.deadline;
-        let mut idle = self.readers.idle.lock();
-        let mut client = loop {
-            if let Some(client) = idle.pop() {
-                break client;
-            }
-            if self
-                .readers
-                .returned
-                .wait_until(&mut idle, deadline)
-                .timed_out()
-            {
-                return Err(Error::Timeout {
-                    waited: self.retry.deadline,
-                });
-            }
-        };
-        drop(idle);
-        if client.is_closed() {
-            match self.connect_reader() {
-                Ok(fresh) => client = fresh,
-                Err(e) => {
-                    self.give_back(client);
-                    return Err(e);
-                }
-            }
-        }
-        let result = f(&mut client);
-        self.give_back(client);
-        result
+        self.readers
+            .with(self.retry.deadline, || self.connect_reader(), f)
     }
 
-    fn give_back(&self, client: Client) {
-        self.readers.idle.lock().push(client);
-        self.readers.returned.notify_one();
+    /// A read on the primary, run again on a new session while the
+    /// connection is lost (a failover), until the retry deadline: reads
+    /// change nothing, so running one twice is harmless.
+    fn read_primary<T>(&self, mut f: impl FnMut(&mut Client) -> Result<T>) -> Result<T> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match self.with_reader(&mut f) {
+                Err(e)
+                    if retry::is_connection_lost(&e)
+                        && started.elapsed() + pause < self.retry.deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(self.retry.cap);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Every row of one query, on a reader.
+    /// On a standby that has this handle's writes, if there is one
+    /// (`replicas.rs`); otherwise on the primary.
     pub(crate) fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
-        self.with_reader(|client| values::query(client, sql, params))
+        if let Some(rows) = self
+            .standbys
+            .read(&self.writes, self.retry.deadline, |client| {
+                values::query(client, sql, params)
+            })?
+        {
+            return Ok(rows);
+        }
+        self.read_primary(|client| values::query(client, sql, params))
     }
 
     /// The description of `name` from the server's catalog.
@@ -312,7 +444,9 @@ impl PgEngine {
 
     /// The server's view: version, size, sessions, lock waits.
     pub(crate) fn health(&self) -> Result<Health> {
-        let server = self.with_reader(|client| {
+        let mut primary_lsn = None;
+        let mut server = self.with_reader(|client| {
+            primary_lsn = replicas::current_lsn(client);
             let row = values::query(
                 client,
                 "SELECT current_setting('server_version'), pg_database_size(current_database()), \
@@ -338,8 +472,24 @@ impl PgEngine {
                 connections: int(&row[2]),
                 max_connections: int(&row[3]),
                 lock_waits: int(&row[4]),
+                standbys: Vec::new(),
             })
         })?;
+        server.standbys = self
+            .standbys
+            .iter()
+            .map(|standby| {
+                let lag = standby.lag(primary_lsn);
+                let (reads, reads_sent_to_primary) = standby.reads();
+                StandbyHealth {
+                    url: standby.display.clone(),
+                    lag_bytes: lag.map(|(bytes, _)| bytes),
+                    lag_ms: lag.map(|(_, ms)| ms),
+                    reads,
+                    reads_sent_to_primary,
+                }
+            })
+            .collect();
         Ok(Health {
             schemas: Vec::new(),
             locks: vec![self.lock_metrics()],
