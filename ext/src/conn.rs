@@ -27,14 +27,15 @@ use rusqlite::{Connection, ffi};
 
 use crate::budget::CpuBudget;
 use crate::clock::now_ns;
-use crate::file_hooks::{self, LockObserver};
+use crate::file_hooks::{self, LockObserver, TxnProbe, TxnState};
 use crate::policy::backoff::BackoffPolicy;
 use crate::policy::json::policy_to_json;
 use crate::policy::rng::{SplitMix64, mix64};
 use crate::queue::{FileQueue, Member, Priority, Settings};
 use crate::shared::SideFile;
+use crate::slow_waits::{self, SlowWaitEvent};
 use crate::stats::lock_stats::{LockStats, RowIdentity};
-use crate::stats::registry::{self as stats_registry, FileMetrics, SharedCounters};
+use crate::stats::registry::{self as stats_registry, FileMetrics, ImmediateBusy, SharedCounters};
 use crate::stats::tracker::WaitTracker;
 
 /// The per-connection state: its policy, wait tracker, queue membership
@@ -206,6 +207,7 @@ impl ConnState {
             settings: Arc::clone(&self.settings),
             member: OnceLock::new(),
             wal_seen: AtomicBool::new(false),
+            upgrade_from_read: AtomicBool::new(false),
         });
         // SAFETY: `conn` is this state's open connection, on this thread.
         if !unsafe {
@@ -293,6 +295,8 @@ struct LockHooks {
     /// `Some` in futex mode; `None` if the side file could not be used.
     member: OnceLock<Option<Arc<Member>>>,
     wal_seen: AtomicBool,
+    /// The write lock held now was taken by a read transaction.
+    upgrade_from_read: AtomicBool,
 }
 
 impl LockHooks {
@@ -324,26 +328,67 @@ impl LockObserver for LockHooks {
         }
     }
 
-    fn write_lock_result(&self, rc: c_int) {
-        let Some(member) = self.member() else {
-            return;
-        };
+    fn write_lock_result(&self, rc: c_int, probe: &TxnProbe<'_>) {
         if rc == ffi::SQLITE_OK {
+            // Remembered for the release: only a lock taken by a read
+            // transaction can be given back at once as a stale snapshot.
+            let from_read = probe.main_txn_state() == Some(TxnState::Read);
+            self.upgrade_from_read.store(from_read, Ordering::Relaxed);
+            let Some(member) = self.member() else {
+                return;
+            };
             member.set_attempt_busy(false);
             if member.on_acquired() {
                 self.tracker.file().handoff();
             }
             // The wait (if any) ends here, exactly: no provisional state.
             self.tracker.settle();
-        } else {
-            member.set_attempt_busy(rc & 0xff == ffi::SQLITE_BUSY);
+            return;
+        }
+        let busy = rc & 0xff == ffi::SQLITE_BUSY;
+        // In a transaction already, SQLite calls no busy handler: the
+        // caller gets this SQLITE_BUSY now (`sqlite3BtreeBeginTrans` calls
+        // the handler only from no transaction).
+        let seen_by_caller = busy
+            && matches!(
+                probe.main_txn_state(),
+                Some(TxnState::Read | TxnState::Write)
+            );
+        if let Some(member) = self.member() {
+            member.set_attempt_busy(busy && !seen_by_caller);
+        }
+        if seen_by_caller {
+            self.count_immediate(ImmediateBusy::InReadTx);
         }
     }
 
-    fn write_lock_released(&self) {
+    fn write_lock_released(&self, probe: &TxnProbe<'_>) {
         if let Some(member) = self.member() {
             member.on_released();
         }
+        // Taken by a read transaction and given back while it is still a
+        // read transaction: `walBeginWriteTransaction` found the snapshot
+        // stale and returns SQLITE_BUSY_SNAPSHOT to the caller. (A
+        // successful upgrade makes it a write transaction before anything
+        // can release the lock; commit and rollback release it as one.)
+        if self.upgrade_from_read.swap(false, Ordering::Relaxed)
+            && probe.main_txn_state() == Some(TxnState::Read)
+        {
+            self.count_immediate(ImmediateBusy::Snapshot);
+        }
+    }
+}
+
+impl LockHooks {
+    /// Counts a caller-visible `SQLITE_BUSY*` no busy handler saw, and
+    /// tells the slow-wait log (which names the remedy).
+    fn count_immediate(&self, kind: ImmediateBusy) {
+        self.tracker.file().immediate_busy(kind);
+        let event = match kind {
+            ImmediateBusy::InReadTx => SlowWaitEvent::BusyInReadTransaction,
+            ImmediateBusy::Snapshot => SlowWaitEvent::BusySnapshot,
+        };
+        slow_waits::report_immediate(&self.db_path, event);
     }
 }
 

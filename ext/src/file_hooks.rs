@@ -22,10 +22,29 @@
 //! * Only the write lock (slot 0, exclusive) is looked at; every other call
 //!   goes straight through. Observer calls run under `catch_unwind`: on a
 //!   panic the lock call proceeds as if the wrapper were not there.
+//!
+//! # Asking SQLite from inside a lock call ([`TxnProbe`])
+//! The observer may ask for the owning connection's transaction state on
+//! the main database (`sqlite3_txn_state`), which tells a caller-visible
+//! `SQLITE_BUSY*` from one a busy handler will see. SQLite calls `xShmLock`
+//! with that connection's mutex held, so the question is asked only:
+//! * when the file is not shared with another connection (shared cache):
+//!   a peer's lock call would be attributed to the owner, and asking could
+//!   wait for the owner's mutex while the owner waits for the peer's
+//!   (a deadlock). A shared file is recognised at registration
+//!   (`SQLITE_DBSTATUS_CACHE_USED_SHARED` differs from `CACHE_USED` when
+//!   several connections share the pager) or when a second connection
+//!   registers on it; the answer is then "unknown", never a guess;
+//! * with the owner's mutex taken by `sqlite3_mutex_try` (recursive: it
+//!   succeeds on the thread inside the call, and fails rather than blocks
+//!   anywhere else);
+//! * never after the owner is gone: a file that is not shared is closed
+//!   (and its wrapper freed) by its owner's `sqlite3_close`.
 
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use parking_lot::{Mutex, RwLock};
@@ -44,10 +63,58 @@ pub(crate) trait LockObserver: Send + Sync {
     /// Before an attempt at the write lock (may sleep briefly; never
     /// refuses).
     fn before_write_lock(&self);
-    /// The attempt returned `rc` (`SQLITE_OK`: acquired).
-    fn write_lock_result(&self, rc: c_int);
+    /// The attempt returned `rc` (`SQLITE_OK`: acquired); `probe` answers
+    /// what transaction the owning connection is in.
+    fn write_lock_result(&self, rc: c_int, probe: &TxnProbe<'_>);
     /// The write lock was released.
-    fn write_lock_released(&self);
+    fn write_lock_released(&self, probe: &TxnProbe<'_>);
+}
+
+/// The owning connection's transaction on its main database, as
+/// `sqlite3_txn_state` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TxnState {
+    None,
+    Read,
+    Write,
+}
+
+/// Asks the owning connection of a wrapped file for its transaction state,
+/// from inside one of its lock calls (see the module's rules).
+pub(crate) struct TxnProbe<'a> {
+    wrapper: &'a Wrapper,
+}
+
+impl TxnProbe<'_> {
+    /// The owner's transaction state on `main`; `None` when it cannot be
+    /// known safely (a shared file, the owner's mutex held elsewhere, an
+    /// error).
+    pub(crate) fn main_txn_state(&self) -> Option<TxnState> {
+        if self.wrapper.shared.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mutex = self.wrapper.db_mutex as *mut ffi::sqlite3_mutex;
+        // SAFETY: the owner's mutex (or null: no mutexes, and try answers
+        // SQLITE_OK); the owner is open while its unshared file is.
+        if unsafe { ffi::sqlite3_mutex_try(mutex) } != ffi::SQLITE_OK {
+            return None;
+        }
+        // SAFETY: the owner is open (above) and its mutex is ours now.
+        let state = unsafe {
+            ffi::sqlite3_txn_state(
+                self.wrapper.owner as *mut ffi::sqlite3,
+                c"main".as_ptr() as *const c_char,
+            )
+        };
+        // SAFETY: taken by sqlite3_mutex_try above.
+        unsafe { ffi::sqlite3_mutex_leave(mutex) };
+        match state {
+            ffi::SQLITE_TXN_NONE => Some(TxnState::None),
+            ffi::SQLITE_TXN_READ => Some(TxnState::Read),
+            ffi::SQLITE_TXN_WRITE => Some(TxnState::Write),
+            _ => None,
+        }
+    }
 }
 
 /// Our methods table for one file, with what it forwards to. The methods
@@ -62,6 +129,11 @@ struct Wrapper {
     /// Behind a lock only so a re-registration can swap it; every reader
     /// is a shared (uncontended) read.
     observer: RwLock<Arc<dyn LockObserver>>,
+    /// The owner's `sqlite3_db_mutex` (null without mutexes).
+    db_mutex: usize,
+    /// Another connection uses this file (shared cache): [`TxnProbe`]
+    /// answers nothing.
+    shared: AtomicBool,
 }
 
 const WRITE_LOCK: c_int = 0;
@@ -84,7 +156,10 @@ pub(crate) unsafe fn attach(db: *mut ffi::sqlite3, observer: Arc<dyn LockObserve
     };
     if let Some(wrapper) = wrapped {
         if wrapper.owner != db as usize {
-            return false; // a shared-cache peer's
+            // A shared-cache peer's: from now on the owner's transaction
+            // state says nothing about who calls.
+            wrapper.shared.store(true, Ordering::Relaxed);
+            return false;
         }
         *wrapper.observer.write() = observer;
         return true;
@@ -107,17 +182,45 @@ pub(crate) unsafe fn attach(db: *mut ffi::sqlite3, observer: Arc<dyn LockObserve
     let mut copy = unsafe { copy_methods(methods, version) };
     copy.xShmLock = Some(shm_lock);
     copy.xClose = Some(close);
+    // SAFETY: per this function's contract.
+    let (db_mutex, shared) = unsafe { (ffi::sqlite3_db_mutex(db), shares_pager(db)) };
     let wrapper = Box::into_raw(Box::new(Wrapper {
         methods: copy,
         original: methods,
         owner: db as usize,
         observer: RwLock::new(observer),
+        db_mutex: db_mutex as usize,
+        shared: AtomicBool::new(shared),
     }));
     LIVE_WRAPPERS.lock().insert(wrapper as usize);
     // SAFETY: a single pointer store on a file only this thread uses now;
     // the wrapper lives until our xClose (or `detach`) frees it.
     unsafe { (*file).pMethods = &(*wrapper).methods };
     true
+}
+
+/// Whether another connection shares `db`'s pager (shared cache): the
+/// cache memory SQLite charges to `db` is then divided among them, and
+/// `SQLITE_DBSTATUS_CACHE_USED_SHARED` differs from `CACHE_USED` (the pager
+/// itself is always counted, so it never reads 0 for an open file). When
+/// the answer cannot be had, the file counts as shared (nothing guessed).
+///
+/// # Safety
+/// `db` must be an open connection used by the calling thread.
+unsafe fn shares_pager(db: *mut ffi::sqlite3) -> bool {
+    let status = |op: c_int| {
+        let (mut current, mut highwater) = (0, 0);
+        // SAFETY: per this function's contract; both out-pointers are ours.
+        let rc = unsafe { ffi::sqlite3_db_status(db, op, &mut current, &mut highwater, 0) };
+        (rc == ffi::SQLITE_OK).then_some(current)
+    };
+    match (
+        status(ffi::SQLITE_DBSTATUS_CACHE_USED),
+        status(ffi::SQLITE_DBSTATUS_CACHE_USED_SHARED),
+    ) {
+        (Some(used), Some(shared)) => used != shared,
+        _ => true,
+    }
 }
 
 /// Whether `db`'s main file is wrapped by `db` itself and reports to
@@ -273,12 +376,14 @@ unsafe extern "C" fn shm_lock(
         let _ = catch_unwind(AssertUnwindSafe(|| observer.before_write_lock()));
         // SAFETY: forwarding the call unchanged.
         let rc = unsafe { forward(file, offset, n, flags) };
-        let _ = catch_unwind(AssertUnwindSafe(|| observer.write_lock_result(rc)));
+        let probe = TxnProbe { wrapper };
+        let _ = catch_unwind(AssertUnwindSafe(|| observer.write_lock_result(rc, &probe)));
         rc
     } else {
         // SAFETY: forwarding the call unchanged.
         let rc = unsafe { forward(file, offset, n, flags) };
-        let _ = catch_unwind(AssertUnwindSafe(|| observer.write_lock_released()));
+        let probe = TxnProbe { wrapper };
+        let _ = catch_unwind(AssertUnwindSafe(|| observer.write_lock_released(&probe)));
         rc
     }
 }

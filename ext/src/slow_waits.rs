@@ -5,6 +5,12 @@
 //! `sqlite3_log` (the host's `SQLITE_CONFIG_LOG` callback, if it set one)
 //! and to a Rust hook (the client turns them into `tracing` events).
 //!
+//! A lock error that no busy handler saw (a transaction that had read asks
+//! for the write lock, see [`SlowWaitEvent::BusyInReadTransaction`]) is
+//! reported too, whenever the log is on, naming the remedy (`BEGIN
+//! IMMEDIATE`); at most one such report a second per process, since an app
+//! with the bug makes many (the metrics count every one).
+//!
 //! Reports are made outside every lock of ours: a host's log callback may
 //! run any code, queries of our own tables included.
 
@@ -16,6 +22,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use rusqlite::ffi;
 
+use crate::clock::now_ns;
 use crate::queue::waiters::{holder, waiters};
 use crate::shared::SideFile;
 
@@ -40,6 +47,15 @@ pub enum SlowWaitEvent {
     Acquired,
     /// A slow wait ended in `SQLITE_BUSY`.
     GaveUp,
+    /// Not a wait: a transaction that had read asked for the write lock
+    /// while another connection held it, and got `SQLITE_BUSY` at once
+    /// (SQLite calls no busy handler inside a transaction). Remedy: begin
+    /// transactions that may write with `BEGIN IMMEDIATE`.
+    BusyInReadTransaction,
+    /// Not a wait: a transaction that had read asked for the write lock
+    /// after another connection committed, and got `SQLITE_BUSY_SNAPSHOT`
+    /// (its snapshot was stale; no wait can help). Same remedy.
+    BusySnapshot,
 }
 
 /// One report of the slow-wait log.
@@ -82,6 +98,24 @@ impl std::fmt::Display for SlowWait {
                  (database is locked)",
                 self.pid, self.db
             )?,
+            SlowWaitEvent::BusyInReadTransaction => write!(
+                f,
+                "process {}: a transaction that had read asked for the write lock on {} \
+                 while another connection held it: SQLITE_BUSY at once, no busy handler \
+                 can wait for it (use BEGIN IMMEDIATE for transactions that write; \
+                 counted in hybrid_lock_metrics.busy_in_read_tx)",
+                self.pid, self.db
+            )?,
+            SlowWaitEvent::BusySnapshot => {
+                return write!(
+                    f,
+                    "process {}: a transaction that had read asked for the write lock on {} \
+                     after another connection committed: SQLITE_BUSY_SNAPSHOT, its snapshot \
+                     is stale and no wait can help (use BEGIN IMMEDIATE for transactions \
+                     that write; counted in hybrid_lock_metrics.busy_snapshot)",
+                    self.pid, self.db
+                );
+            }
         }
         if self.event == SlowWaitEvent::Acquired {
             return Ok(());
@@ -122,6 +156,34 @@ pub fn log_waits() -> Option<Duration> {
 /// it short, and do not use that connection from it.
 pub fn on_slow_wait(hook: impl Fn(&SlowWait) + Send + Sync + 'static) {
     *HOOK.write() = Some(Arc::new(hook));
+}
+
+/// When the last report of an error no handler saw was made (our clock, ns;
+/// 0: never).
+static LAST_IMMEDIATE_NS: AtomicU64 = AtomicU64::new(0);
+/// At most one report a second of errors no handler saw.
+const IMMEDIATE_REPORT_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Reports a caller-visible `SQLITE_BUSY*` that no busy handler saw,
+/// `event` being [`SlowWaitEvent::BusyInReadTransaction`] or
+/// [`SlowWaitEvent::BusySnapshot`] (the log must be on; at most one a
+/// second per process).
+pub(crate) fn report_immediate(db: &str, event: SlowWaitEvent) {
+    if log_waits().is_none() {
+        return;
+    }
+    let now = now_ns().max(1);
+    let last = LAST_IMMEDIATE_NS.load(Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < IMMEDIATE_REPORT_INTERVAL_NS {
+        return;
+    }
+    if LAST_IMMEDIATE_NS
+        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        return; // another thread reports now
+    }
+    report(db, event, Duration::ZERO);
 }
 
 /// Whether a wait of `waited` is slow.

@@ -17,7 +17,7 @@ const FUNCTIONS: [&str; 9] = [
     "hybrid_health_check",
     "hybrid_tune",
     "hybrid_priority",
-    "hybrid_health_check",
+    "hybrid_note_retry",
 ];
 
 fn value() -> impl Strategy<Value = Value> {

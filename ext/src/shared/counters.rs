@@ -11,15 +11,21 @@
 //!   moved to `gave_up` by whoever notices (once: compare-and-swap).
 //! * A wait that began before `hybrid_lock_metrics_reset('file')` is not
 //!   counted after it.
+//! * The counters added after layout 4 was released (`busy_in_read_tx`,
+//!   `busy_snapshot`, `app_retries`) carry the reset generation they count
+//!   in (`tail_generation`): a process of the previous release resets the
+//!   file without knowing them, and they then read as zero until the next
+//!   count re-tags them (a count racing with that re-tag may be lost: only
+//!   when both releases share a file and one of them reset it).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::clock::now_unix_ms;
 use crate::shared::layout::{MAX_PARTICIPANTS, SharedStats, pack_in_flight, unpack_in_flight};
 use crate::shared::mapping::SideFile;
 use crate::stats::histogram::LogHistogram;
 use crate::stats::lock_stats::Counts;
-use crate::stats::registry::{Outcome, SharedCounters};
+use crate::stats::registry::{ImmediateBusy, Outcome, SharedCounters};
 
 impl SharedCounters for SideFile {
     fn wait_started(&self, at_unix_ms: u64) -> u64 {
@@ -50,6 +56,25 @@ impl SharedCounters for SideFile {
         self.stats().handoffs.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn immediate_busy(&self, kind: ImmediateBusy, at_unix_ms: u64) {
+        let stats = self.stats();
+        let counter = match kind {
+            ImmediateBusy::InReadTx => &stats.busy_in_read_tx,
+            ImmediateBusy::Snapshot => &stats.busy_snapshot,
+        };
+        retag_tail(stats);
+        counter.fetch_add(1, Ordering::Relaxed);
+        stats
+            .last_event_unix_ms
+            .store(at_unix_ms, Ordering::Relaxed);
+    }
+
+    fn app_retry(&self) {
+        let stats = self.stats();
+        retag_tail(stats);
+        stats.app_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn wait_finished(&self, generation: u64, outcome: Outcome, wait_us: u64, at_unix_ms: u64) {
         if let Some(me) = self.own_participant() {
             let word = &self.participant(me).in_flight;
@@ -66,10 +91,38 @@ impl SharedCounters for SideFile {
     }
 }
 
+/// The counters after layout 4's fields, as they count in the current
+/// reset generation.
+fn tail_counters(stats: &SharedStats) -> [&AtomicU64; 3] {
+    [
+        &stats.busy_in_read_tx,
+        &stats.busy_snapshot,
+        &stats.app_retries,
+    ]
+}
+
+/// Makes the tail counters count in the current generation: after a reset
+/// by a process that does not know them, the first to notice zeroes them.
+fn retag_tail(stats: &SharedStats) {
+    let generation = stats.generation.load(Ordering::Acquire);
+    let tagged = stats.tail_generation.load(Ordering::Acquire);
+    if tagged != generation
+        && stats
+            .tail_generation
+            .compare_exchange(tagged, generation, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
+        for counter in tail_counters(stats) {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 fn add_finished(stats: &SharedStats, outcome: Outcome, wait_us: u64, at_unix_ms: u64) {
     match outcome {
         Outcome::Acquired => stats.acquired.fetch_add(1, Ordering::Relaxed),
         Outcome::GaveUp => stats.gave_up.fetch_add(1, Ordering::Relaxed),
+        Outcome::Immediate(_) => return, // not a wait
     };
     stats.wait_total_us.fetch_add(wait_us, Ordering::Relaxed);
     stats.wait_max_us.fetch_max(wait_us, Ordering::Relaxed);
@@ -100,12 +153,20 @@ impl SideFile {
             }
         }
         let last = stats.last_event_unix_ms.load(Ordering::Relaxed);
+        // Zero when a reset left them behind (see the module's invariants).
+        let tail_current = stats.tail_generation.load(Ordering::Acquire)
+            == stats.generation.load(Ordering::Acquire);
+        let [busy_in_read_tx, busy_snapshot, app_retries] =
+            tail_counters(stats).map(|c| c.load(Ordering::Relaxed) * u64::from(tail_current));
         Counts {
             acquired: stats.acquired.load(Ordering::Relaxed),
             gave_up: stats.gave_up.load(Ordering::Relaxed),
             in_flight,
             handler_calls: stats.handler_calls.load(Ordering::Relaxed),
             handoffs: stats.handoffs.load(Ordering::Relaxed),
+            busy_in_read_tx,
+            busy_snapshot,
+            app_retries,
             wait_total_us: stats.wait_total_us.load(Ordering::Relaxed),
             wait_max_us: stats.wait_max_us.load(Ordering::Relaxed),
             histogram: LogHistogram::from_counts(
@@ -141,7 +202,14 @@ impl SideFile {
             return;
         }
         let stats = self.stats();
-        stats.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = stats
+            .generation
+            .fetch_add(1, Ordering::AcqRel)
+            .wrapping_add(1);
+        for counter in tail_counters(stats) {
+            counter.store(0, Ordering::Relaxed);
+        }
+        stats.tail_generation.store(generation, Ordering::Release);
         for counter in [
             &stats.acquired,
             &stats.gave_up,
@@ -192,6 +260,27 @@ mod tests {
         side.wait_finished(g, Outcome::GaveUp, 10, 6);
         let c = side.counts();
         assert_eq!((c.acquired, c.gave_up, c.in_flight), (0, 1, 0));
+    }
+
+    #[test]
+    fn the_counters_after_layout_4_follow_resets_of_either_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, side) = side(&dir);
+        side.immediate_busy(ImmediateBusy::InReadTx, 1);
+        side.immediate_busy(ImmediateBusy::Snapshot, 2);
+        side.app_retry();
+        let tail = |c: Counts| (c.busy_in_read_tx, c.busy_snapshot, c.app_retries);
+        assert_eq!(tail(side.counts()), (1, 1, 1));
+        side.reset_counts();
+        assert_eq!(tail(side.counts()), (0, 0, 0));
+        side.app_retry();
+        assert_eq!(tail(side.counts()), (0, 0, 1));
+        // A process of the previous release resets: it bumps the generation
+        // and zeroes only the counters it knows.
+        side.stats().generation.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(tail(side.counts()), (0, 0, 0), "left behind: read as zero");
+        side.immediate_busy(ImmediateBusy::Snapshot, 3);
+        assert_eq!(tail(side.counts()), (0, 1, 0), "re-tagged, counting afresh");
     }
 
     #[test]

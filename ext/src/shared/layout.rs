@@ -15,7 +15,7 @@
 //! offset  size    what
 //! 0       256     Header: version, magic, queue state
 //! 256     4096    Participant records, one per live process (128)
-//! 4608    2624    SharedStats: file-wide wait counters and histogram
+//! 4608    3584    SharedStats: file-wide counters and histogram (the rest zero)
 //! 8192    16384   Slot records, one per waiting connection (256)
 //! 24576           end (FILE_BYTES)
 //! ```
@@ -122,6 +122,18 @@ pub(crate) struct SharedStats {
     /// Waits that queued and were handed the lock (see `handoffs` in
     /// [`crate::LockStats`]).
     pub(crate) handoffs: AtomicU64,
+    /// Added after layout 4 was released, in bytes that layout leaves zero
+    /// and never reads or writes: a process of the previous release ignores
+    /// them (it neither misreads nor resets them; see `counters.rs`), so
+    /// the layout version stays 4 and both releases share one queue.
+    /// The reset generation the three counters below belong to.
+    pub(crate) tail_generation: AtomicU64,
+    /// `SQLITE_BUSY` no busy handler saw (a read transaction upgrading).
+    pub(crate) busy_in_read_tx: AtomicU64,
+    /// `SQLITE_BUSY_SNAPSHOT` (a read transaction's stale snapshot).
+    pub(crate) busy_snapshot: AtomicU64,
+    /// Application retries reported with `hybrid_note_retry()`.
+    pub(crate) app_retries: AtomicU64,
 }
 
 /// One waiting connection.

@@ -21,6 +21,7 @@ use crate::policy::json::{apply_json_patch, policy_to_json};
 use crate::queue::Priority;
 use crate::shared::SideFile;
 use crate::slow_waits::{self, MAX_THRESHOLD_MS};
+use crate::sql::vtab::integer;
 use crate::sql::{health, tune};
 use crate::stats::registry::{self as stats_registry, MAX_EVENT_CAPACITY};
 use crate::text::describe;
@@ -89,6 +90,12 @@ pub(crate) const FUNCTIONS: &[FunctionSpec] = &[
         arities: &[0, 1],
         pure: false,
         body: health_check,
+    },
+    FunctionSpec {
+        name: "hybrid_note_retry",
+        arities: &[0],
+        pure: false,
+        body: |_, state| Ok(integer(state.tracker.file().app_retry())),
     },
     FunctionSpec {
         name: "hybrid_tune",

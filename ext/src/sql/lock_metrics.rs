@@ -23,7 +23,8 @@ pub(crate) const TABLE: TableSpec = TableSpec {
         busy_events INTEGER, retries INTEGER, acquired INTEGER, gave_up INTEGER,
         in_flight INTEGER, wait_total_ms REAL, wait_avg_ms REAL, wait_max_ms REAL,
         wait_p50_ms REAL, wait_p95_ms REAL, wait_p99_ms REAL, failure_rate REAL,
-        last_event_at TEXT, policy TEXT, handoffs INTEGER)",
+        last_event_at TEXT, policy TEXT, handoffs INTEGER,
+        busy_in_read_tx INTEGER, busy_snapshot INTEGER, app_retries INTEGER)",
     rows,
 };
 
@@ -67,5 +68,8 @@ fn row(s: &LockStats) -> Vec<Value> {
             .map_or(Value::Null, |ms| Value::Text(iso8601_utc(ms))),
         s.policy.clone().map_or(Value::Null, Value::Text),
         integer(s.handoffs),
+        integer(s.busy_in_read_tx),
+        integer(s.busy_snapshot),
+        integer(s.app_retries),
     ]
 }

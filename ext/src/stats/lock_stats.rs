@@ -14,6 +14,9 @@ pub(crate) struct Counts {
     pub(crate) in_flight: u64,
     pub(crate) handler_calls: u64,
     pub(crate) handoffs: u64,
+    pub(crate) busy_in_read_tx: u64,
+    pub(crate) busy_snapshot: u64,
+    pub(crate) app_retries: u64,
     pub(crate) wait_total_us: u64,
     pub(crate) wait_max_us: u64,
     pub(crate) histogram: LogHistogram,
@@ -64,6 +67,18 @@ pub struct LockStats {
     /// contention: a wait that is not a hand-off found the lock free at
     /// its first retry.
     pub handoffs: u64,
+    /// `SQLITE_BUSY` results no busy handler saw: a transaction that had
+    /// read asked for the write lock while another connection held it
+    /// (WAL mode). Not waits: not in `busy_events`. Remedy: `BEGIN
+    /// IMMEDIATE` for transactions that may write.
+    pub busy_in_read_tx: u64,
+    /// `SQLITE_BUSY_SNAPSHOT` results: a transaction that had read asked
+    /// for the write lock after another connection committed (its snapshot
+    /// was stale). Not waits; same remedy.
+    pub busy_snapshot: u64,
+    /// Units of work the application re-ran after a lock error, as it
+    /// reported them with `hybrid_note_retry()`.
+    pub app_retries: u64,
     /// Total time of finished waits, ms.
     pub wait_total_ms: f64,
     /// Mean finished wait, ms.
@@ -120,6 +135,9 @@ impl LockStats {
             gave_up: counts.gave_up,
             in_flight: counts.in_flight,
             handoffs: counts.handoffs,
+            busy_in_read_tx: counts.busy_in_read_tx,
+            busy_snapshot: counts.busy_snapshot,
+            app_retries: counts.app_retries,
             wait_total_ms: total_ms,
             wait_avg_ms: (finished > 0).then(|| total_ms / finished as f64),
             wait_max_ms: max_us / 1000.0,

@@ -35,14 +35,43 @@ pub(crate) enum Outcome {
     Acquired,
     /// The handler gave up; the caller got `SQLITE_BUSY`.
     GaveUp,
+    /// Not a wait: the caller got an `SQLITE_BUSY*` that no busy handler
+    /// could see (see [`ImmediateBusy`]).
+    Immediate(ImmediateBusy),
 }
 
 impl Outcome {
-    /// `"acquired"` or `"gave_up"`, as shown in SQL.
+    /// `"acquired"`, `"gave_up"`, `"busy_in_read_tx"` or
+    /// `"busy_snapshot"`, as shown in SQL.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Outcome::Acquired => "acquired",
             Outcome::GaveUp => "gave_up",
+            Outcome::Immediate(kind) => kind.name(),
+        }
+    }
+}
+
+/// An `SQLITE_BUSY*` that SQLite returns at once, without calling any busy
+/// handler: a transaction that has read asks for the write lock (WAL mode).
+/// No handler can wait these out; the remedy is `BEGIN IMMEDIATE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ImmediateBusy {
+    /// Another connection held the write lock (`SQLITE_BUSY`):
+    /// `sqlite3BtreeBeginTrans` calls the busy handler only from no
+    /// transaction.
+    InReadTx,
+    /// The write lock was free, but another connection had committed since
+    /// this transaction's snapshot was taken (`SQLITE_BUSY_SNAPSHOT`).
+    Snapshot,
+}
+
+impl ImmediateBusy {
+    /// The column and event outcome it is counted under.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ImmediateBusy::InReadTx => "busy_in_read_tx",
+            ImmediateBusy::Snapshot => "busy_snapshot",
         }
     }
 }
@@ -70,6 +99,10 @@ pub(crate) trait SharedCounters: Send + Sync + std::fmt::Debug {
     fn handoff(&self);
     /// A wait that started in `generation` ended.
     fn wait_finished(&self, generation: u64, outcome: Outcome, wait_us: u64, at_unix_ms: u64);
+    /// A caller got an `SQLITE_BUSY*` no busy handler saw.
+    fn immediate_busy(&self, kind: ImmediateBusy, at_unix_ms: u64);
+    /// The application re-ran a unit of work (`hybrid_note_retry()`).
+    fn app_retry(&self);
 }
 
 /// The ring of recent waits, shared by every file of the process.
@@ -100,6 +133,9 @@ pub(crate) struct FileStats {
     handoffs: u64,
     acquired: u64,
     gave_up: u64,
+    busy_in_read_tx: u64,
+    busy_snapshot: u64,
+    app_retries: u64,
     wait_total_us: u64,
     wait_max_us: u64,
     histogram: LogHistogram,
@@ -111,6 +147,7 @@ impl FileStats {
         match outcome {
             Outcome::Acquired => self.acquired += 1,
             Outcome::GaveUp => self.gave_up += 1,
+            Outcome::Immediate(_) => return, // not a wait
         }
         self.wait_total_us = self.wait_total_us.saturating_add(wait_us);
         self.wait_max_us = self.wait_max_us.max(wait_us);
@@ -164,6 +201,46 @@ impl FileMetrics {
         }
     }
 
+    /// A caller of this process got an `SQLITE_BUSY*` that no busy handler
+    /// saw: counted (in its own column, never as a wait) here and in the
+    /// side file, and shown in `hybrid_lock_events`.
+    pub(crate) fn immediate_busy(&self, kind: ImmediateBusy) {
+        let at_unix_ms = crate::clock::now_unix_ms();
+        {
+            let mut stats = self.stats.lock();
+            match kind {
+                ImmediateBusy::InReadTx => stats.busy_in_read_tx += 1,
+                ImmediateBusy::Snapshot => stats.busy_snapshot += 1,
+            }
+            stats.last_event_unix_ms = Some(at_unix_ms);
+        }
+        if let Some(shared) = self.shared() {
+            shared.immediate_busy(kind, at_unix_ms);
+        }
+        self.push_event(WaitEvent {
+            at_unix_ms,
+            db: Arc::clone(&self.path),
+            outcome: Outcome::Immediate(kind),
+            wait_us: 0,
+            retries: 0,
+            pid: std::process::id(),
+        });
+    }
+
+    /// The application re-ran a unit of work after a lock error; returns
+    /// this process's count for the file (since the last reset).
+    pub(crate) fn app_retry(&self) -> u64 {
+        let count = {
+            let mut stats = self.stats.lock();
+            stats.app_retries = stats.app_retries.saturating_add(1);
+            stats.app_retries
+        };
+        if let Some(shared) = self.shared() {
+            shared.app_retry();
+        }
+        count
+    }
+
     /// The file-wide counters, when the side file is in use.
     pub(crate) fn shared(&self) -> Option<Arc<dyn SharedCounters>> {
         self.shared.lock().clone()
@@ -198,6 +275,9 @@ impl FileMetrics {
             in_flight: 0,
             handler_calls: stats.handler_calls,
             handoffs: stats.handoffs,
+            busy_in_read_tx: stats.busy_in_read_tx,
+            busy_snapshot: stats.busy_snapshot,
+            app_retries: stats.app_retries,
             wait_total_us: stats.wait_total_us,
             wait_max_us: stats.wait_max_us,
             histogram: stats.histogram.clone(),
