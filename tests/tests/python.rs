@@ -140,3 +140,66 @@ fn connections_opened_after_fork_queue_as_their_own_process() {
         "{report}"
     );
 }
+
+/// Every `SQLITE_BUSY*` a Python caller sees is counted exactly once, per
+/// process and file-wide: two processes in turn on one WAL file, each with
+/// two connections, make lock errors of the three kinds (read then write
+/// under a held lock, a stale snapshot, a wait that gives up; see
+/// `tests/py/busy_errors.py`), recognise them by `sqlite_errorcode`, roll
+/// back and retry with `BEGIN IMMEDIATE`, reporting each retry with
+/// `hybrid_note_retry()`.
+#[test]
+fn every_lock_error_python_sees_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("errors.db");
+    let db = db.to_str().unwrap();
+    let mut file_totals = [0i64; 3];
+    for rounds in [3, 2] {
+        let out = sqlite_hybrid_tests::run_python("busy_errors.py", &[db, &rounds.to_string()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let report = last_json(&stdout);
+        let seen = |code: &str| report["errors"][code].as_i64().unwrap_or(0);
+        let (busy, snapshot) = (seen("5"), seen("517"));
+        // Nothing but the two codes: every error was a lock error.
+        assert_eq!(report["errors"].as_object().unwrap().len(), 2, "{report}");
+        assert_eq!((busy, snapshot), (2 * rounds, rounds), "{report}");
+        let p = &report["process"];
+        let counted = |row: &serde_json::Value, column: &str| row[column].as_i64().unwrap();
+        // Every error of this process, exactly once, in the right column.
+        assert_eq!(
+            counted(p, "busy_in_read_tx") + counted(p, "gave_up"),
+            busy,
+            "{report}"
+        );
+        assert_eq!(counted(p, "busy_snapshot"), snapshot, "{report}");
+        assert_eq!(counted(p, "busy_in_read_tx"), rounds, "{report}");
+        assert_eq!(counted(p, "busy_events"), counted(p, "gave_up"), "{report}");
+        assert_eq!(counted(p, "app_retries"), busy + snapshot, "{report}");
+        assert_eq!(report["retries"], busy + snapshot, "{report}");
+        assert_eq!(
+            report["outcomes"].as_array().unwrap().len() as i64,
+            busy + snapshot,
+            "one event per error: {report}"
+        );
+        // File-wide: this process's errors plus the earlier process's.
+        for (total, column) in
+            file_totals
+                .iter_mut()
+                .zip(["busy_in_read_tx", "busy_snapshot", "gave_up"])
+        {
+            *total += counted(p, column);
+            assert_eq!(
+                counted(&report["file"], column),
+                *total,
+                "{column}: {report}"
+            );
+        }
+        assert_eq!(
+            counted(&report["file"], "app_retries"),
+            file_totals.iter().sum::<i64>(),
+            "{report}"
+        );
+    }
+}

@@ -347,3 +347,82 @@ fn a_slow_wait_is_logged_with_its_holder_and_the_holder_is_a_table() {
     );
     assert!(stdout.contains("off|0.0"), "{stdout}");
 }
+
+/// Every `SQLITE_BUSY*` the shell's user sees is counted exactly once:
+/// two connections of one shell (`.connection`), a transaction that read
+/// then writes while the other holds the lock (twice), one whose snapshot
+/// went stale, and a wait from outside a transaction that gives up. The
+/// errors on stderr equal `busy_in_read_tx + busy_snapshot + gave_up`, per
+/// process and file-wide, and each has its event.
+#[test]
+fn every_lock_error_the_user_sees_is_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shell.db");
+    let script = format!(
+        ".load {load}\n\
+         PRAGMA journal_mode=WAL;\n\
+         CREATE TABLE t(x); INSERT INTO t VALUES (1);\n\
+         .connection 1\n\
+         .open {db}\n\
+         BEGIN IMMEDIATE;\n\
+         .connection 0\n\
+         BEGIN;\n\
+         SELECT count(*) FROM t;\n\
+         UPDATE t SET x = x + 1;\n\
+         UPDATE t SET x = x + 1;\n\
+         ROLLBACK;\n\
+         BEGIN;\n\
+         SELECT count(*) FROM t;\n\
+         .connection 1\n\
+         UPDATE t SET x = 5;\n\
+         COMMIT;\n\
+         .connection 0\n\
+         UPDATE t SET x = x + 1;\n\
+         ROLLBACK;\n\
+         .connection 1\n\
+         BEGIN IMMEDIATE;\n\
+         .connection 0\n\
+         SELECT hybrid_busy_timeout(50);\n\
+         UPDATE t SET x = x + 1;\n\
+         .connection 1\n\
+         COMMIT;\n\
+         .connection 0\n\
+         SELECT hybrid_note_retry();\n\
+         SELECT scope, busy_in_read_tx, busy_snapshot, gave_up, app_retries, busy_events\n\
+           FROM hybrid_lock_metrics WHERE db LIKE '%/shell.db' ORDER BY scope;\n\
+         SELECT group_concat(outcome, ',') FROM hybrid_lock_events WHERE db LIKE '%/shell.db';\n\
+         SELECT x FROM t;\n",
+        load = ext_load_arg(),
+        db = db.display()
+    );
+    let out = sqlite_hybrid_tests::run_shell(&db, &script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors = stderr
+        .lines()
+        .filter(|l| l.contains("database is locked"))
+        .count();
+    assert_eq!(errors, 4, "stderr: {stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        errors,
+        "no other error; stderr: {stderr}"
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        vec![
+            "wal",
+            "1",
+            "1",
+            "50",
+            "1",
+            // 2 + 1 + 1 = the 4 errors; the wait that gave up is the only
+            // busy event.
+            "file|2|1|1|1|1",
+            "process|2|1|1|1|1",
+            "busy_in_read_tx,busy_in_read_tx,busy_snapshot,gave_up",
+            "5",
+        ],
+        "stderr: {stderr}"
+    );
+}
