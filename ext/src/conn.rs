@@ -370,7 +370,9 @@ impl LockObserver for LockHooks {
         // read transaction: `walBeginWriteTransaction` found the snapshot
         // stale and returns SQLITE_BUSY_SNAPSHOT to the caller. (A
         // successful upgrade makes it a write transaction before anything
-        // can release the lock; commit and rollback release it as one.)
+        // can release the lock; commit and rollback release it as one. The
+        // one other way, in sqlite3BtreeBeginTrans: an I/O error while
+        // creating page 1 of an empty database, inside a read transaction.)
         if self.upgrade_from_read.swap(false, Ordering::Relaxed)
             && probe.main_txn_state() == Some(TxnState::Read)
         {

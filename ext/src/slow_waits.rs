@@ -98,21 +98,20 @@ impl std::fmt::Display for SlowWait {
                  (database is locked)",
                 self.pid, self.db
             )?,
+            // The remedy first: sqlite3_log cuts a message at about 200
+            // bytes, and the path can be long.
             SlowWaitEvent::BusyInReadTransaction => write!(
                 f,
-                "process {}: a transaction that had read asked for the write lock on {} \
-                 while another connection held it: SQLITE_BUSY at once, no busy handler \
-                 can wait for it (use BEGIN IMMEDIATE for transactions that write; \
-                 counted in hybrid_lock_metrics.busy_in_read_tx)",
+                "process {} got SQLITE_BUSY without a wait (use BEGIN IMMEDIATE): a read \
+                 transaction asked for the write lock on {} while another connection held it",
                 self.pid, self.db
             )?,
             SlowWaitEvent::BusySnapshot => {
                 return write!(
                     f,
-                    "process {}: a transaction that had read asked for the write lock on {} \
-                     after another connection committed: SQLITE_BUSY_SNAPSHOT, its snapshot \
-                     is stale and no wait can help (use BEGIN IMMEDIATE for transactions \
-                     that write; counted in hybrid_lock_metrics.busy_snapshot)",
+                    "process {} got SQLITE_BUSY_SNAPSHOT (use BEGIN IMMEDIATE): a read \
+                     transaction asked for the write lock on {} after another connection \
+                     committed",
                     self.pid, self.db
                 );
             }
