@@ -1,6 +1,7 @@
-//! `hybrid_lock_events`: the most recent finished waits of this process
-//! (a ring of `hybrid_lock_events_capacity()` entries, default 256), oldest
-//! first.
+//! `hybrid_lock_events`: the most recent finished waits of this process,
+//! and the lock errors no busy handler saw (outcomes `busy_in_read_tx` and
+//! `busy_snapshot`, 0 ms), oldest first: a ring of
+//! `hybrid_lock_events_capacity()` entries, default 256.
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, Result};

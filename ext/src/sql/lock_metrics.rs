@@ -1,6 +1,9 @@
 //! `hybrid_lock_metrics`: per database file, this process's waits
 //! (`scope = 'process'`) and, when the side file exists, every process's
 //! waits on that file (`scope = 'file'`). Both rows are [`LockStats`].
+//! Besides waits, each row counts the lock errors no busy handler saw
+//! (`busy_in_read_tx`, `busy_snapshot`) and the application's retries
+//! (`app_retries`, from `hybrid_note_retry()`).
 
 use std::sync::Arc;
 
