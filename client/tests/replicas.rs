@@ -196,6 +196,13 @@ fn a_lagging_standby_shows_its_lag_and_reads_of_own_writes_go_to_the_primary() {
     assert!(standby.reads_sent_to_primary >= 1, "{standby:?}");
     assert!(standby.lag_bytes.is_some_and(|b| b > 0), "{standby:?}");
     assert!(standby.lag_ms.is_some(), "{standby:?}");
+    // lock_metrics() shows the same lag (the largest of the standbys').
+    let metrics = db.lock_metrics().unwrap();
+    assert!(
+        metrics.standby_lag_bytes.is_some_and(|b| b > 0),
+        "{metrics:?}"
+    );
+    assert!(metrics.standby_lag_ms.is_some(), "{metrics:?}");
     // ... while a handle that did not write reads the paused standby,
     // which does not have it yet.
     assert_eq!(
@@ -207,8 +214,10 @@ fn a_lagging_standby_shows_its_lag_and_reads_of_own_writes_go_to_the_primary() {
     let started = Instant::now();
     loop {
         let standby = standby_of(&db);
-        if standby.lag_bytes == Some(0) {
+        let metrics = db.lock_metrics().unwrap();
+        if standby.lag_bytes == Some(0) && metrics.standby_lag_bytes == Some(0) {
             assert_eq!(standby.lag_ms, Some(0.0));
+            assert_eq!(metrics.standby_lag_ms, Some(0.0), "{metrics:?}");
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "{standby:?}");
@@ -217,6 +226,13 @@ fn a_lagging_standby_shows_its_lag_and_reads_of_own_writes_go_to_the_primary() {
     assert_eq!(
         single(&bystander, "SELECT count(*) FROM t WHERE id = 1"),
         Value::Integer(1)
+    );
+    // A handle without standbys has no standby lag.
+    let alone = Database::open(&scratch.primary).unwrap();
+    let metrics = alone.lock_metrics().unwrap();
+    assert_eq!(
+        (metrics.standby_lag_bytes, metrics.standby_lag_ms),
+        (None, None)
     );
 }
 

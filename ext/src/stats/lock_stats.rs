@@ -98,6 +98,16 @@ pub struct LockStats {
     /// The policy (JSON) of the connection this row was read through, when
     /// it uses this file; `None` otherwise and for the file scope.
     pub policy: Option<String>,
+    /// The Rust client on PostgreSQL with standbys only (not a column of
+    /// `hybrid_lock_metrics`; `None` on SQLite): the largest lag of the
+    /// handle's standbys that answered, in bytes of WAL not yet replayed
+    /// (the primary's position minus the standby's replay position).
+    /// `None` when no standby (or the primary) could be asked.
+    pub standby_lag_bytes: Option<i64>,
+    /// With `standby_lag_bytes`: the largest age of a standby's newest
+    /// replayed transaction, ms (0 when every standby that answered has
+    /// replayed everything the primary wrote).
+    pub standby_lag_ms: Option<f64>,
 }
 
 /// What identifies a row besides its counters.
@@ -147,6 +157,8 @@ impl LockStats {
             failure_rate: (finished > 0).then(|| counts.gave_up as f64 / finished as f64),
             last_event_unix_ms: counts.last_event_unix_ms,
             policy: identity.policy,
+            standby_lag_bytes: None,
+            standby_lag_ms: None,
         }
     }
 }

@@ -413,8 +413,28 @@ impl PgEngine {
         self.with_reader(|client| schema::load_table(client, name))
     }
 
-    /// This handle's waits for locks.
+    /// This handle's waits for locks and, with standbys, their largest
+    /// lag (which asks the primary and each standby: one short query each).
     pub(crate) fn lock_metrics(&self) -> LockStats {
+        let lag = if self.standbys.is_empty() {
+            None
+        } else {
+            let primary_lsn = self
+                .with_reader(|client| Ok(replicas::current_lsn(client)))
+                .ok()
+                .flatten();
+            let lags: Vec<_> = self
+                .standbys
+                .iter()
+                .map(|standby| standby.lag(primary_lsn))
+                .collect();
+            replicas::largest_lag(primary_lsn, &lags)
+        };
+        self.lock_stats(lag)
+    }
+
+    /// The lock statistics row, with the standbys' largest lag.
+    fn lock_stats(&self, standby_lag: Option<(i64, f64)>) -> LockStats {
         let w = self.waits.lock();
         let finished = w.acquired + w.gave_up;
         let total_ms = w.wait_total_us as f64 / 1000.0;
@@ -442,6 +462,8 @@ impl PgEngine {
             failure_rate: (finished > 0).then(|| w.gave_up as f64 / finished as f64),
             last_event_unix_ms: w.last_event_unix_ms,
             policy: None,
+            standby_lag_bytes: standby_lag.map(|(bytes, _)| bytes),
+            standby_lag_ms: standby_lag.map(|(_, ms)| ms),
         }
     }
 
@@ -478,11 +500,16 @@ impl PgEngine {
                 standbys: Vec::new(),
             })
         })?;
+        let lags: Vec<_> = self
+            .standbys
+            .iter()
+            .map(|standby| standby.lag(primary_lsn))
+            .collect();
         server.standbys = self
             .standbys
             .iter()
-            .map(|standby| {
-                let lag = standby.lag(primary_lsn);
+            .zip(&lags)
+            .map(|(standby, &lag)| {
                 let (reads, reads_sent_to_primary) = standby.reads();
                 StandbyHealth {
                     url: standby.display.clone(),
@@ -495,7 +522,7 @@ impl PgEngine {
             .collect();
         Ok(Health {
             schemas: Vec::new(),
-            locks: vec![self.lock_metrics()],
+            locks: vec![self.lock_stats(replicas::largest_lag(primary_lsn, &lags))],
             server: Some(server),
         })
     }

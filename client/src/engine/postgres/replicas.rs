@@ -210,6 +210,20 @@ impl Standby {
     }
 }
 
+/// The largest of the standbys' lags (bytes, ms) for `lock_metrics`:
+/// `None` when the primary's position is unknown (a lag of 0 would be a
+/// guess) or no standby answered.
+pub(crate) fn largest_lag(
+    primary_lsn: Option<u64>,
+    lags: &[Option<(i64, f64)>],
+) -> Option<(i64, f64)> {
+    primary_lsn?;
+    lags.iter()
+        .flatten()
+        .copied()
+        .reduce(|(bytes, ms), (b, m)| (bytes.max(b), ms.max(m)))
+}
+
 fn should_fall_back(e: &Error) -> bool {
     match e {
         Error::Io(_) | Error::Timeout { .. } => true,
@@ -267,7 +281,16 @@ pub(crate) fn parse_lsn(text: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_lsn;
+    use super::{largest_lag, parse_lsn};
+
+    #[test]
+    fn the_largest_lag_needs_the_primary_and_an_answer() {
+        let lags = [Some((10, 0.5)), None, Some((3, 7.0))];
+        assert_eq!(largest_lag(Some(100), &lags), Some((10, 7.0)));
+        assert_eq!(largest_lag(None, &lags), None);
+        assert_eq!(largest_lag(Some(100), &[None, None]), None);
+        assert_eq!(largest_lag(Some(100), &[]), None);
+    }
 
     #[test]
     fn lsns_parse() {
