@@ -3,7 +3,8 @@
 #   make demo    build the extension and watch it in the sqlite3 shell
 #   make test    every test: unit, doc, end-to-end (sqlite3 shell, python3, processes)
 #   make bench   benchmarks: contention (SQLite's default handler vs the extension,
-#                with a chart), the FastAPI app, write buffer, log database
+#                with a chart), the FastAPI app, write buffer, log database,
+#                PostgreSQL standbys (reads, read-your-writes, failover gap)
 #   make ext     the loadable extension only -> dist/libhybrid.so
 #   make lint    cargo fmt --check and clippy with warnings as errors (both builds)
 #   make package cargo package of both crates (publishable, built from the package)
@@ -71,6 +72,7 @@ demo: ext
 BENCH_ROUNDS   ?= 3
 BENCH_DURATION ?= 3
 FASTAPI_BENCH_SECONDS ?= 30
+BENCH_FAILOVER_RUNS ?= 5
 bench: check-tools ext
 	@scripts/check-tools.sh py:matplotlib=python3-matplotlib
 	@mkdir -p target/bench docs/bench
@@ -86,6 +88,19 @@ bench: check-tools ext
 	scripts/postgres/with-postgres.sh $(CARGO) run --release -q -p sqlite-hybrid --features postgres --example buffer_bench -- --engine postgres
 	$(CARGO) run --release -q -p sqlite-hybrid --example contention_rmw
 	scripts/postgres/with-postgres.sh $(CARGO) run --release -q -p sqlite-hybrid --features postgres --example contention_rmw -- --engine postgres
+	@# PostgreSQL standbys (client/examples/replica_bench.rs): the read-heavy mix on 0, 1
+	@# and 2 standbys, the first read after a write (standby vs primary), and the
+	@# failover gap (kill -KILL of the primary, pg_ctl promote at once; one kill per
+	@# set of servers, so BENCH_FAILOVER_RUNS sets of servers).
+	$(CARGO) build --release -q -p sqlite-hybrid --features postgres --example replica_bench
+	scripts/postgres/with-replicas.sh --standbys 2 target/release/examples/replica_bench --mode reads \
+	  --rounds $(BENCH_ROUNDS) --window-ms $(BENCH_DURATION)000
+	scripts/postgres/with-replicas.sh target/release/examples/replica_bench --mode ryw --rounds $(BENCH_ROUNDS)
+	@rm -f target/bench/failover.txt
+	@for i in $$(seq 1 $(BENCH_FAILOVER_RUNS)); do \
+	  scripts/postgres/with-replicas.sh --sync target/release/examples/replica_bench --mode failover \
+	    --record target/bench/failover.txt || exit 1; \
+	done
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --writer-rate 0
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench -- --overload

@@ -1,29 +1,31 @@
 #!/usr/bin/env bash
 # Runs a command with a throw-away PostgreSQL primary and one streaming
-# standby: initdb into a fresh temporary directory as an unprivileged user,
-# pg_basebackup -R -X stream -C -S standby1 for the standby (a physical
-# replication slot, so the primary keeps the WAL it needs), asynchronous
+# standby (N with --standbys N): initdb into a fresh temporary directory as an
+# unprivileged user, pg_basebackup -R -X stream -C -S standbyK for standby K
+# (a physical replication slot, so the primary keeps the WAL it needs), asynchronous
 # replication, each server listening only on a Unix socket in its own
 # directory, both stopped and everything removed afterwards (also on error
 # or Ctrl-C). The command sees:
 #   HYBRID_PG_URL          the primary, an empty database
 #   HYBRID_PG_ADMIN_URL    the primary's `postgres` database (to create more)
-#   HYBRID_PG_STANDBY_URL  the same database on the standby (read-only)
-#   HYBRID_PG_MULTI_URL    both, as one multi-host URL with
-#                          target_session_attrs=read-write (the primary,
-#                          whichever of the two it is)
+#   HYBRID_PG_STANDBY_URL  the same database on the (first) standby (read-only)
+#   HYBRID_PG_STANDBY_URLS every standby's, separated by spaces
+#   HYBRID_PG_MULTI_URL    the primary and every standby, as one multi-host
+#                          URL with target_session_attrs=read-write (the
+#                          primary, whichever it is)
 #   HYBRID_PG_PRIMARY_PID_FILE  the primary's postmaster.pid (to kill it)
-#   HYBRID_PG_PROMOTE      a command that promotes the standby (pg_ctl
+#   HYBRID_PG_PROMOTE      a command that promotes the first standby (pg_ctl
 #                          promote -w, as the servers' user)
 #   HYBRID_PG_SYNC         1 with --sync, else 0
 #
 # With --sync the primary waits for the standby at every commit
-# (synchronous_standby_names = '*', set on the primary after cloning, so the
+# (synchronous_standby_names = '*': the first standby connected; set on the primary after cloning, so the
 # standby does not inherit it and a promoted standby does not wait for a
 # standby it does not have). A command may kill the primary and promote the
 # standby; the old primary is never started again.
 #
-# Usage: scripts/postgres/with-replicas.sh [--sync] COMMAND [ARG...]
+# Usage: scripts/postgres/with-replicas.sh [--sync] [--standbys N] COMMAND [ARG...]
+# (N from 1 to 8; standby K listens on port 5432 + K.)
 # Needs Debian's postgresql package (installed with apt-get when run as root,
 # otherwise it says what to install). As root the servers run as the
 # `postgres` user the package creates (PostgreSQL refuses to run as root).
@@ -34,8 +36,20 @@ set -euo pipefail
 say() { echo "with-replicas: $*" >&2; }
 die() { say "$*"; exit 1; }
 SYNC=0
-if [ "${1:-}" = --sync ]; then SYNC=1; shift; fi
-[ $# -gt 0 ] || die "usage: $0 [--sync] COMMAND [ARG...]"
+STANDBYS=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --sync) SYNC=1; shift ;;
+        --standbys)
+            [[ "${2:-}" =~ ^[1-8]$ ]] || die "--standbys takes a number from 1 to 8"
+            STANDBYS=$2; shift 2 ;;
+        *) break ;;
+    esac
+done
+[ $# -gt 0 ] || die "usage: $0 [--sync] [--standbys N] COMMAND [ARG...]"
+# Standby 1 is in $DIR/standby (port 5433), standby K in $DIR/standbyK.
+standby_nodes=(standby)
+for k in $(seq 2 "$STANDBYS"); do standby_nodes+=("standby$k"); done
 
 find_bin() {
     local dir
@@ -68,14 +82,17 @@ fi
 
 DIR=$(mktemp -d /tmp/hybrid-pgr.XXXXXX)
 chmod 755 "$DIR"
-mkdir -p "$DIR/primary" "$DIR/standby"
-chown "$owner" "$DIR" "$DIR/primary" "$DIR/standby"
-chmod 700 "$DIR/primary" "$DIR/standby"
+for node in primary "${standby_nodes[@]}"; do
+    mkdir -p "$DIR/$node"
+    chown "$owner" "$DIR/$node"
+    chmod 700 "$DIR/$node"
+done
+chown "$owner" "$DIR"
 cleanup() {
     local status=$?
     local node
-    # The standby first: stopping the primary first would leave it retrying.
-    for node in standby primary; do
+    # The standbys first: stopping the primary first would leave them retrying.
+    for node in "${standby_nodes[@]}" primary; do
         if [ -f "$DIR/$node/data/postmaster.pid" ]; then
             "${run_as[@]}" "$BIN/pg_ctl" -D "$DIR/$node/data" -m immediate -w stop \
                 >/dev/null 2>&1 || true
@@ -100,10 +117,14 @@ start() { # node port
 start primary 5432
 # initdb's pg_hba.conf trusts local replication connections; -C -S makes a
 # slot so the primary never recycles WAL the standby still needs.
-"${run_as[@]}" "$BIN/pg_basebackup" -h "$DIR/primary" -p 5432 -U hybrid -D "$DIR/standby/data" \
-    -R -X stream -C -S standby1 >"$DIR/basebackup.log" 2>&1 \
-    || { cat "$DIR/basebackup.log" >&2; die "pg_basebackup failed"; }
-start standby 5433
+k=0
+for node in "${standby_nodes[@]}"; do
+    k=$((k + 1))
+    "${run_as[@]}" "$BIN/pg_basebackup" -h "$DIR/primary" -p 5432 -U hybrid \
+        -D "$DIR/$node/data" -R -X stream -C -S "standby$k" >"$DIR/basebackup.log" 2>&1 \
+        || { cat "$DIR/basebackup.log" >&2; die "pg_basebackup failed"; }
+    start "$node" $((5432 + k))
+done
 "${run_as[@]}" "$BIN/createdb" -h "$DIR/primary" -p 5432 -U hybrid hybrid_test
 
 if [ "$SYNC" = 1 ]; then
@@ -124,23 +145,34 @@ PROMOTE
 chmod 755 "$DIR/promote"
 
 primary=$(printf '%s' "$DIR/primary" | sed 's|/|%2F|g')
-standby=$(printf '%s' "$DIR/standby" | sed 's|/|%2F|g')
+standby_urls=()
+hosts="$primary:5432"
+k=0
+for node in "${standby_nodes[@]}"; do
+    k=$((k + 1))
+    socket=$(printf '%s' "$DIR/$node" | sed 's|/|%2F|g')
+    standby_urls+=("postgresql://hybrid@$socket:$((5432 + k))/hybrid_test")
+    hosts="$hosts,$socket:$((5432 + k))"
+done
 export HYBRID_PG_URL="postgresql://hybrid@$primary:5432/hybrid_test"
 export HYBRID_PG_ADMIN_URL="postgresql://hybrid@$primary:5432/postgres"
-export HYBRID_PG_STANDBY_URL="postgresql://hybrid@$standby:5433/hybrid_test"
-export HYBRID_PG_MULTI_URL="postgresql://hybrid@$primary:5432,$standby:5433/hybrid_test?target_session_attrs=read-write"
+export HYBRID_PG_STANDBY_URL="${standby_urls[0]}"
+export HYBRID_PG_STANDBY_URLS="${standby_urls[*]}"
+export HYBRID_PG_MULTI_URL="postgresql://hybrid@$hosts/hybrid_test?target_session_attrs=read-write"
 export HYBRID_PG_PRIMARY_PID_FILE="$DIR/primary/data/postmaster.pid"
 export HYBRID_PG_PROMOTE="$DIR/promote"
 export HYBRID_PG_SYNC="$SYNC"
-# The standby has the new database once it replayed its creation.
-for _ in $(seq 1 600); do
-    "$BIN/psql" -XAtq "$HYBRID_PG_STANDBY_URL" -c 'SELECT 1' >/dev/null 2>&1 && break
-    sleep 0.1
+# A standby has the new database once it replayed its creation.
+for url in "${standby_urls[@]}"; do
+    for _ in $(seq 1 600); do
+        "$BIN/psql" -XAtq "$url" -c 'SELECT 1' >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    state=$("$BIN/psql" -XAtq "$url" -c 'SELECT pg_is_in_recovery()' 2>&1) \
+        || die "a standby has no hybrid_test database after 60 s: $state"
+    [ "$state" = t ] || die "a standby is not in recovery: $state"
 done
-state=$("$BIN/psql" -XAtq "$HYBRID_PG_STANDBY_URL" -c 'SELECT pg_is_in_recovery()' 2>&1) \
-    || die "the standby has no hybrid_test database after 60 s: $state"
-[ "$state" = t ] || die "the standby is not in recovery: $state"
 mode=asynchronous; [ "$SYNC" = 1 ] && mode=synchronous
-say "PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'): primary and $mode streaming standby" \
-    "on $DIR (HYBRID_PG_URL=$HYBRID_PG_URL HYBRID_PG_STANDBY_URL=$HYBRID_PG_STANDBY_URL)"
+say "PostgreSQL $("$BIN/postgres" --version | awk '{print $3}'): primary and $STANDBYS $mode" \
+    "streaming standby(s) on $DIR (HYBRID_PG_URL=$HYBRID_PG_URL HYBRID_PG_STANDBY_URLS=$HYBRID_PG_STANDBY_URLS)"
 "$@"
