@@ -73,6 +73,7 @@ BENCH_ROUNDS   ?= 3
 BENCH_DURATION ?= 3
 FASTAPI_BENCH_SECONDS ?= 30
 BENCH_FAILOVER_RUNS ?= 5
+REPLICA_BENCH := $(CARGO) run --release -q -p sqlite-hybrid --features postgres --example replica_bench --
 bench: check-tools ext
 	@scripts/check-tools.sh py:matplotlib=python3-matplotlib
 	@mkdir -p target/bench docs/bench
@@ -93,12 +94,12 @@ bench: check-tools ext
 	@# failover gap (kill -KILL of the primary, pg_ctl promote at once; one kill per
 	@# set of servers, so BENCH_FAILOVER_RUNS sets of servers).
 	$(CARGO) build --release -q -p sqlite-hybrid --features postgres --example replica_bench
-	scripts/postgres/with-replicas.sh --standbys 2 target/release/examples/replica_bench --mode reads \
+	scripts/postgres/with-replicas.sh --standbys 2 $(REPLICA_BENCH) --mode reads \
 	  --rounds $(BENCH_ROUNDS) --window-ms $(BENCH_DURATION)000
-	scripts/postgres/with-replicas.sh target/release/examples/replica_bench --mode ryw --rounds $(BENCH_ROUNDS)
+	scripts/postgres/with-replicas.sh $(REPLICA_BENCH) --mode ryw --rounds $(BENCH_ROUNDS)
 	@rm -f target/bench/failover.txt
 	@for i in $$(seq 1 $(BENCH_FAILOVER_RUNS)); do \
-	  scripts/postgres/with-replicas.sh --sync target/release/examples/replica_bench --mode failover \
+	  scripts/postgres/with-replicas.sh --sync $(REPLICA_BENCH) --mode failover \
 	    --record target/bench/failover.txt || exit 1; \
 	done
 	$(CARGO) run --release -q -p sqlite-hybrid --example log_bench
