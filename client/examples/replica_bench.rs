@@ -6,7 +6,9 @@
 //!   read-heavy mix, `--threads` handles (`Database` each, like app
 //!   servers), each call 90% `query` (a 100-row range sum) and 10%
 //!   `transact` (one `UPDATE`), for `--window-ms`, with reads on 0, 1
-//!   and 2 standbys (the same servers; 0 = a handle without standbys),
+//!   and 2 standbys (the same servers; 0 = a handle without standbys), and
+//!   on 1 and 2 standbys with the writes through a second handle without
+//!   standbys (its reads then never check a replay position),
 //!   `--rounds` rounds with the configurations in turn.
 //! * `--mode ryw`: the first read after a handle's own write, on a handle
 //!   with one standby (waits until the standby replayed the write) and on
@@ -146,17 +148,23 @@ fn next(state: &mut u64) -> u64 {
 }
 
 /// One round of the mix on `k` standbys: (reads/s, writes/s, share of the
-/// reads that ran on a standby).
-fn mix_round(o: &Options, primary: &str, standbys: &[String]) -> (f64, f64, f64) {
+/// reads that ran on a standby). With `split`, each thread writes through a
+/// second handle without standbys, so its reads never wait for or check a
+/// replay position (no read-your-writes).
+fn mix_round(o: &Options, primary: &str, standbys: &[String], split: bool) -> (f64, f64, f64) {
     let handles: Vec<Database> = (0..o.threads).map(|_| open(primary, standbys)).collect();
+    let writers: Vec<Option<Database>> = (0..o.threads)
+        .map(|_| split.then(|| open(primary, &[])))
+        .collect();
     let barrier = Arc::new(Barrier::new(o.threads + 1));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Mutex::new(Instant::now());
     let counts: Vec<(u64, u64)> = std::thread::scope(|s| {
         let workers: Vec<_> = handles
             .iter()
+            .zip(&writers)
             .enumerate()
-            .map(|(t, db)| {
+            .map(|(t, (db, writer))| {
                 let barrier = Arc::clone(&barrier);
                 let stop = Arc::clone(&stop);
                 s.spawn(move || {
@@ -167,10 +175,13 @@ fn mix_round(o: &Options, primary: &str, standbys: &[String]) -> (f64, f64, f64)
                         let r = next(&mut state);
                         let id = (r % ROWS as u64) as i64 + 1;
                         if r.is_multiple_of(10) {
-                            db.transact(|tx| {
-                                tx.execute("UPDATE kv SET v = v + 1 WHERE id = ?1", params![id])
-                            })
-                            .expect("write");
+                            writer
+                                .as_ref()
+                                .unwrap_or(db)
+                                .transact(|tx| {
+                                    tx.execute("UPDATE kv SET v = v + 1 WHERE id = ?1", params![id])
+                                })
+                                .expect("write");
                             writes += 1;
                         } else {
                             db.query(
@@ -218,25 +229,29 @@ fn reads_mode(o: &Options) {
         .map(String::from)
         .collect();
     setup(&primary, &standbys);
-    let configs: Vec<usize> = (0..=standbys.len().min(2)).collect();
+    // (standbys, writes through a separate handle)
+    let mut configs: Vec<(usize, bool)> = (0..=standbys.len().min(2)).map(|k| (k, false)).collect();
+    configs.extend((1..=standbys.len().min(2)).map(|k| (k, true)));
     let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); configs.len()];
     for round in 0..o.rounds {
         // Alternate the order so that no configuration always runs first.
         let order: Vec<usize> = if round % 2 == 0 {
-            configs.clone()
+            (0..configs.len()).collect()
         } else {
-            configs.iter().rev().copied().collect()
+            (0..configs.len()).rev().collect()
         };
-        for k in order {
-            let r = mix_round(o, &primary, &standbys[..k]);
+        for i in order {
+            let (k, split) = configs[i];
+            let r = mix_round(o, &primary, &standbys[..k], split);
             eprintln!(
-                "round {}: {k} standby(s): {:.0} reads/s, {:.0} writes/s, {:.0}% of reads on standbys",
+                "round {}: {}: {:.0} reads/s, {:.0} writes/s, {:.0}% of reads on standbys",
                 round + 1,
+                label(k, split),
                 r.0,
                 r.1,
                 r.2 * 100.0
             );
-            results[k].push(r);
+            results[i].push(r);
         }
     }
     println!(
@@ -248,13 +263,22 @@ fn reads_mode(o: &Options) {
     );
     println!("| standbys read from | reads/s | writes/s | reads that ran on a standby |");
     println!("|---|---|---|---|");
-    for (k, runs) in results.iter().enumerate() {
+    for (&(k, split), runs) in configs.iter().zip(&results) {
         let (rm, rl, rh) = spread(&mut runs.iter().map(|r| r.0).collect::<Vec<_>>());
         let (wm, wl, wh) = spread(&mut runs.iter().map(|r| r.1).collect::<Vec<_>>());
         let (sm, sl, sh) = spread(&mut runs.iter().map(|r| r.2 * 100.0).collect::<Vec<_>>());
         println!(
-            "| {k} | {rm:.0} ({rl:.0}–{rh:.0}) | {wm:.0} ({wl:.0}–{wh:.0}) | {sm:.0}% ({sl:.0}–{sh:.0}%) |"
+            "| {} | {rm:.0} ({rl:.0}–{rh:.0}) | {wm:.0} ({wl:.0}–{wh:.0}) | {sm:.0}% ({sl:.0}–{sh:.0}%) |",
+            label(k, split)
         );
+    }
+}
+
+fn label(standbys: usize, split: bool) -> String {
+    if split {
+        format!("{standbys}, writes through a second handle (no read-your-writes check)")
+    } else {
+        format!("{standbys}")
     }
 }
 
