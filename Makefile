@@ -1,7 +1,8 @@
 # sqlite-hybrid — build, test, demo and benchmark entry points.
 #
 #   make demo    build the extension and watch it in the sqlite3 shell
-#   make test    every test: unit, doc, end-to-end (sqlite3 shell, python3, processes)
+#   make test    every test: unit, doc, end-to-end (sqlite3 shell, python3, processes),
+#                and the crates' tests again with the portable path forced (test-portable)
 #   make bench   benchmarks: contention (SQLite's default handler vs the extension,
 #                with a chart), the FastAPI app, write buffer, log database,
 #                PostgreSQL standbys (reads, read-your-writes, failover gap)
@@ -30,7 +31,7 @@ EXT     := dist/libhybrid.so
 export PYTHON
 export HYBRID_EXT := $(abspath $(EXT))
 
-.PHONY: all ext test unit e2e demo bench lint soak sqlite-suite check-tools clean wheel dist hosts package
+.PHONY: all ext test test-portable unit e2e demo bench lint soak sqlite-suite check-tools clean wheel dist hosts package
 
 all: ext
 
@@ -59,6 +60,18 @@ CLIENT_FEATURES := sqlite-hybrid/tokio,sqlite-hybrid/postgres
 test: check-tools ext
 	scripts/postgres/with-replicas.sh $(CARGO) test --workspace --features $(CLIENT_FEATURES)
 	scripts/postgres/with-replicas.sh --sync $(CARGO) test --workspace --features $(CLIENT_FEATURES) --test failover
+	$(MAKE) test-portable
+
+# The portable path (docs/hosts.md, "Platforms"): the ext and client crates
+# built as every target but Linux builds them (no futex queue, no side file:
+# backoff mode), forced on Linux with --cfg hybrid_portable (ext/build.rs),
+# and their unit, integration and doc tests run that way. Its own target dir,
+# so the normal build is not rebuilt. The end-to-end crate (tests/) loads
+# dist/libhybrid.so, the Linux build, and is not run here.
+PORTABLE_RUSTFLAGS := $(strip $(RUSTFLAGS) --cfg hybrid_portable)
+test-portable:
+	RUSTFLAGS="$(PORTABLE_RUSTFLAGS)" $(CARGO) test -p sqlite-hybrid-ext -p sqlite-hybrid \
+	  --features sqlite-hybrid/tokio --target-dir target/portable
 
 # The demo needs cargo, the sqlite3 shell and python3 (not valgrind).
 demo: ext
@@ -146,6 +159,8 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --features $(CLIENT_FEATURES) -- -D warnings
 	$(CARGO) clippy --manifest-path loadable/Cargo.toml --release --locked --target-dir target/loadable -- -D warnings
+	RUSTFLAGS="$(PORTABLE_RUSTFLAGS)" $(CARGO) clippy --workspace --all-targets --features $(CLIENT_FEATURES) --target-dir target/portable -- -D warnings
+	RUSTFLAGS="$(PORTABLE_RUSTFLAGS)" $(CARGO) clippy --manifest-path loadable/Cargo.toml --release --locked --target-dir target/loadable-portable -- -D warnings
 
 clean:
 	$(CARGO) clean

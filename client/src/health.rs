@@ -169,13 +169,19 @@ impl Database {
     }
 
     /// Every process's waits on this database file, from the shared side
-    /// file (`None` when the file is not in futex mode, and on PostgreSQL).
+    /// file (`None` when the file is not in futex mode, in a build without
+    /// it ([`crate::FUTEX_QUEUE`] false: every target but Linux), and on
+    /// PostgreSQL).
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
     /// let db = sqlite_hybrid::Database::open(dir.path().join("f.db"))?;
-    /// let file = db.file_lock_metrics()?.expect("futex mode on Linux");
-    /// assert_eq!((file.scope, file.mode), ("file", "futex"));
+    /// if sqlite_hybrid::FUTEX_QUEUE {
+    ///     let file = db.file_lock_metrics()?.expect("futex mode on Linux");
+    ///     assert_eq!((file.scope, file.mode), ("file", "futex"));
+    /// } else {
+    ///     assert!(db.file_lock_metrics()?.is_none(), "backoff mode");
+    /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn file_lock_metrics(&self) -> Result<Option<LockStats>> {

@@ -65,6 +65,17 @@ pub use error::{DbError, Error, Result, is_lock_error};
 pub use health::{
     Health, LockWaiter, OptimizeOptions, OptimizeReport, SchemaHealth, ServerHealth, StandbyHealth,
 };
+/// Whether this build has futex mode (Linux): without it every connection
+/// waits in backoff mode and [`Database::file_lock_metrics`] is `None`.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let db = sqlite_hybrid::Database::open(dir.path().join("app.db"))?;
+/// let expected = if sqlite_hybrid::FUTEX_QUEUE { "futex" } else { "backoff" };
+/// assert_eq!(db.lock_metrics()?.mode, expected);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub use hybrid::FUTEX_QUEUE;
 /// Re-exported from the extension crate because this crate's API takes or
 /// returns them (`busy_policy`, `lock_metrics`): an app configures and reads
 /// the busy handler without a second dependency.

@@ -163,8 +163,9 @@ impl ConnState {
     /// let state = hybrid::register(&conn)?;
     /// conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x)")?;
     /// let snapshot = state.snapshot();
-    /// assert_eq!(snapshot.process.mode, "futex");
-    /// assert_eq!(snapshot.file.map(|f| f.scope), Some("file"));
+    /// let futex = hybrid::FUTEX_QUEUE; // Linux
+    /// assert_eq!(snapshot.process.mode, if futex { "futex" } else { "backoff" });
+    /// assert_eq!(snapshot.file.map(|f| f.scope), futex.then_some("file"));
     /// # Ok::<(), rusqlite::Error>(())
     /// ```
     pub fn snapshot(&self) -> LockSnapshot {

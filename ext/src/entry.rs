@@ -184,7 +184,9 @@ mod loadable {
     /// Keeps this library mapped for the rest of the process, whatever
     /// SQLite does with its handle (`RTLD_NOLOAD | RTLD_NODELETE` on our own
     /// file, found through `dladdr`). Best effort: without it, a failed load
-    /// is still cleaned up as far as SQLite allows.
+    /// is still cleaned up as far as SQLite allows. (Unix only: elsewhere
+    /// the library stays loaded as long as SQLite keeps it.)
+    #[cfg(unix)]
     fn pin_library() {
         // SAFETY: dladdr fills a Dl_info we own from the address of one of
         // our own functions; dlopen with RTLD_NOLOAD only looks up an
@@ -200,6 +202,9 @@ mod loadable {
             }
         }
     }
+
+    #[cfg(not(unix))]
+    fn pin_library() {}
 
     /// Registers `conn` and the auto-extension, all or nothing.
     fn init(conn: &Connection, pz_err_msg: *mut *mut c_char) -> c_int {

@@ -55,6 +55,26 @@ pub use stats::LockStats;
 #[cfg(feature = "loadable")]
 pub use entry::sqlite3_hybrid_init;
 
+/// Whether this build has the futex queue (futex mode: the shared side file
+/// `<db>-hybrid` and its write-lock hand-off): `true` on Linux, `false` on
+/// every other target, and on Linux built with `RUSTFLAGS="--cfg
+/// hybrid_portable"` (which exists to test that path). Without it every
+/// connection runs in backoff mode (the jittered busy handler), no side file
+/// is made or read, and `hybrid_lock_metrics` has `process` rows only.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let conn = rusqlite::Connection::open(dir.path().join("app.db"))?;
+/// hybrid::register(&conn)?;
+/// conn.pragma_update(None, "journal_mode", "wal")?;
+/// conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")?;
+/// let mode: String =
+///     conn.query_row("SELECT mode FROM hybrid_lock_metrics WHERE scope = 'process'", [], |r| r.get(0))?;
+/// assert_eq!(mode, if hybrid::FUTEX_QUEUE { "futex" } else { "backoff" });
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub const FUTEX_QUEUE: bool = cfg!(hybrid_futex);
+
 /// Registers the extension on `conn`: adds the SQL functions and tables,
 /// installs the hybrid busy handler (replacing any busy handler or
 /// `busy_timeout`) and wraps the main file so the write lock can be handed

@@ -63,16 +63,22 @@ fn a_slow_wait_is_reported_while_it_lasts_and_when_it_ends() {
     );
     let still = &reports[0];
     assert!(still.waited >= Duration::from_millis(100), "{still}");
-    assert_eq!(
-        still.holder.map(|(pid, _)| pid),
-        Some(std::process::id()),
-        "{still}"
-    );
-    assert!(
-        still.holder.unwrap().1 >= Duration::from_millis(90),
-        "{still}"
-    );
-    assert_eq!(still.queued, 1, "{still}");
+    if hybrid::FUTEX_QUEUE {
+        // The holder and the queue are read from the side file.
+        assert_eq!(
+            still.holder.map(|(pid, _)| pid),
+            Some(std::process::id()),
+            "{still}"
+        );
+        assert!(
+            still.holder.unwrap().1 >= Duration::from_millis(90),
+            "{still}"
+        );
+        assert_eq!(still.queued, 1, "{still}");
+    } else {
+        // Backoff mode (no side file in this build): nobody to name.
+        assert_eq!((still.holder, still.queued), (None, 0), "{still}");
+    }
     assert!(
         reports[1].waited >= Duration::from_millis(390),
         "{}",

@@ -545,7 +545,12 @@ fn health_and_metrics_describe_the_engine(kind: Kind) {
         Kind::Sqlite => {
             assert_eq!(health.schemas[0].journal_mode, "wal");
             assert!(health.server.is_none());
-            assert_eq!(metrics.mode, "futex");
+            let mode = if sqlite_hybrid::FUTEX_QUEUE {
+                "futex"
+            } else {
+                "backoff"
+            };
+            assert_eq!(metrics.mode, mode);
         }
         Kind::Postgres => {
             let server = health.server.expect("the server's health");

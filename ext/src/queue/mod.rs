@@ -725,5 +725,5 @@ impl Drop for Member {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(test, hybrid_futex))]
 mod tests;

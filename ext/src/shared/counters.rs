@@ -227,7 +227,7 @@ impl SideFile {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(test, hybrid_futex))]
 mod tests {
     use std::path::Path;
 

@@ -24,9 +24,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsFd;
-#[cfg(test)]
-use std::os::fd::BorrowedFd;
+#[cfg(hybrid_futex)]
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,10 +33,12 @@ use std::sync::{Arc, LazyLock, Weak};
 use parking_lot::Mutex;
 
 use crate::clock::now_ns;
+#[cfg(hybrid_futex)]
+use crate::shared::layout::LOCK_DMS;
 use crate::shared::layout::{
-    EPOCH_MASK, FILE_BYTES, HEADER_OFFSET, Header, LAYOUT_VERSION, LOCK_DMS, LOCK_PARTICIPANTS,
-    MAGIC, MAX_PARTICIPANTS, MAX_SLOTS, PARTICIPANTS_OFFSET, Participant, SLOTS_OFFSET,
-    STATS_OFFSET, SharedStats, Slot, epoch_of, participant_of,
+    EPOCH_MASK, FILE_BYTES, HEADER_OFFSET, Header, LAYOUT_VERSION, LOCK_PARTICIPANTS, MAGIC,
+    MAX_PARTICIPANTS, MAX_SLOTS, PARTICIPANTS_OFFSET, Participant, SLOTS_OFFSET, STATS_OFFSET,
+    SharedStats, Slot, epoch_of, participant_of,
 };
 use crate::shared::observe::Observations;
 use crate::shared::sys::{LockKind, byte_is_locked, try_lock_byte};
@@ -145,7 +145,7 @@ impl SideFile {
         Self::existing(db_path).or_else(|| Self::open_for_reading(db_path).ok())
     }
 
-    #[cfg(target_os = "linux")]
+    #[cfg(hybrid_futex)]
     pub(crate) fn map(db_path: &Path, path: PathBuf, to_queue: bool) -> io::Result<SideFile> {
         let db = std::fs::metadata(db_path)?;
         let (file, writable) = open_file(&path, &db, to_queue)?;
@@ -162,7 +162,7 @@ impl SideFile {
         if writable {
             adopt_owner_and_mode(&file, &meta, &db);
         }
-        let alone = writable && try_lock_byte(file.as_fd(), LockKind::Write, LOCK_DMS)?;
+        let alone = writable && try_lock_byte(&file, LockKind::Write, LOCK_DMS)?;
         if alone {
             // Nobody else has it open: make room (blocks included) first.
             allocate(&file, &path)?;
@@ -190,7 +190,7 @@ impl SideFile {
         if alone {
             side.initialise();
             // Downgrade to the shared lock every user holds (atomic).
-            if !try_lock_byte(side.file.as_fd(), LockKind::Read, LOCK_DMS)? {
+            if !try_lock_byte(&side.file, LockKind::Read, LOCK_DMS)? {
                 return Err(refused(&side.path, "lost the dead-man lock"));
             }
         } else if !side.header().is_valid() {
@@ -202,11 +202,14 @@ impl SideFile {
         Ok(side)
     }
 
-    #[cfg(not(target_os = "linux"))]
+    /// Without `hybrid_futex` (every target but Linux, or `--cfg
+    /// hybrid_portable`): never maps, never touches the path; the
+    /// connection stays in backoff mode.
+    #[cfg(not(hybrid_futex))]
     pub(crate) fn map(_db_path: &Path, _path: PathBuf, _to_queue: bool) -> io::Result<SideFile> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "the side file needs Linux futexes",
+            "the side file needs Linux futexes and OFD locks",
         ))
     }
 
@@ -237,7 +240,7 @@ impl SideFile {
     fn join(&mut self) -> io::Result<()> {
         for index in 0..MAX_PARTICIPANTS {
             let byte = LOCK_PARTICIPANTS + index as u64;
-            if !try_lock_byte(self.file.as_fd(), LockKind::Write, byte)? {
+            if !try_lock_byte(&self.file, LockKind::Write, byte)? {
                 continue;
             }
             self.reclaim_participant(index);
@@ -379,7 +382,7 @@ impl SideFile {
         let byte = LOCK_PARTICIPANTS + index as u64;
         // An error (never seen) counts as alive: a wrong "dead" could hand
         // a live waiter's turn away; a wrong "alive" costs a short delay.
-        let alive = byte_is_locked(self.file.as_fd(), byte).unwrap_or(true);
+        let alive = byte_is_locked(&self.file, byte).unwrap_or(true);
         *probe = Probe {
             epoch,
             alive,
@@ -393,17 +396,11 @@ impl SideFile {
     pub(crate) fn seen(&self) -> parking_lot::MutexGuard<'_, Observations> {
         self.seen.lock()
     }
-
-    /// The descriptor (for lock probes in tests).
-    #[cfg(test)]
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
-    }
 }
 
 impl Drop for SideFile {
     fn drop(&mut self) {
-        #[cfg(target_os = "linux")]
+        #[cfg(hybrid_futex)]
         // SAFETY: unmapping exactly the mapping made in `map`; no reference
         // into it outlives `self` (all borrow `self`). Closing `file` then
         // releases our locks.
@@ -422,7 +419,7 @@ fn refused(path: &Path, why: &str) -> io::Error {
 
 /// Opens (creating if asked and allowed) without following a symlink.
 /// Returns the file and whether it is writable.
-#[cfg(target_os = "linux")]
+#[cfg(hybrid_futex)]
 fn open_file(
     path: &Path,
     db: &std::fs::Metadata,
@@ -470,7 +467,7 @@ fn open_file(
 /// have narrowed them at creation) and, as root, its owner, as SQLite does
 /// for `-wal` and `-shm`. Best effort: a file we cannot change still works
 /// for us; others may then fall back to backoff mode.
-#[cfg(target_os = "linux")]
+#[cfg(hybrid_futex)]
 fn adopt_owner_and_mode(file: &std::fs::File, meta: &std::fs::Metadata, db: &std::fs::Metadata) {
     let wanted = db.mode() & 0o777;
     if meta.len() == 0 && meta.mode() & 0o777 != wanted {
@@ -486,7 +483,7 @@ fn adopt_owner_and_mode(file: &std::fs::File, meta: &std::fs::Metadata, db: &std
 
 /// Makes the file FILE_BYTES long with every block allocated, without
 /// changing existing bytes. A failure (disk full) means: do not map.
-#[cfg(target_os = "linux")]
+#[cfg(hybrid_futex)]
 fn allocate(file: &std::fs::File, path: &Path) -> io::Result<()> {
     use rustix::fs::{FallocateFlags, fallocate};
     match fallocate(file, FallocateFlags::empty(), 0, FILE_BYTES as u64) {
@@ -513,10 +510,10 @@ fn allocate(file: &std::fs::File, path: &Path) -> io::Result<()> {
 
 /// Takes the dead-man lock shared, waiting briefly for a process that is
 /// initialising the file.
-#[cfg(target_os = "linux")]
+#[cfg(hybrid_futex)]
 fn take_shared_dms(file: &std::fs::File, path: &Path) -> io::Result<()> {
     for _ in 0..DMS_ATTEMPTS {
-        if try_lock_byte(file.as_fd(), LockKind::Read, LOCK_DMS)? {
+        if try_lock_byte(file, LockKind::Read, LOCK_DMS)? {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
@@ -524,7 +521,7 @@ fn take_shared_dms(file: &std::fs::File, path: &Path) -> io::Result<()> {
     Err(refused(path, "another process keeps it locked"))
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(hybrid_futex)]
 fn map_bytes(file: &std::fs::File, writable: bool) -> io::Result<*mut u8> {
     use rustix::mm::{MapFlags, ProtFlags, mmap};
     let prot = if writable {
@@ -560,7 +557,7 @@ fn zero_atomics(base: *mut u8, from: usize, to: usize) {
     }
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(all(test, hybrid_futex))]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
@@ -699,6 +696,23 @@ mod tests {
         let reader = SideFile::map(Path::new(&db), path_for(&db), false).unwrap();
         assert!(!reader.can_queue());
         assert_eq!(reader.stats().acquired.load(Ordering::Acquire), 3);
-        assert!(!byte_is_locked(reader.fd(), LOCK_PARTICIPANTS).unwrap());
+        assert!(!byte_is_locked(&reader.file, LOCK_PARTICIPANTS).unwrap());
+    }
+}
+
+#[cfg(all(test, not(hybrid_futex)))]
+mod portable_tests {
+    use super::*;
+
+    #[test]
+    fn without_futexes_no_side_file_is_made_or_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("p.db");
+        std::fs::write(&db, b"").unwrap();
+        let db = db.to_str().unwrap();
+        let err = SideFile::open(db).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
+        assert!(!path_for(db).exists(), "nothing created");
+        assert!(SideFile::observe(db).is_none());
     }
 }

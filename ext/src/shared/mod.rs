@@ -9,16 +9,22 @@
 //!   owners, full disks, the dead-man and participant locks).
 //! * `counters.rs`: the file-wide statistics.
 //! * `observe.rs`: what this process has seen of it, by its own clock.
-//! * `sys.rs`: futexes and byte-range locks, every result checked.
+//! * `sys/`: futexes and byte-range locks, every result checked (Linux),
+//!   or the portable stand-ins that report `Unsupported`.
 //!
-//! Linux only; elsewhere [`SideFile::open`] reports `Unsupported` and the
-//! extension keeps to backoff mode.
+//! Linux only (`cfg(hybrid_futex)`, decided in `ext/build.rs`); elsewhere,
+//! and on Linux built with `--cfg hybrid_portable`, [`SideFile::open`]
+//! reports `Unsupported` and the extension keeps to backoff mode.
 
 pub(crate) mod counters;
+// Without the futex queue the side file is never mapped (`SideFile::map`
+// reports `Unsupported` before any of it runs): the format and the mapping
+// code stay compiled and type-checked on every target, but are not reached.
+#[cfg_attr(not(hybrid_futex), allow(dead_code))]
 pub(crate) mod layout;
+#[cfg_attr(not(hybrid_futex), allow(dead_code))]
 pub(crate) mod mapping;
 pub(crate) mod observe;
-#[cfg(target_os = "linux")]
 pub(crate) mod sys;
 
 pub(crate) use mapping::SideFile;

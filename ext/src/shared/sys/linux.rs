@@ -1,6 +1,6 @@
-//! The operating-system calls the side file needs, each with its result
-//! checked: futex wait and wake on a shared word, and open-file-description
-//! (OFD) byte-range locks.
+//! The Linux side of [`super`]: the operating-system calls the side file
+//! needs, each with its result checked: futex wait and wake on a shared
+//! word, and open-file-description (OFD) byte-range locks.
 //!
 //! Why OFD locks (`F_OFD_SETLK`) and not classic `fcntl` locks: classic
 //! locks belong to the process and vanish when *any* descriptor of the file
@@ -9,10 +9,13 @@
 //! process. Like all kernel locks they work across PID namespaces, so they
 //! tell a live process from a dead one without comparing PIDs.
 
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
+
+use super::LockKind;
 
 /// Sleeps while `*word == expected`, until woken or `timeout` passes.
 /// Returns at once if the word already differs. Errors other than a
@@ -39,13 +42,6 @@ pub(crate) fn futex_wake(word: &AtomicU32, count: u32) -> io::Result<usize> {
     futex::wake(word, futex::Flags::empty(), count).map_err(Into::into)
 }
 
-/// The kind of a byte-range lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LockKind {
-    Read,
-    Write,
-}
-
 impl LockKind {
     fn raw(self) -> libc::c_short {
         (match self {
@@ -69,10 +65,10 @@ fn flock_at(kind: LockKind, byte: u64) -> libc::flock {
 /// Sets an OFD lock on one byte without waiting (a write lock held by the
 /// same description is converted, atomically). `Ok(false)`
 /// when another holder's lock conflicts.
-pub(crate) fn try_lock_byte(fd: BorrowedFd<'_>, kind: LockKind, byte: u64) -> io::Result<bool> {
+pub(crate) fn try_lock_byte(file: &File, kind: LockKind, byte: u64) -> io::Result<bool> {
     let lock = flock_at(kind, byte);
     // SAFETY: F_OFD_SETLK reads one flock struct we own, on an open fd.
-    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
     if rc == 0 {
         return Ok(true);
     }
@@ -85,10 +81,10 @@ pub(crate) fn try_lock_byte(fd: BorrowedFd<'_>, kind: LockKind, byte: u64) -> io
 
 /// Whether some other open file description holds a lock on `byte` that
 /// conflicts with a write lock (so: a live participant holds it).
-pub(crate) fn byte_is_locked(fd: BorrowedFd<'_>, byte: u64) -> io::Result<bool> {
+pub(crate) fn byte_is_locked(file: &File, byte: u64) -> io::Result<bool> {
     let mut lock = flock_at(LockKind::Write, byte);
     // SAFETY: F_OFD_GETLK reads and rewrites one flock struct we own.
-    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -98,7 +94,6 @@ pub(crate) fn byte_is_locked(fd: BorrowedFd<'_>, byte: u64) -> io::Result<bool> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
     use std::time::Instant;
@@ -143,14 +138,14 @@ mod tests {
             .write(true)
             .open(&path)
             .unwrap();
-        assert!(try_lock_byte(a.as_fd(), LockKind::Write, 1 << 30).unwrap());
-        assert!(!try_lock_byte(b.as_fd(), LockKind::Write, 1 << 30).unwrap());
-        assert!(!try_lock_byte(b.as_fd(), LockKind::Read, 1 << 30).unwrap());
-        assert!(byte_is_locked(b.as_fd(), 1 << 30).unwrap());
-        assert!(!byte_is_locked(a.as_fd(), 1 << 30).unwrap(), "own lock");
-        assert!(!byte_is_locked(b.as_fd(), (1 << 30) + 1).unwrap());
+        assert!(try_lock_byte(&a, LockKind::Write, 1 << 30).unwrap());
+        assert!(!try_lock_byte(&b, LockKind::Write, 1 << 30).unwrap());
+        assert!(!try_lock_byte(&b, LockKind::Read, 1 << 30).unwrap());
+        assert!(byte_is_locked(&b, 1 << 30).unwrap());
+        assert!(!byte_is_locked(&a, 1 << 30).unwrap(), "own lock");
+        assert!(!byte_is_locked(&b, (1 << 30) + 1).unwrap());
         drop(a); // closing the description drops its locks
-        assert!(!byte_is_locked(b.as_fd(), 1 << 30).unwrap());
-        assert!(try_lock_byte(b.as_fd(), LockKind::Write, 1 << 30).unwrap());
+        assert!(!byte_is_locked(&b, 1 << 30).unwrap());
+        assert!(try_lock_byte(&b, LockKind::Write, 1 << 30).unwrap());
     }
 }
