@@ -16,34 +16,7 @@ say() { echo "with-postgres: $*" >&2; }
 die() { say "$*"; exit 1; }
 [ $# -gt 0 ] || die "usage: $0 COMMAND [ARG...]"
 
-find_bin() {
-    local dir
-    for dir in /usr/lib/postgresql/*/bin; do
-        [ -x "$dir/pg_ctl" ] && { echo "$dir"; return 0; }
-    done
-    return 1
-}
-
-if ! BIN=$(find_bin); then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing Debian's postgresql (server binaries only are used)"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq postgresql >/dev/null
-        BIN=$(find_bin) || die "postgresql installed but no pg_ctl under /usr/lib/postgresql/*/bin"
-    else
-        die "PostgreSQL server binaries not found; install them with: sudo apt-get install postgresql"
-    fi
-fi
-
-run_as=()
-owner=$(id -un)
-if [ "$(id -u)" = 0 ]; then
-    id postgres >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
-        --home-dir /nonexistent --shell /usr/sbin/nologin postgres
-    run_as=(runuser -u postgres --)
-    owner=postgres
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/server-lib.sh"
 
 DIR=$(mktemp -d /tmp/hybrid-pg.XXXXXX)
 chmod 755 "$DIR"

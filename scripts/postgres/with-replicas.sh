@@ -51,34 +51,7 @@ done
 standby_nodes=(standby)
 for k in $(seq 2 "$STANDBYS"); do standby_nodes+=("standby$k"); done
 
-find_bin() {
-    local dir
-    for dir in /usr/lib/postgresql/*/bin; do
-        [ -x "$dir/pg_ctl" ] && [ -x "$dir/pg_basebackup" ] && { echo "$dir"; return 0; }
-    done
-    return 1
-}
-
-if ! BIN=$(find_bin); then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing Debian's postgresql (server binaries only are used)"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq postgresql >/dev/null
-        BIN=$(find_bin) || die "postgresql installed but no pg_ctl under /usr/lib/postgresql/*/bin"
-    else
-        die "PostgreSQL server binaries not found; install them with: sudo apt-get install postgresql"
-    fi
-fi
-
-run_as=()
-owner=$(id -un)
-if [ "$(id -u)" = 0 ]; then
-    id postgres >/dev/null 2>&1 || useradd --system --user-group --no-create-home \
-        --home-dir /nonexistent --shell /usr/sbin/nologin postgres
-    run_as=(runuser -u postgres --)
-    owner=postgres
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/server-lib.sh"
 
 DIR=$(mktemp -d /tmp/hybrid-pgr.XXXXXX)
 chmod 755 "$DIR"

@@ -42,6 +42,18 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Every page under `docs/` (`*.md`), sorted: the documentation the README
+/// links to, whose examples and links the tests check.
+pub fn docs_pages() -> Vec<PathBuf> {
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("docs"))
+        .expect("docs/ exists")
+        .map(|entry| entry.expect("docs/ entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
+        .collect();
+    pages.sort();
+    pages
+}
+
 /// The loadable extension under test; panics with the fix if it is missing.
 pub fn ext_path() -> PathBuf {
     let path = std::env::var_os("HYBRID_EXT")

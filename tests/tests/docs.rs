@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use sqlite_hybrid_tests::{ext_load_arg, run_shell, workspace_root};
+use sqlite_hybrid_tests::{docs_pages, ext_load_arg, run_shell, workspace_root};
 
 /// The names a query prints, one per line, in the sqlite3 shell with the
 /// extension loaded.
@@ -92,12 +92,7 @@ fn every_registered_table_is_in_the_sql_reference() {
 /// The documents whose relative links must resolve.
 fn linked_documents() -> Vec<PathBuf> {
     let root = workspace_root();
-    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
-        .expect("docs/ exists")
-        .map(|entry| entry.expect("docs/ entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
-        .collect();
-    docs.sort();
+    let mut docs = docs_pages();
     for file in ["README.md", "python/README.md", "CHANGELOG.md"] {
         docs.push(root.join(file));
     }

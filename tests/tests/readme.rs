@@ -7,18 +7,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use sqlite_hybrid_tests::{ext_load_arg, python, run_shell, workspace_root};
+use sqlite_hybrid_tests::{docs_pages, ext_load_arg, python, run_shell, workspace_root};
 
 /// README.md and every page under docs/, in a stable order.
 fn documents() -> Vec<PathBuf> {
-    let root = workspace_root();
-    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
-        .expect("docs/ exists")
-        .map(|entry| entry.expect("docs/ entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
-        .collect();
-    docs.sort();
-    docs.insert(0, root.join("README.md"));
+    let mut docs = docs_pages();
+    docs.insert(0, workspace_root().join("README.md"));
     docs
 }
 
