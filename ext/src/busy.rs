@@ -69,8 +69,26 @@ impl Drop for ConnState {
     }
 }
 
+/// Installs `state`'s busy handler on `conn`, replacing any other handler
+/// or busy timeout, and records that it is in force.
+pub(crate) fn install_handler(conn: &Connection, state: &ConnState) -> rusqlite::Result<()> {
+    install(conn, state.id)?;
+    state.tracker.set_handler_installed(true);
+    Ok(())
+}
+
+/// Removes whatever busy handler `conn` has (ours included).
+#[cfg_attr(not(feature = "loadable"), allow(dead_code))]
+pub(crate) fn remove_handler(conn: &Connection) {
+    // SAFETY: removing the busy handler of our own open connection; a null
+    // callback is SQLite's documented way to have none.
+    unsafe {
+        ffi::sqlite3_busy_handler(conn.handle(), None, std::ptr::null_mut());
+    }
+}
+
 /// Installs the busy callback for the state with `id` on `conn`.
-pub(crate) fn install(conn: &Connection, id: u64) -> rusqlite::Result<()> {
+fn install(conn: &Connection, id: u64) -> rusqlite::Result<()> {
     // SAFETY: `conn.handle()` is an open connection; SQLite copies the
     // callback and the user-data value, which is an id, not a pointer, so
     // it never dangles.

@@ -1,6 +1,8 @@
 //! [`ConnState`]: everything the extension keeps for one connection (its
-//! policy, wait tracker, queue membership and jitter source), and how it is
-//! installed on and removed from the connection.
+//! policy, wait tracker, queue membership and jitter source). It knows
+//! neither the busy handler nor the SQL surface: `busy.rs` installs the
+//! handler, `sql/` registers the functions and tables that own the state,
+//! and the crate root (`lib.rs`) puts them together and takes them off.
 //!
 //! # Lifetime
 //! SQLite 3.40 has no `sqlite3_set_clientdata`, and rusqlite 0.39's (the
@@ -110,7 +112,7 @@ impl ConnState {
 
     /// Replaces this connection's policy. Errors (and changes nothing) if
     /// the policy breaks a rule of [`BackoffPolicy::validated`].
-    pub fn set_policy(&self, policy: BackoffPolicy) -> Result<(), crate::PolicyError> {
+    pub fn set_policy(&self, policy: BackoffPolicy) -> Result<(), crate::policy::PolicyError> {
         let policy = policy.validated()?;
         *self.policy.lock() = policy;
         self.settings.set_handoff_ms(policy.handoff_ms);
@@ -173,14 +175,6 @@ impl ConnState {
             process: process_row(self.tracker.file(), Some(policy_to_json(&self.policy()))),
             file: SideFile::existing(&self.db_path).map(|side| file_row(&self.db_path, &side)),
         }
-    }
-
-    /// Installs this state's busy handler on `conn`, replacing any other
-    /// handler or busy timeout.
-    pub(crate) fn install_handler(&self, conn: &Connection) -> rusqlite::Result<()> {
-        crate::busy::install(conn, self.id)?;
-        self.tracker.set_handler_installed(true);
-        Ok(())
     }
 
     /// Re-reads `PRAGMA busy_timeout`: a positive value means SQLite's
@@ -392,21 +386,6 @@ impl LockHooks {
             ImmediateBusy::Snapshot => SlowWaitEvent::BusySnapshot,
         };
         slow_waits::report_immediate(&self.db_path, event);
-    }
-}
-
-/// Removes everything [`crate::register`] put on `conn`: the functions
-/// and tables, the busy handler and the file hooks. Used when loading the
-/// extension fails half-way, so nothing is left that points into a library
-/// SQLite is about to unload.
-#[cfg_attr(not(feature = "loadable"), allow(dead_code))]
-pub(crate) fn unregister(conn: &Connection) {
-    crate::sql::unregister_all(conn);
-    // SAFETY: removing the busy handler of our own open connection; a null
-    // callback is SQLite's documented way to have none.
-    unsafe {
-        ffi::sqlite3_busy_handler(conn.handle(), None, std::ptr::null_mut());
-        file_hooks::detach(conn.handle());
     }
 }
 

@@ -220,7 +220,7 @@ mod loadable {
         }
         if let Err(error) = crate::register_auto_extension() {
             cancel_auto_extension();
-            crate::conn::unregister(conn);
+            crate::unregister(conn);
             return failed(&error);
         }
         ffi::SQLITE_OK_LOAD_PERMANENTLY

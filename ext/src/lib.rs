@@ -99,7 +99,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<Arc<ConnState>> {
         // Registered already (the auto-extension at open, then an explicit
         // load): keep the policy, statistics and queue place; only put the
         // handler back, as loading promises.
-        state.install_handler(conn)?;
+        busy::install_handler(conn, &state)?;
         return Ok(state);
     }
     let path = match conn.path() {
@@ -111,7 +111,7 @@ pub fn register(conn: &Connection) -> rusqlite::Result<Arc<ConnState>> {
     // Functions and tables first: they own the state, and they are the only
     // step that can fail. The handler and the file hooks go in last.
     sql::register_all(conn, &state)?;
-    if let Err(error) = state.install_handler(conn) {
+    if let Err(error) = busy::install_handler(conn, &state) {
         // Never seen (SQLite refuses only a closed connection), but nothing
         // may stay registered on an error.
         sql::unregister_all(conn);
@@ -122,6 +122,19 @@ pub fn register(conn: &Connection) -> rusqlite::Result<Arc<ConnState>> {
         conn::remember(conn, &state);
     }
     Ok(state)
+}
+
+/// Removes everything [`register`] put on `conn`: the functions and
+/// tables, the busy handler and the file hooks. Used when loading the
+/// extension fails half-way, so nothing is left that points into a library
+/// SQLite is about to unload.
+#[cfg_attr(not(feature = "loadable"), allow(dead_code))]
+pub(crate) fn unregister(conn: &Connection) {
+    sql::unregister_all(conn);
+    busy::remove_handler(conn);
+    // SAFETY: `conn` is the open connection being loaded, used by this
+    // thread, with no statement running (`detach`'s contract).
+    unsafe { file_hooks::detach(conn.handle()) };
 }
 
 /// Makes SQLite call [`register`] on every connection this process opens

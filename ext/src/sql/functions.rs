@@ -15,6 +15,7 @@ use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, Error, Result};
 
+use crate::busy;
 use crate::conn::ConnState;
 use crate::policy::backoff::{BackoffPolicy, MAX_TIMEOUT_MS};
 use crate::policy::json::{apply_json_patch, policy_to_json};
@@ -214,7 +215,8 @@ fn busy_timeout(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
     state
         .set_policy(policy)
         .map_err(|e| user_error(format!("hybrid_busy_timeout: {e}")))?;
-    state.install_handler(&*connection(ctx)?)?;
+    let conn = connection(ctx)?;
+    busy::install_handler(&conn, state)?;
     Ok(if ms.fract() == 0.0 {
         Value::Integer(ms as i64)
     } else {
