@@ -44,7 +44,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::queue::MAX_HANDOFF_MS;
+use crate::shared::layout::MAX_HANDOFF_MS;
 
 /// How the exponential delay is randomised. See the module docs for formulas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

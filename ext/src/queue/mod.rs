@@ -53,13 +53,9 @@ use parking_lot::Mutex;
 use crate::budget::CpuBudget;
 use crate::clock::{now_ns, now_unix_ms};
 use crate::shared::SideFile;
-use crate::shared::layout::MAX_SLOTS;
+use crate::shared::layout::{MAX_HANDOFF_MS, MAX_HANDOFF_NS, MAX_SLOTS};
 use crate::shared::sys::{futex_wait, futex_wake};
 
-/// Largest tenure any connection may claim, in ms (and the largest
-/// `handoff_ms` a policy accepts).
-pub(crate) const MAX_HANDOFF_MS: f64 = 5.0;
-pub(crate) const MAX_HANDOFF_NS: u64 = 5_000_000;
 /// Longest time a connection that is not queued gives the head to take a
 /// free lock before trying it itself.
 pub(crate) const YIELD_MAX: Duration = Duration::from_millis(2);

@@ -6,9 +6,9 @@
 use std::sync::atomic::Ordering;
 
 use crate::clock::{now_ns, now_unix_ms};
-use crate::queue::{FileQueue, MAX_HANDOFF_NS, Priority, STALE_NS};
+use crate::queue::{FileQueue, Priority, STALE_NS};
 use crate::shared::SideFile;
-use crate::shared::layout::participant_of;
+use crate::shared::layout::{MAX_HANDOFF_NS, participant_of};
 
 /// One waiter.
 #[derive(Debug, Clone, PartialEq)]

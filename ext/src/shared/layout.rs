@@ -24,7 +24,25 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::stats::histogram::BUCKETS;
+/// The wait-time histogram's buckets (HdrHistogram's log-linear layout,
+/// `stats/histogram.rs`): the file holds one copy that every process adds
+/// to, so every process must bucket alike. Sub-buckets per power of two: 8
+/// gives at most 12.5% bucket width, so a percentile reported at the bucket
+/// midpoint is within ~6.25% of the truth.
+pub(crate) const SUB_BUCKETS: u64 = 8;
+/// log2 of [`SUB_BUCKETS`].
+pub(crate) const SUB_BITS: u32 = 3;
+/// Values at or above 2^41 µs (~25 days) share the last bucket.
+pub(crate) const MAX_MSB: u32 = 40;
+/// Number of buckets (also the length of the side file's copy).
+pub(crate) const BUCKETS: usize = ((MAX_MSB - SUB_BITS + 2) as usize) * SUB_BUCKETS as usize;
+
+/// Largest tenure any connection may claim, in ms (and the largest
+/// `handoff_ms` a policy accepts): waiters cap the header's `tenure_ns` at
+/// this, whatever a peer wrote.
+pub(crate) const MAX_HANDOFF_MS: f64 = 5.0;
+/// [`MAX_HANDOFF_MS`] in ns.
+pub(crate) const MAX_HANDOFF_NS: u64 = 5_000_000;
 
 /// Layout version, at offset 0 in every version of the file (version 3,
 /// the first release, had no magic and no participant records).
@@ -120,7 +138,7 @@ pub(crate) struct SharedStats {
     pub(crate) reset_unix_ms: AtomicU64,
     pub(crate) histogram: [AtomicU64; BUCKETS],
     /// Waits that queued and were handed the lock (see `handoffs` in
-    /// [`crate::LockStats`]).
+    /// `LockStats`).
     pub(crate) handoffs: AtomicU64,
     /// Added after layout 4 was released, in bytes that layout leaves zero
     /// and never reads or writes: a process of the previous release ignores

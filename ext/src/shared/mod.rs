@@ -7,7 +7,8 @@
 //! * `layout.rs`: the bytes (every field an atomic; nothing in it trusted).
 //! * `mapping.rs`: opening and mapping it safely (symlinks, sizes, modes,
 //!   owners, full disks, the dead-man and participant locks).
-//! * `counters.rs`: the file-wide statistics.
+//! * `counters.rs`: the rules of the file-wide statistics (reset, reclaim;
+//!   `stats/side_file.rs` records into them and reads them).
 //! * `observe.rs`: what this process has seen of it, by its own clock.
 //! * `sys/`: futexes and byte-range locks, every result checked (Linux),
 //!   or the portable stand-ins that report `Unsupported`.

@@ -2,14 +2,10 @@
 //! buckets (HdrHistogram's layout with 3 significant bits), so memory per
 //! file is constant whatever the number of waits.
 
-/// Sub-buckets per power of two: 8 gives at most 12.5% bucket width, so a
-/// percentile reported at the bucket midpoint is within ~6.25% of the truth.
-const SUB_BUCKETS: u64 = 8;
-const SUB_BITS: u32 = 3;
-/// Values at or above 2^41 µs (~25 days) share the last bucket.
-const MAX_MSB: u32 = 40;
-/// Number of buckets (also the length of the side file's copy).
-pub(crate) const BUCKETS: usize = ((MAX_MSB - SUB_BITS + 2) as usize) * SUB_BUCKETS as usize;
+// The bucket scheme is part of the side file's format (every process must
+// bucket alike), so its numbers live in `shared/layout.rs`.
+pub(crate) use crate::shared::layout::BUCKETS;
+use crate::shared::layout::{MAX_MSB, SUB_BITS, SUB_BUCKETS};
 
 /// Bucket counts of microsecond values. Values below 8 µs are exact.
 #[derive(Clone, PartialEq)]

@@ -4,12 +4,14 @@
 //! * `tracker.rs`: one connection's wait, from first busy call to its end.
 //! * `registry.rs`: this process's counters per file and its event ring.
 //! * `histogram.rs`: the fixed-memory wait-time histogram.
+//! * `side_file.rs`: the file-wide counters, recorded in the side file.
 //! * `lock_stats.rs`: [`LockStats`], whose derived fields are computed in
 //!   one place for the process row, the file row and the Rust client.
 
 pub(crate) mod histogram;
 pub(crate) mod lock_stats;
 pub(crate) mod registry;
+mod side_file;
 pub(crate) mod tracker;
 
 pub use lock_stats::LockStats;
