@@ -21,7 +21,7 @@
 //! file the queue and the file-wide statistics live in; `entry.rs` is how
 //! SQLite gets in.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 
 /// The crate README's example, compiled and run as a doctest.
 #[doc = include_str!("../README.md")]

@@ -126,8 +126,8 @@ pub(crate) fn unregister(conn: &Connection, name: &str) {
 }
 
 unsafe extern "C" fn destroy_aux(aux: *mut c_void) {
-    // SAFETY: `aux` came from Box::into_raw in `register`.
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `aux` came from Box::into_raw in `register`.
         drop(unsafe { Box::from_raw(aux as *mut Aux) })
     }));
 }
@@ -204,8 +204,8 @@ unsafe extern "C" fn x_best_index(
 }
 
 unsafe extern "C" fn x_disconnect(vtab: *mut ffi::sqlite3_vtab) -> c_int {
-    // SAFETY: made by Box::into_raw in x_connect.
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: made by Box::into_raw in x_connect.
         drop(unsafe { Box::from_raw(vtab as *mut Table) })
     }));
     ffi::SQLITE_OK
@@ -230,8 +230,8 @@ unsafe extern "C" fn x_open(
 }
 
 unsafe extern "C" fn x_close(cursor: *mut ffi::sqlite3_vtab_cursor) -> c_int {
-    // SAFETY: made by Box::into_raw in x_open.
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: made by Box::into_raw in x_open.
         drop(unsafe { Box::from_raw(cursor as *mut Cursor) })
     }));
     ffi::SQLITE_OK
