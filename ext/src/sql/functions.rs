@@ -39,6 +39,9 @@ pub(crate) struct FunctionSpec {
     pub(crate) arities: &'static [i32],
     /// Deterministic and harmless (no state read or changed).
     pure: bool,
+    /// Re-read whether our busy handler is still in force
+    /// ([`ConnState::refresh`]) before the body runs.
+    refresh: bool,
     body: Body,
 }
 
@@ -48,65 +51,71 @@ pub(crate) const FUNCTIONS: &[FunctionSpec] = &[
         name: "hybrid_version",
         arities: &[0],
         pure: true,
+        refresh: false,
         body: |_, _| Ok(Value::Text(VERSION.into())),
     },
     FunctionSpec {
         name: "hybrid_busy_config",
         arities: &[0, 1],
         pure: false,
+        refresh: true,
         body: busy_config,
     },
     FunctionSpec {
         name: "hybrid_busy_timeout",
         arities: &[1],
         pure: false,
+        refresh: false,
         body: busy_timeout,
     },
     FunctionSpec {
         name: "hybrid_lock_metrics_reset",
         arities: &[0, 1],
         pure: false,
+        refresh: true,
         body: metrics_reset,
     },
     FunctionSpec {
         name: "hybrid_priority",
         arities: &[0, 1],
         pure: false,
+        refresh: true,
         body: priority,
     },
     FunctionSpec {
         name: "hybrid_lock_events_capacity",
         arities: &[0, 1],
         pure: false,
+        refresh: true,
         body: events_capacity,
     },
     FunctionSpec {
         name: "hybrid_log_waits",
         arities: &[0, 1],
         pure: false,
+        refresh: true,
         body: log_waits,
     },
     FunctionSpec {
         name: "hybrid_health_check",
         arities: &[0, 1],
         pure: false,
+        refresh: true,
         body: health_check,
     },
     FunctionSpec {
         name: "hybrid_note_retry",
         arities: &[0],
         pure: false,
+        refresh: false,
         body: |_, state| Ok(integer(state.tracker.file().app_retry())),
     },
     FunctionSpec {
         name: "hybrid_tune",
         arities: &[0],
         pure: false,
-        body: |ctx, state| {
-            let conn = connection(ctx)?;
-            state.refresh(&conn)?;
-            tune::tune(&conn).map(Value::Text)
-        },
+        refresh: true,
+        body: |ctx, _| tune::tune(&*connection(ctx)?).map(Value::Text),
     },
 ];
 
@@ -126,9 +135,15 @@ pub(crate) fn register(
         FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DIRECTONLY
     };
     let state = Arc::clone(state);
-    let body = spec.body;
+    let (body, refresh) = (spec.body, spec.refresh);
     conn.create_scalar_function(spec.name, arity, flags, move |ctx| {
-        body(ctx, &state).map_err(keep_lock_code)
+        let call = || {
+            if refresh {
+                state.refresh(&*connection(ctx)?)?;
+            }
+            body(ctx, &state)
+        };
+        call().map_err(keep_lock_code)
     })
 }
 
@@ -171,7 +186,6 @@ fn argument<'a>(ctx: &'a Context<'_>) -> Option<ValueRef<'a>> {
 /// `hybrid_busy_config()` → the policy as JSON;
 /// `hybrid_busy_config(json)` → applies the changes, returns the new policy.
 fn busy_config(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
-    state.refresh(&*connection(ctx)?)?;
     if let Some(argument) = argument(ctx) {
         let patch = match argument {
             ValueRef::Text(t) => std::str::from_utf8(t).map_err(|_| {
@@ -225,7 +239,7 @@ fn busy_timeout(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
 }
 
 /// `hybrid_lock_metrics_reset(['process' | 'file'])`.
-fn metrics_reset(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
+fn metrics_reset(ctx: &Context<'_>, _state: &ConnState) -> Result<Value> {
     let also_file = match argument(ctx) {
         None | Some(ValueRef::Text(b"process")) => false,
         Some(ValueRef::Text(b"file")) => true,
@@ -236,7 +250,6 @@ fn metrics_reset(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
             )));
         }
     };
-    state.refresh(&*connection(ctx)?)?;
     let files = stats_registry::global().files();
     if also_file {
         for file in &files {
@@ -251,7 +264,6 @@ fn metrics_reset(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
 
 /// `hybrid_priority(['interactive' | 'background'])`.
 fn priority(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
-    state.refresh(&*connection(ctx)?)?;
     if let Some(argument) = argument(ctx) {
         let priority = match argument {
             ValueRef::Text(t) => std::str::from_utf8(t).ok().and_then(Priority::from_name),
@@ -269,8 +281,7 @@ fn priority(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
 }
 
 /// `hybrid_lock_events_capacity([n])`.
-fn events_capacity(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
-    state.refresh(&*connection(ctx)?)?;
+fn events_capacity(ctx: &Context<'_>, _state: &ConnState) -> Result<Value> {
     let registry = stats_registry::global();
     if let Some(argument) = argument(ctx) {
         let wanted = match argument {
@@ -293,8 +304,7 @@ fn events_capacity(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
 
 /// `hybrid_log_waits([ms])`: the slow-wait log's threshold (process-wide;
 /// 0: off), set when given; returns the threshold in force.
-fn log_waits(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
-    state.refresh(&*connection(ctx)?)?;
+fn log_waits(ctx: &Context<'_>, _state: &ConnState) -> Result<Value> {
     if let Some(argument) = argument(ctx) {
         let ms = match argument {
             ValueRef::Integer(n) => Some(n as f64),
@@ -316,9 +326,8 @@ fn log_waits(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
 }
 
 /// `hybrid_health_check([schema])`.
-fn health_check(ctx: &Context<'_>, state: &ConnState) -> Result<Value> {
+fn health_check(ctx: &Context<'_>, _state: &ConnState) -> Result<Value> {
     let conn = connection(ctx)?;
-    state.refresh(&conn)?;
     let schema = match argument(ctx) {
         None => None,
         Some(ValueRef::Text(t)) => Some(String::from_utf8_lossy(t).into_owned()),

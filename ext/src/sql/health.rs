@@ -62,8 +62,7 @@ fn file_size(path: &str) -> Value {
     }
 }
 
-fn rows(conn: &Connection, state: &ConnState) -> Result<Vec<Vec<Value>>> {
-    state.refresh(conn)?;
+fn rows(conn: &Connection, _state: &ConnState) -> Result<Vec<Vec<Value>>> {
     let foreign_keys: Value = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
     let busy_timeout: Value = conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?;
     let version: Value = conn.query_row("SELECT sqlite_version()", [], |r| r.get(0))?;

@@ -29,7 +29,8 @@ pub(crate) struct TableSpec {
     pub(crate) name: &'static str,
     /// `CREATE TABLE x(...)` declaring the columns (the name is ignored).
     pub(crate) schema: &'static str,
-    /// All rows, each with one value per column, for a query on `conn`.
+    /// All rows, each with one value per column, for a query on `conn`
+    /// (called after the state's handler flag is refreshed).
     pub(crate) rows: fn(&Connection, &ConnState) -> rusqlite::Result<Vec<Vec<Value>>>,
 }
 
@@ -252,6 +253,8 @@ unsafe extern "C" fn x_filter(
         // SAFETY: the table's own connection, used on its own thread during
         // this query; the wrapper does not close it on drop.
         let conn = unsafe { Connection::from_handle(table.db) }?;
+        // Every table shows our own connection's handler as it is now.
+        table.state.refresh(&conn)?;
         (table.spec.rows)(&conn, &table.state)
     }));
     match computed {
