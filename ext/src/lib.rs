@@ -15,11 +15,33 @@
 //!   `sqlite-hybrid` client crate does this for you) and keep the returned
 //!   [`ConnState`] to read and change its policy and statistics.
 //!
-//! Data flows one way: SQLite → `file_hooks.rs` (the write lock) and
-//! `busy.rs` (the busy handler) → `queue/` and `policy/` (what to do) →
-//! `stats/` (what happened) → `sql/` (the tables). `shared/` is the side
-//! file the queue and the file-wide statistics live in; `entry.rs` is how
-//! SQLite gets in.
+//! # Layers
+//! Each layer imports only those below it:
+//!
+//! ```text
+//! lib.rs, entry.rs     the composition root: register, unregister, and how
+//!                      SQLite gets in (the loadable entry point)
+//! busy.rs, sql/        the SQLite calls: the busy handler, the functions
+//!                      and tables
+//! conn.rs              one connection's state (knows neither the handler
+//!                      nor the SQL surface)
+//! policy/, queue/      the rules: what a waiting connection does; and
+//! slow_waits.rs        the slow-wait log (who holds, who waits)
+//! stats/               record what happened (the tables report it)
+//! shared/              the side file `<db>-hybrid`: its format and the
+//!                      numbers every process must agree on (a leaf)
+//! file_hooks.rs, budget.rs, clock.rs, text.rs
+//!                      leaves: the write lock's file wrapper, the CPU
+//!                      budget of a wait, clocks, strings
+//! ```
+//!
+//! Data flows the same way, from SQLite down: `file_hooks.rs` (the write
+//! lock) and `busy.rs` (the busy handler) ask `queue/` and `policy/` what
+//! to do and tell `stats/` what happened; `sql/` reads the statistics back
+//! out as tables. Two exceptions remain: `stats/` calls `slow_waits.rs`
+//! (which reads who holds and waits in `queue/`) when a wait ends, and
+//! `stats/registry.rs` and `stats/tracker.rs` import each other (a file's
+//! counters read its connections' waits in progress).
 
 #![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 
