@@ -19,47 +19,16 @@
 //! lock is held for a few field updates, never across a sleep or an SQLite
 //! call.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::clock::now_unix_ms;
 use crate::slow_waits::{self, SlowWaitEvent};
-use crate::stats::registry::{FileMetrics, FileStats, Outcome, WaitEvent};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
-    /// The handler is running (deciding or sleeping).
-    Waiting,
-    /// The handler let SQLite retry and has not been called again.
-    Retrying,
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct Episode {
-    /// The process counters' reset generation when the wait began.
-    pub(super) generation: u64,
-    /// The side file's reset generation, if the wait is counted there.
-    shared_generation: Option<u64>,
-    started: Instant,
-    pub(super) phase: Phase,
-    pub(super) retries: u32,
-    retried_at: Instant,
-    pub(super) retried_unix_ms: u64,
-    /// The slow-wait log reported this wait as still going on.
-    slow_reported: bool,
-}
-
-impl Episode {
-    /// The wait's length if it ends as acquired now (to its last retry).
-    pub(super) fn provisional_wait_us(&self) -> u64 {
-        self.retried_at
-            .saturating_duration_since(self.started)
-            .as_micros() as u64
-    }
-}
+use crate::stats::episode::{Episode, Phase};
+use crate::stats::registry::{ConnectionWaits, FileMetrics, FileStats, Outcome, WaitEvent};
 
 /// One run of busy-handler calls as SQLite counts them: from a call with
 /// count 0 (SQLite resets its count at every `sqlite3_step`) until the
@@ -117,7 +86,9 @@ impl WaitTracker {
             run: Mutex::new(None),
             handler_installed: AtomicBool::new(false),
         });
-        tracker.file.add_tracker(&tracker);
+        tracker
+            .file
+            .add_tracker(Arc::downgrade(&tracker) as Weak<dyn ConnectionWaits>);
         tracker
     }
 
@@ -321,6 +292,16 @@ impl WaitTracker {
             retries: episode.retries,
             pid: std::process::id(),
         });
+    }
+}
+
+impl ConnectionWaits for WaitTracker {
+    fn episode(&self) -> &Mutex<Option<Episode>> {
+        &self.episode
+    }
+
+    fn handler_installed(&self) -> bool {
+        WaitTracker::handler_installed(self)
     }
 }
 
