@@ -38,10 +38,9 @@
 //! Data flows the same way, from SQLite down: `file_hooks.rs` (the write
 //! lock) and `busy.rs` (the busy handler) ask `queue/` and `policy/` what
 //! to do and tell `stats/` what happened; `sql/` reads the statistics back
-//! out as tables. Two exceptions remain: `stats/` calls `slow_waits.rs`
-//! (which reads who holds and waits in `queue/`) when a wait ends, and
-//! `stats/registry.rs` and `stats/tracker.rs` import each other (a file's
-//! counters read its connections' waits in progress).
+//! out as tables. One exception remains: `stats/` calls `slow_waits.rs`
+//! (which reads who holds and waits in `queue/`) when a wait ends. No two
+//! modules import each other.
 
 #![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 
