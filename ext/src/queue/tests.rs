@@ -7,6 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::budget::CpuBudget;
+use crate::clock::{now_ns, now_unix_ms};
+use crate::shared::SideFile;
+use crate::shared::layout::MAX_HANDOFF_NS;
 use crate::shared::mapping::path_for;
 
 struct Fixture {
