@@ -11,7 +11,6 @@ use hybrid::Priority;
 use rusqlite::types::Value;
 
 use crate::buffer::BufferOptions;
-use crate::buffer::entry::Item;
 use crate::engine::Step;
 use crate::engine::sqlite::SqliteEngine;
 use crate::engine::sqlite::health as sqlite_health;
@@ -19,6 +18,7 @@ use crate::engine::sqlite::health as sqlite_health;
 use crate::error::Error;
 use crate::error::Result;
 use crate::health::{Health, LockWaiter, OptimizeOptions, OptimizeReport};
+use crate::plan::EntryPlan;
 use crate::schema::{SchemaCache, TableInfo};
 use crate::tx::Tx;
 use hybrid::LockStats;
@@ -119,7 +119,7 @@ impl Core {
     /// (see `buffer/flusher.rs` for what the outcome means).
     pub(crate) fn write_batch_step(
         &self,
-        batch: &[Item],
+        batch: &[EntryPlan<'_>],
         live: &[usize],
         attempts: &mut u32,
     ) -> Result<Step> {

@@ -42,6 +42,7 @@ mod engine;
 mod error;
 mod health;
 mod logdb;
+mod plan;
 mod pool;
 mod retry;
 mod row;

@@ -19,8 +19,7 @@
 
 use rusqlite::types::Value;
 
-/// Columns and values, by column index, at most one value per column.
-pub type Columns = Vec<(usize, Value)>;
+pub(crate) use crate::plan::{Before, Columns};
 
 /// Sets every column of `later` on `base` (later wins).
 pub fn merge_columns(base: &mut Columns, later: &Columns) {
@@ -42,18 +41,6 @@ pub enum KeyedOp {
     Update(Columns),
     /// Delete the row with this key.
     Delete,
-}
-
-/// What runs before the upsert.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub enum Before {
-    /// Nothing.
-    #[default]
-    Nothing,
-    /// `DELETE ... WHERE key`.
-    Delete,
-    /// `UPDATE ... SET cols WHERE key`.
-    Update(Columns),
 }
 
 /// The normal form of all pending operations on one key.
@@ -115,11 +102,6 @@ impl Coalesced {
         for op in later.ops() {
             self.apply(op);
         }
-    }
-
-    /// Statements this entry runs (a savepoint is needed when > 1).
-    pub fn statement_count(&self) -> usize {
-        usize::from(self.before != Before::Nothing) + usize::from(self.upsert.is_some())
     }
 }
 
@@ -285,7 +267,7 @@ mod tests {
             for op in sequence {
                 c.apply(op.clone());
             }
-            assert!(c.statement_count() <= 2);
+            assert!(c.ops().len() <= 2);
             for start in [None, existing.clone()] {
                 assert_eq!(
                     run(start.clone(), &c.ops()),
