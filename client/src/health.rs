@@ -178,7 +178,7 @@ impl Database {
     /// let db = sqlite_hybrid::Database::open(dir.path().join("f.db"))?;
     /// if sqlite_hybrid::FUTEX_QUEUE {
     ///     let file = db.file_lock_metrics()?.expect("futex mode on Linux");
-    ///     assert_eq!((file.scope, file.mode), ("file", "futex"));
+    ///     assert_eq!((file.scope.as_str(), file.mode.as_str()), ("file", "futex"));
     /// } else {
     ///     assert!(db.file_lock_metrics()?.is_none(), "backoff mode");
     /// }

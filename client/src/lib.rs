@@ -73,14 +73,14 @@ pub use health::{
 /// let dir = tempfile::tempdir()?;
 /// let db = sqlite_hybrid::Database::open(dir.path().join("app.db"))?;
 /// let expected = if sqlite_hybrid::FUTEX_QUEUE { "futex" } else { "backoff" };
-/// assert_eq!(db.lock_metrics()?.mode, expected);
+/// assert_eq!(db.lock_metrics()?.mode.as_str(), expected);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub use hybrid::FUTEX_QUEUE;
 /// Re-exported from the extension crate because this crate's API takes or
 /// returns them (`busy_policy`, `lock_metrics`): an app configures and reads
 /// the busy handler without a second dependency.
-pub use hybrid::{BackoffPolicy, Jitter, LockStats};
+pub use hybrid::{BackoffPolicy, Jitter, LockMode, LockScope, LockStats};
 /// The slow-wait log of the extension: waits for the write lock longer
 /// than [`log_waits`] (1 s by default) become `tracing` warnings with
 /// target `sqlite_hybrid::lock` (and `sqlite3_log` messages).

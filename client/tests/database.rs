@@ -465,6 +465,6 @@ fn metrics_and_health_do_not_wait_for_a_running_write() {
     release.send(()).unwrap();
     writer.join().unwrap().unwrap();
     let (metrics, health) = got.expect("metrics or health waited for the running write");
-    assert_eq!(metrics.unwrap(), "process");
+    assert_eq!(metrics.unwrap(), sqlite_hybrid::LockScope::Process);
     health.unwrap();
 }

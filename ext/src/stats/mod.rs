@@ -12,4 +12,4 @@ pub(crate) mod lock_stats;
 pub(crate) mod registry;
 pub(crate) mod tracker;
 
-pub use lock_stats::LockStats;
+pub use lock_stats::{LockMode, LockScope, LockStats};

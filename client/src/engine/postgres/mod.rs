@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hybrid::LockStats;
+use hybrid::{LockMode, LockScope, LockStats};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use postgres::{Client, Config, NoTls};
 use rusqlite::types::Value;
@@ -440,8 +440,8 @@ impl PgEngine {
         let total_ms = w.wait_total_us as f64 / 1000.0;
         LockStats {
             db: self.display.clone(),
-            scope: "process",
-            mode: "postgres",
+            scope: LockScope::Process,
+            mode: LockMode::Postgres,
             connections: Some(1 + self.readers.size as u64),
             handler_active: None,
             busy_events: finished + w.in_flight,
