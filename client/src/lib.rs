@@ -36,6 +36,7 @@ struct CrateReadme;
 mod async_db;
 mod batch;
 pub mod buffer;
+mod clock;
 mod core;
 mod database;
 mod engine;

@@ -50,12 +50,6 @@ mod retry;
 mod schema;
 pub(crate) mod values;
 
-/// The SQLSTATEs a retry can cure: serialization failure, deadlock, lock
-/// not available (`lock_timeout`).
-pub(crate) fn is_retryable(sqlstate: &str) -> bool {
-    matches!(sqlstate, "40001" | "40P01" | "55P03")
-}
-
 /// A driver error as the crate's [`Error`], classified by SQLSTATE.
 pub(crate) fn error(e: postgres::Error) -> Error {
     let code = e.code().map(|c| c.code().to_string());
@@ -359,7 +353,7 @@ impl PgEngine {
         }
         w.wait_total_us += us;
         w.wait_max_us = w.wait_max_us.max(us);
-        w.last_event_unix_ms = Some(crate::logdb::now_unix_ms());
+        w.last_event_unix_ms = Some(crate::clock::now_unix_ms());
     }
 
     /// Runs `f` on a reader session of the primary (the writer's when
@@ -617,11 +611,5 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("postgresql://h/db?x=1"), "postgresql://h/db?x=1");
-    }
-
-    #[test]
-    fn retryable_states() {
-        assert!(is_retryable("40001") && is_retryable("40P01") && is_retryable("55P03"));
-        assert!(!is_retryable("23505"));
     }
 }
