@@ -10,7 +10,6 @@ use std::sync::Arc;
 use hybrid::Priority;
 use rusqlite::types::Value;
 
-use crate::buffer::BufferOptions;
 use crate::engine::Step;
 use crate::engine::sqlite::SqliteEngine;
 use crate::engine::sqlite::health as sqlite_health;
@@ -44,16 +43,14 @@ pub(crate) struct Core {
     pub(crate) path: PathBuf,
     pub(crate) engine: Engine,
     pub(crate) schema: SchemaCache,
-    pub(crate) buffer_options: BufferOptions,
 }
 
 impl Core {
-    pub(crate) fn new(path: PathBuf, engine: Engine, buffer_options: BufferOptions) -> Core {
+    pub(crate) fn new(path: PathBuf, engine: Engine) -> Core {
         Core {
             path,
             engine,
             schema: SchemaCache::default(),
-            buffer_options,
         }
     }
 

@@ -149,6 +149,8 @@ impl DatabaseBuilder {
 /// ```
 pub struct Database {
     pub(crate) core: Arc<Core>,
+    /// The options the write buffer starts with.
+    buffer_options: BufferOptions,
     buffer: OnceLock<WriteBuffer>,
     log: Option<LogDatabase>,
 }
@@ -216,9 +218,10 @@ impl Database {
                 .collect::<Result<_>>()?
         };
         let engine = SqliteEngine::new((conn, state), readers, options.retry);
-        let core = Core::new(options.path, Engine::Sqlite(engine), options.buffer);
+        let core = Core::new(options.path, Engine::Sqlite(engine));
         Ok(Database {
             core: Arc::new(core),
+            buffer_options: options.buffer,
             buffer: OnceLock::new(),
             log,
         })
@@ -253,10 +256,10 @@ impl Database {
         let core = Core::new(
             PathBuf::from(engine.display_url()),
             Engine::Postgres(engine),
-            options.buffer,
         );
         Ok(Database {
             core: Arc::new(core),
+            buffer_options: options.buffer,
             buffer: OnceLock::new(),
             log,
         })
@@ -349,7 +352,7 @@ impl Database {
     /// The write buffer, started on first use with the builder's options.
     pub fn buffer(&self) -> &WriteBuffer {
         self.buffer
-            .get_or_init(|| WriteBuffer::start(Arc::clone(&self.core)))
+            .get_or_init(|| WriteBuffer::start(Arc::clone(&self.core), self.buffer_options.clone()))
     }
 
     /// The log database, if the builder asked for one.
