@@ -25,7 +25,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 
 /// The crate README's example, compiled and run as a doctest.
 #[doc = include_str!("../README.md")]
