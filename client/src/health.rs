@@ -12,6 +12,7 @@ use hybrid::LockStats;
 
 /// One attached schema, from the extension's `hybrid_health` table.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct SchemaHealth {
     /// `main`, `temp` or the ATTACH name.
     pub schema: String,
@@ -41,6 +42,7 @@ pub struct SchemaHealth {
 
 /// [`Database::health`](crate::Database::health)'s answer.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Health {
     /// Every attached schema (SQLite; empty on PostgreSQL).
     pub schemas: Vec<SchemaHealth>,
@@ -53,6 +55,7 @@ pub struct Health {
 
 /// What a PostgreSQL server says about itself and the database.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ServerHealth {
     /// `server_version`, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
     pub version: String,
@@ -71,6 +74,7 @@ pub struct ServerHealth {
 
 /// One streaming standby as this handle sees it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct StandbyHealth {
     /// Its URL without the password.
     pub url: String,
@@ -92,6 +96,7 @@ pub struct StandbyHealth {
 
 /// One connection waiting for a lock, as the engine reports it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LockWaiter {
     /// The waiting process (SQLite) or server backend (PostgreSQL).
     pub pid: u32,
@@ -121,6 +126,7 @@ pub struct OptimizeOptions {
 
 /// [`Database::optimize`](crate::Database::optimize)'s answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OptimizeReport {
     /// The checkpoint could not finish because of readers or writers.
     pub checkpoint_busy: bool,

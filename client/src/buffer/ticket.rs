@@ -139,6 +139,7 @@ fn wake_all(wakers: Vec<Option<Waker>>) {
 
 /// Where an enqueued operation stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TicketStatus {
     /// Not yet written.
     Pending,

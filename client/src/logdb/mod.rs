@@ -389,6 +389,7 @@ impl LogSink {
 
 /// Counters of a [`LogDatabase`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LogStats {
     /// Entries written.
     pub written: u64,
