@@ -32,6 +32,24 @@
 #[cfg(doctest)]
 struct CrateReadme;
 
+// The modules, in layers: each imports only from layers below it (and
+// buffer/ and logdb/ not from each other).
+//
+//   face          database.rs (Database, its builder, health and maintenance
+//                 calls), async_db/ (feature `tokio`), batch.rs
+//   services      buffer/ (the coalescing write buffer: queue, tickets,
+//                 flusher), logdb/ (the log database and its tracing/log faces)
+//   dispatch      core.rs: the one place that chooses the engine
+//   engines       engine/sqlite/, engine/postgres/ (feature `postgres`);
+//                 tx.rs (Tx over either engine's transaction) sits between
+//                 engine/postgres/mod.rs and that engine's leaves
+//                 (values.rs, errors.rs)
+//   leaves        plan.rs (the write plan the buffer hands to an engine),
+//                 schema.rs, sql.rs, row.rs, health.rs (the report types),
+//                 retry.rs, pool.rs, clock.rs, write_scope.rs, error.rs
+//
+// PostgreSQL-specific `cfg(feature = "postgres")` arms still sit in core.rs,
+// tx.rs, error.rs and logdb/ besides engine/.
 #[cfg(feature = "tokio")]
 mod async_db;
 mod batch;
