@@ -131,7 +131,7 @@ async fn metrics(State(db): Db) -> Response {
     Json(json!({
         "locks": {
             "db": locks.db,
-            "mode": locks.mode,
+            "mode": locks.mode.as_str(),
             "busy_events": locks.busy_events,
             "acquired": locks.acquired,
             "gave_up": locks.gave_up,

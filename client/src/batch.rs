@@ -11,6 +11,7 @@ use crate::sql;
 
 /// What a batch helper did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct BatchReport {
     /// Rows written.
     pub rows: usize,

@@ -10,8 +10,6 @@ use std::sync::Arc;
 use hybrid::Priority;
 use rusqlite::types::Value;
 
-use crate::buffer::BufferOptions;
-use crate::buffer::entry::Item;
 use crate::engine::Step;
 use crate::engine::sqlite::SqliteEngine;
 use crate::engine::sqlite::health as sqlite_health;
@@ -19,6 +17,7 @@ use crate::engine::sqlite::health as sqlite_health;
 use crate::error::Error;
 use crate::error::Result;
 use crate::health::{Health, LockWaiter, OptimizeOptions, OptimizeReport};
+use crate::plan::EntryPlan;
 use crate::schema::{SchemaCache, TableInfo};
 use crate::tx::Tx;
 use hybrid::LockStats;
@@ -44,16 +43,14 @@ pub(crate) struct Core {
     pub(crate) path: PathBuf,
     pub(crate) engine: Engine,
     pub(crate) schema: SchemaCache,
-    pub(crate) buffer_options: BufferOptions,
 }
 
 impl Core {
-    pub(crate) fn new(path: PathBuf, engine: Engine, buffer_options: BufferOptions) -> Core {
+    pub(crate) fn new(path: PathBuf, engine: Engine) -> Core {
         Core {
             path,
             engine,
             schema: SchemaCache::default(),
-            buffer_options,
         }
     }
 
@@ -119,7 +116,7 @@ impl Core {
     /// (see `buffer/flusher.rs` for what the outcome means).
     pub(crate) fn write_batch_step(
         &self,
-        batch: &[Item],
+        batch: &[EntryPlan<'_>],
         live: &[usize],
         attempts: &mut u32,
     ) -> Result<Step> {

@@ -15,13 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use hybrid::{BackoffPolicy, Priority};
+use hybrid::{BackoffPolicy, LockStats, Priority};
 use rusqlite::{Connection, Transaction};
 
 use crate::buffer::{BufferOptions, WriteBuffer};
 use crate::core::{Core, Engine};
 use crate::engine::sqlite::{SqliteEngine, open_reader, open_writer};
 use crate::error::{Error, Result};
+use crate::health::{Health, LockWaiter, OptimizeOptions, OptimizeReport};
 use crate::logdb::{LogDatabase, LogOptions};
 use crate::retry::RetryPolicy;
 
@@ -148,6 +149,8 @@ impl DatabaseBuilder {
 /// ```
 pub struct Database {
     pub(crate) core: Arc<Core>,
+    /// The options the write buffer starts with.
+    buffer_options: BufferOptions,
     buffer: OnceLock<WriteBuffer>,
     log: Option<LogDatabase>,
 }
@@ -215,9 +218,10 @@ impl Database {
                 .collect::<Result<_>>()?
         };
         let engine = SqliteEngine::new((conn, state), readers, options.retry);
-        let core = Core::new(options.path, Engine::Sqlite(engine), options.buffer);
+        let core = Core::new(options.path, Engine::Sqlite(engine));
         Ok(Database {
             core: Arc::new(core),
+            buffer_options: options.buffer,
             buffer: OnceLock::new(),
             log,
         })
@@ -252,10 +256,10 @@ impl Database {
         let core = Core::new(
             PathBuf::from(engine.display_url()),
             Engine::Postgres(engine),
-            options.buffer,
         );
         Ok(Database {
             core: Arc::new(core),
+            buffer_options: options.buffer,
             buffer: OnceLock::new(),
             log,
         })
@@ -348,7 +352,7 @@ impl Database {
     /// The write buffer, started on first use with the builder's options.
     pub fn buffer(&self) -> &WriteBuffer {
         self.buffer
-            .get_or_init(|| WriteBuffer::start(Arc::clone(&self.core)))
+            .get_or_init(|| WriteBuffer::start(Arc::clone(&self.core), self.buffer_options.clone()))
     }
 
     /// The log database, if the builder asked for one.
@@ -379,6 +383,85 @@ impl Database {
             log.close()?;
         }
         buffered
+    }
+}
+
+// Health, lock statistics and maintenance (the types are in `health.rs`).
+impl Database {
+    /// Health of the database and its lock statistics: on SQLite the
+    /// extension's `hybrid_health` (every attached schema); on PostgreSQL the
+    /// server's version, size, connections and lock waits.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let db = sqlite_hybrid::Database::open(dir.path().join("h.db"))?;
+    /// let health = db.health()?;
+    /// assert_eq!(health.schemas[0].journal_mode, "wal");
+    /// assert!(health.locks.iter().any(|m| m.db.ends_with("h.db")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn health(&self) -> Result<Health> {
+        self.core.health()
+    }
+
+    /// This process's waits for this database's write lock (on SQLite every
+    /// connection of the process on the file, other `Database`s included,
+    /// with the writer's policy; on PostgreSQL this handle's retried lock
+    /// conflicts, `mode = "postgres"`).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let db = sqlite_hybrid::Database::open(dir.path().join("m.db"))?;
+    /// let metrics = db.lock_metrics()?;
+    /// assert_eq!((metrics.connections, metrics.busy_events), (Some(5), 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lock_metrics(&self) -> Result<LockStats> {
+        self.core.lock_metrics()
+    }
+
+    /// Every process's waits on this database file, from the shared side
+    /// file (`None` when the file is not in futex mode, in a build without
+    /// it ([`crate::FUTEX_QUEUE`] false: every target but Linux), and on
+    /// PostgreSQL).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let db = sqlite_hybrid::Database::open(dir.path().join("f.db"))?;
+    /// if sqlite_hybrid::FUTEX_QUEUE {
+    ///     let file = db.file_lock_metrics()?.expect("futex mode on Linux");
+    ///     assert_eq!((file.scope.as_str(), file.mode.as_str()), ("file", "futex"));
+    /// } else {
+    ///     assert!(db.file_lock_metrics()?.is_none(), "backoff mode");
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn file_lock_metrics(&self) -> Result<Option<LockStats>> {
+        self.core.file_lock_metrics()
+    }
+
+    /// Who waits for a lock right now, and for whom: on SQLite the queue for
+    /// the write lock (every process sharing the side file); on PostgreSQL
+    /// the sessions of this database with `wait_event_type = 'Lock'` and
+    /// their `pg_blocking_pids()`.
+    pub fn lock_waiters(&self) -> Result<Vec<LockWaiter>> {
+        self.core.lock_waiters()
+    }
+
+    /// Routine maintenance: on SQLite `PRAGMA optimize`, a WAL checkpoint,
+    /// and optionally incremental vacuum; on PostgreSQL `ANALYZE`.
+    ///
+    /// ```
+    /// use sqlite_hybrid::OptimizeOptions;
+    /// let dir = tempfile::tempdir()?;
+    /// let db = sqlite_hybrid::Database::open(dir.path().join("o.db"))?;
+    /// db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")?))?;
+    /// let report = db.optimize(OptimizeOptions { truncate_wal: true, ..Default::default() })?;
+    /// assert!(!report.checkpoint_busy);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn optimize(&self, options: OptimizeOptions) -> Result<OptimizeReport> {
+        self.core.optimize(options)
     }
 }
 

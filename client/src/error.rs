@@ -232,9 +232,7 @@ impl Error {
             Error::Database(e) => match &e.repr {
                 Repr::Sqlite(e) => is_lock_error(e),
                 #[cfg(feature = "postgres")]
-                Repr::Postgres(_) => e
-                    .sqlstate()
-                    .is_some_and(crate::engine::postgres::is_retryable),
+                Repr::Postgres(_) => e.sqlstate().is_some_and(is_retryable_sqlstate),
                 #[cfg(feature = "postgres")]
                 Repr::Client => false,
             },
@@ -278,6 +276,14 @@ impl Error {
     pub fn sqlstate(&self) -> Option<&str> {
         self.db_error().and_then(DbError::sqlstate)
     }
+}
+
+/// The PostgreSQL SQLSTATEs a retry can cure, the PostgreSQL half of
+/// [`Error::is_lock_error`]: serialization failure, deadlock, lock not
+/// available (`lock_timeout`).
+#[cfg(feature = "postgres")]
+pub(crate) fn is_retryable_sqlstate(sqlstate: &str) -> bool {
+    matches!(sqlstate, "40001" | "40P01" | "55P03")
 }
 
 /// Whether a rusqlite error is `SQLITE_BUSY*` or `SQLITE_LOCKED*`.
@@ -402,6 +408,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn retryable_states() {
+        let retryable = is_retryable_sqlstate;
+        assert!(retryable("40001") && retryable("40P01") && retryable("55P03"));
+        assert!(!retryable("23505"));
+    }
 
     fn failure(code: i32, message: &str) -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some(message.to_string()))

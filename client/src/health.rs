@@ -1,4 +1,4 @@
-//! Health and lock statistics of a [`Database`], typed, and routine
+//! Health and lock statistics of a [`Database`](crate::Database), typed, and routine
 //! maintenance, on either engine.
 //!
 //! On SQLite, lock statistics come straight from the writer connection's
@@ -10,11 +10,9 @@
 
 use hybrid::LockStats;
 
-use crate::database::Database;
-use crate::error::Result;
-
 /// One attached schema, from the extension's `hybrid_health` table.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct SchemaHealth {
     /// `main`, `temp` or the ATTACH name.
     pub schema: String,
@@ -42,8 +40,9 @@ pub struct SchemaHealth {
     pub sqlite_version: String,
 }
 
-/// [`Database::health`]'s answer.
+/// [`Database::health`](crate::Database::health)'s answer.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Health {
     /// Every attached schema (SQLite; empty on PostgreSQL).
     pub schemas: Vec<SchemaHealth>,
@@ -56,6 +55,7 @@ pub struct Health {
 
 /// What a PostgreSQL server says about itself and the database.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ServerHealth {
     /// `server_version`, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
     pub version: String,
@@ -74,6 +74,7 @@ pub struct ServerHealth {
 
 /// One streaming standby as this handle sees it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct StandbyHealth {
     /// Its URL without the password.
     pub url: String,
@@ -95,6 +96,7 @@ pub struct StandbyHealth {
 
 /// One connection waiting for a lock, as the engine reports it.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LockWaiter {
     /// The waiting process (SQLite) or server backend (PostgreSQL).
     pub pid: u32,
@@ -110,7 +112,7 @@ pub struct LockWaiter {
     pub query: Option<String>,
 }
 
-/// What [`Database::optimize`] should do besides `PRAGMA optimize` (SQLite;
+/// What [`Database::optimize`](crate::Database::optimize) should do besides `PRAGMA optimize` (SQLite;
 /// PostgreSQL runs `ANALYZE` and ignores these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OptimizeOptions {
@@ -122,8 +124,9 @@ pub struct OptimizeOptions {
     pub incremental_vacuum_pages: Option<u32>,
 }
 
-/// [`Database::optimize`]'s answer.
+/// [`Database::optimize`](crate::Database::optimize)'s answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OptimizeReport {
     /// The checkpoint could not finish because of readers or writers.
     pub checkpoint_busy: bool,
@@ -133,82 +136,4 @@ pub struct OptimizeReport {
     pub checkpointed_frames: i64,
     /// Pages freed by incremental vacuum.
     pub vacuumed_pages: i64,
-}
-
-impl Database {
-    /// Health of the database and its lock statistics: on SQLite the
-    /// extension's `hybrid_health` (every attached schema); on PostgreSQL the
-    /// server's version, size, connections and lock waits.
-    ///
-    /// ```
-    /// let dir = tempfile::tempdir()?;
-    /// let db = sqlite_hybrid::Database::open(dir.path().join("h.db"))?;
-    /// let health = db.health()?;
-    /// assert_eq!(health.schemas[0].journal_mode, "wal");
-    /// assert!(health.locks.iter().any(|m| m.db.ends_with("h.db")));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn health(&self) -> Result<Health> {
-        self.core.health()
-    }
-
-    /// This process's waits for this database's write lock (on SQLite every
-    /// connection of the process on the file, other `Database`s included,
-    /// with the writer's policy; on PostgreSQL this handle's retried lock
-    /// conflicts, `mode = "postgres"`).
-    ///
-    /// ```
-    /// let dir = tempfile::tempdir()?;
-    /// let db = sqlite_hybrid::Database::open(dir.path().join("m.db"))?;
-    /// let metrics = db.lock_metrics()?;
-    /// assert_eq!((metrics.connections, metrics.busy_events), (Some(5), 0));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn lock_metrics(&self) -> Result<LockStats> {
-        self.core.lock_metrics()
-    }
-
-    /// Every process's waits on this database file, from the shared side
-    /// file (`None` when the file is not in futex mode, in a build without
-    /// it ([`crate::FUTEX_QUEUE`] false: every target but Linux), and on
-    /// PostgreSQL).
-    ///
-    /// ```
-    /// let dir = tempfile::tempdir()?;
-    /// let db = sqlite_hybrid::Database::open(dir.path().join("f.db"))?;
-    /// if sqlite_hybrid::FUTEX_QUEUE {
-    ///     let file = db.file_lock_metrics()?.expect("futex mode on Linux");
-    ///     assert_eq!((file.scope, file.mode), ("file", "futex"));
-    /// } else {
-    ///     assert!(db.file_lock_metrics()?.is_none(), "backoff mode");
-    /// }
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn file_lock_metrics(&self) -> Result<Option<LockStats>> {
-        self.core.file_lock_metrics()
-    }
-
-    /// Who waits for a lock right now, and for whom: on SQLite the queue for
-    /// the write lock (every process sharing the side file); on PostgreSQL
-    /// the sessions of this database with `wait_event_type = 'Lock'` and
-    /// their `pg_blocking_pids()`.
-    pub fn lock_waiters(&self) -> Result<Vec<LockWaiter>> {
-        self.core.lock_waiters()
-    }
-
-    /// Routine maintenance: on SQLite `PRAGMA optimize`, a WAL checkpoint,
-    /// and optionally incremental vacuum; on PostgreSQL `ANALYZE`.
-    ///
-    /// ```
-    /// use sqlite_hybrid::OptimizeOptions;
-    /// let dir = tempfile::tempdir()?;
-    /// let db = sqlite_hybrid::Database::open(dir.path().join("o.db"))?;
-    /// db.write(|tx| Ok(tx.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")?))?;
-    /// let report = db.optimize(OptimizeOptions { truncate_wal: true, ..Default::default() })?;
-    /// assert!(!report.checkpoint_busy);
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn optimize(&self, options: OptimizeOptions) -> Result<OptimizeReport> {
-        self.core.optimize(options)
-    }
 }

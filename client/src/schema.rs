@@ -225,12 +225,12 @@ fn looks_numeric(text: &str) -> bool {
 }
 
 /// `name` as a double-quoted SQL identifier.
-pub fn quote(name: &str) -> String {
+pub(crate) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Cuts a caller-supplied name for an error message.
-pub fn shorten(name: &str) -> String {
+pub(crate) fn shorten(name: &str) -> String {
     match name.char_indices().nth(60) {
         Some((cut, _)) => format!("{}…", &name[..cut]),
         None => name.to_string(),
@@ -239,7 +239,7 @@ pub fn shorten(name: &str) -> String {
 
 /// A cache of [`TableInfo`] by lower-cased table name.
 #[derive(Debug, Default)]
-pub struct SchemaCache {
+pub(crate) struct SchemaCache {
     tables: RwLock<HashMap<String, Arc<TableInfo>>>,
 }
 
@@ -247,7 +247,7 @@ impl SchemaCache {
     /// The table named `name` (any case), loading it through `conn` on a
     /// cache miss. Unknown tables are [`Error::Schema`] naming the tables
     /// that do exist.
-    pub fn table(
+    pub(crate) fn table(
         &self,
         name: &str,
         conn: impl FnOnce() -> Result<Arc<TableInfo>>,
@@ -271,13 +271,13 @@ impl SchemaCache {
     }
 
     /// Forgets everything (after a schema change).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.tables.write().clear();
     }
 }
 
 /// Reads `name`'s description from the main schema of `conn`.
-pub fn load_table(conn: &Connection, name: &str) -> Result<Arc<TableInfo>> {
+pub(crate) fn load_table(conn: &Connection, name: &str) -> Result<Arc<TableInfo>> {
     let found: Option<(String, bool)> = conn
         .query_row(
             "SELECT name, strict FROM pragma_table_list WHERE schema = 'main' AND type = 'table' \

@@ -21,7 +21,7 @@ fn placeholders(n: usize, first: usize) -> String {
 }
 
 /// `INSERT INTO t (c...) VALUES (?1...)`.
-pub fn insert(table: &TableInfo, columns: &[usize]) -> String {
+pub(crate) fn insert(table: &TableInfo, columns: &[usize]) -> String {
     format!(
         "INSERT INTO {} ({}) VALUES ({})",
         table.quoted_name(),
@@ -32,7 +32,7 @@ pub fn insert(table: &TableInfo, columns: &[usize]) -> String {
 
 /// `INSERT ... ON CONFLICT (keys) DO UPDATE SET c = excluded.c` for every
 /// non-key column given (`DO NOTHING` when only keys are given).
-pub fn upsert(table: &TableInfo, columns: &[usize], keys: &[usize]) -> String {
+pub(crate) fn upsert(table: &TableInfo, columns: &[usize], keys: &[usize]) -> String {
     let updates: Vec<String> = columns
         .iter()
         .filter(|c| !keys.contains(c))
@@ -54,7 +54,7 @@ pub fn upsert(table: &TableInfo, columns: &[usize], keys: &[usize]) -> String {
 }
 
 /// `UPDATE t SET c = ?1... WHERE k = ?n...` (set columns first, then keys).
-pub fn update(table: &TableInfo, set: &[usize], keys: &[usize]) -> String {
+pub(crate) fn update(table: &TableInfo, set: &[usize], keys: &[usize]) -> String {
     let assignments: Vec<String> = set
         .iter()
         .enumerate()
@@ -69,7 +69,7 @@ pub fn update(table: &TableInfo, set: &[usize], keys: &[usize]) -> String {
 }
 
 /// `DELETE FROM t WHERE k = ?1...`.
-pub fn delete(table: &TableInfo, keys: &[usize]) -> String {
+pub(crate) fn delete(table: &TableInfo, keys: &[usize]) -> String {
     format!(
         "DELETE FROM {} WHERE {}",
         table.quoted_name(),

@@ -88,7 +88,7 @@ impl<'a> Tx<'a> {
             #[cfg(feature = "postgres")]
             Inner::Postgres(tx) => tx
                 .batch_execute(sql)
-                .map_err(crate::engine::postgres::error),
+                .map_err(crate::engine::postgres::errors::error),
         }
     }
 

@@ -469,7 +469,7 @@ async fn lock_metrics_are_this_files() {
     let db = open(&dir).await;
     let metrics = db.lock_metrics().await.unwrap();
     assert!(metrics.db.ends_with("a.db"), "{}", metrics.db);
-    assert_eq!(metrics.scope, "process");
+    assert_eq!(metrics.scope, sqlite_hybrid::LockScope::Process);
     db.close().await.unwrap();
 }
 

@@ -227,13 +227,8 @@ fn batch_helpers_chunk_validate_and_report_progress() {
     let dir = tempfile::tempdir().unwrap();
     let db = open(&dir);
     let rows = (0..250).map(|i| Row::new().set("sku", format!("s{i}")).set("qty", i));
-    assert_eq!(
-        db.insert_many("items", rows, 100).unwrap(),
-        sqlite_hybrid::BatchReport {
-            rows: 250,
-            chunks: 3
-        }
-    );
+    let report = db.insert_many("items", rows, 100).unwrap();
+    assert_eq!((report.rows, report.chunks), (250, 3));
     let again = (0..10).map(|i| Row::new().set("sku", format!("s{i}")).set("qty", 1000));
     let report = db.upsert_many("items", &["sku"], again, 4).unwrap();
     assert_eq!((report.rows, report.chunks), (10, 3));
@@ -465,6 +460,6 @@ fn metrics_and_health_do_not_wait_for_a_running_write() {
     release.send(()).unwrap();
     writer.join().unwrap().unwrap();
     let (metrics, health) = got.expect("metrics or health waited for the running write");
-    assert_eq!(metrics.unwrap(), "process");
+    assert_eq!(metrics.unwrap(), sqlite_hybrid::LockScope::Process);
     health.unwrap();
 }

@@ -36,7 +36,7 @@ use crate::policy::rng::{SplitMix64, mix64};
 use crate::queue::{FileQueue, Member, Priority, Settings};
 use crate::shared::SideFile;
 use crate::slow_waits::{self, SlowWaitEvent};
-use crate::stats::lock_stats::{LockStats, RowIdentity};
+use crate::stats::lock_stats::{LockMode, LockScope, LockStats, RowIdentity};
 use crate::stats::registry::{self as stats_registry, FileMetrics, ImmediateBusy, SharedCounters};
 use crate::stats::tracker::WaitTracker;
 
@@ -166,8 +166,8 @@ impl ConnState {
     /// conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x)")?;
     /// let snapshot = state.snapshot();
     /// let futex = hybrid::FUTEX_QUEUE; // Linux
-    /// assert_eq!(snapshot.process.mode, if futex { "futex" } else { "backoff" });
-    /// assert_eq!(snapshot.file.map(|f| f.scope), futex.then_some("file"));
+    /// assert_eq!(snapshot.process.mode.as_str(), if futex { "futex" } else { "backoff" });
+    /// assert_eq!(snapshot.file.map(|f| f.scope.as_str()), futex.then_some("file"));
     /// # Ok::<(), rusqlite::Error>(())
     /// ```
     pub fn snapshot(&self) -> LockSnapshot {
@@ -249,11 +249,11 @@ pub(crate) fn process_row(file: &FileMetrics, policy: Option<String>) -> LockSta
     LockStats::from_counts(
         RowIdentity {
             db: file.path().to_string(),
-            scope: "process",
+            scope: LockScope::Process,
             mode: if file.shared().is_some() {
-                "futex"
+                LockMode::Futex
             } else {
-                "backoff"
+                LockMode::Backoff
             },
             connections: Some(process.connections),
             handler_active: Some(process.handler_active),
@@ -268,8 +268,8 @@ pub(crate) fn file_row(db_path: &str, side: &SideFile) -> LockStats {
     LockStats::from_counts(
         RowIdentity {
             db: db_path.to_string(),
-            scope: "file",
-            mode: "futex",
+            scope: LockScope::File,
+            mode: LockMode::Futex,
             connections: None,
             handler_active: None,
             policy: None,

@@ -71,7 +71,7 @@ pub use conn::{ConnState, LockSnapshot};
 pub use policy::{BackoffPolicy, Jitter, PolicyError};
 pub use queue::Priority;
 pub use slow_waits::{SlowWait, SlowWaitEvent, log_waits, on_slow_wait, set_log_waits};
-pub use stats::LockStats;
+pub use stats::{LockMode, LockScope, LockStats};
 
 #[cfg(feature = "loadable")]
 pub use entry::sqlite3_hybrid_init;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use rusqlite::types::Value;
 
-use super::pending::{Before, Coalesced, Columns, KeyedOp};
+use super::pending::{Coalesced, Columns, KeyedOp};
 use super::ticket::TicketCell;
 use crate::Row;
+use crate::plan::EntryPlan;
 use crate::schema::TableInfo;
-use crate::sql;
 
 /// A pending view of one row, from [`WriteBuffer::get`](super::WriteBuffer::get).
 #[derive(Debug, Clone, PartialEq)]
@@ -84,98 +84,25 @@ pub(crate) enum Item {
     },
 }
 
-/// What one statement of an entry does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum StatementKind {
-    Insert,
-    Delete,
-    Update,
-    Upsert,
-}
-
-/// One statement of an entry, the same for both engines: its SQL from
-/// `sql.rs` and its parameters in placeholder order.
-#[derive(Clone, Copy)]
-pub(crate) struct EntryStatement<'a> {
-    pub(crate) kind: StatementKind,
-    pub(crate) table: &'a TableInfo,
-    /// The columns it writes, with their values (none for a delete).
-    pub(crate) columns: &'a [(usize, Value)],
-    key_columns: &'a [usize],
-    key_values: &'a [Value],
-}
-
-impl<'a> EntryStatement<'a> {
-    /// Its SQL text, with SQLite's `?N` placeholders.
-    pub(crate) fn sql(&self) -> String {
-        let cols: Vec<usize> = self.columns.iter().map(|(c, _)| *c).collect();
-        match self.kind {
-            StatementKind::Insert => sql::insert(self.table, &cols),
-            StatementKind::Upsert => sql::upsert(self.table, &cols, self.key_columns),
-            StatementKind::Update => sql::update(self.table, &cols, self.key_columns),
-            StatementKind::Delete => sql::delete(self.table, self.key_columns),
-        }
-    }
-
-    /// Its parameters in placeholder order: the written columns' values,
-    /// then, for an update or a delete, the key's (an upsert's key is among
-    /// its columns).
-    pub(crate) fn params(&self) -> impl Iterator<Item = &'a Value> + use<'a> {
-        let key: &'a [Value] = match self.kind {
-            StatementKind::Update | StatementKind::Delete => self.key_values,
-            StatementKind::Insert | StatementKind::Upsert => &[],
-        };
-        self.columns.iter().map(|(_, v)| v).chain(key)
-    }
-}
-
 impl Item {
-    /// The statements this entry runs, in order: an insert; or for a key,
-    /// what runs before the upsert (a delete or an update), then the upsert.
-    pub(crate) fn statements(&self) -> impl Iterator<Item = EntryStatement<'_>> {
-        let statements = match self {
-            Item::Insert { table, columns, .. } => [
-                Some(EntryStatement {
-                    kind: StatementKind::Insert,
-                    table,
-                    columns,
-                    key_columns: &[],
-                    key_values: &[],
-                }),
-                None,
-            ],
+    /// The write plan an engine executes for this entry.
+    pub(crate) fn plan(&self) -> EntryPlan<'_> {
+        match self {
+            Item::Insert { table, columns, .. } => EntryPlan::Insert { table, columns },
             Item::Keyed {
                 table,
                 key_columns,
                 key_values,
                 ops,
                 ..
-            } => {
-                let delete = EntryStatement {
-                    kind: StatementKind::Delete,
-                    table,
-                    columns: &[],
-                    key_columns,
-                    key_values,
-                };
-                let before = match &ops.before {
-                    Before::Nothing => None,
-                    Before::Delete => Some(delete),
-                    Before::Update(set) => Some(EntryStatement {
-                        kind: StatementKind::Update,
-                        columns: set,
-                        ..delete
-                    }),
-                };
-                let upsert = ops.upsert.as_ref().map(|columns| EntryStatement {
-                    kind: StatementKind::Upsert,
-                    columns,
-                    ..delete
-                });
-                [before, upsert]
-            }
-        };
-        statements.into_iter().flatten()
+            } => EntryPlan::Keyed {
+                table,
+                key_columns,
+                key_values,
+                before: &ops.before,
+                upsert: ops.upsert.as_ref(),
+            },
+        }
     }
 
     pub(super) fn table(&self) -> &Arc<TableInfo> {

@@ -29,6 +29,7 @@ use super::entry::{EntryKey, Item};
 use super::{InFlightView, Shared, State, TicketStatus};
 use crate::engine::Step;
 use crate::error::{Error, Result};
+use crate::plan::EntryPlan;
 
 /// Attempts at close before unwritten entries are failed.
 const CLOSE_ATTEMPTS: u32 = 3;
@@ -170,7 +171,8 @@ fn write_all(shared: &Shared, items: Vec<Item>) -> bool {
         let started = Instant::now();
         let mut outcomes = vec![Outcome::Unwritten; batch.len()];
         let all: Vec<usize> = (0..batch.len()).collect();
-        let stopped = write_entries(shared, &batch, &all, &mut outcomes).err();
+        let plans: Vec<EntryPlan<'_>> = batch.iter().map(Item::plan).collect();
+        let stopped = write_entries(shared, &plans, &all, &mut outcomes).err();
         let (done, back): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .zip(outcomes)
@@ -204,7 +206,7 @@ enum Outcome {
 /// written stay `Unwritten`.
 fn write_entries(
     shared: &Shared,
-    batch: &[Item],
+    batch: &[EntryPlan<'_>],
     indexes: &[usize],
     outcomes: &mut [Outcome],
 ) -> Result<()> {

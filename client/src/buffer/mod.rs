@@ -168,8 +168,7 @@ enum NewOp {
 }
 
 impl WriteBuffer {
-    pub(crate) fn start(core: Arc<Core>) -> WriteBuffer {
-        let options = core.buffer_options.clone();
+    pub(crate) fn start(core: Arc<Core>, options: BufferOptions) -> WriteBuffer {
         let shared = Arc::new(Shared {
             core,
             options,

@@ -91,6 +91,7 @@ impl BufferOptions {
 
 /// Counters of a [`WriteBuffer`](super::WriteBuffer).
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct BufferStats {
     /// Entries queued, not yet being written.
     pub pending: usize,

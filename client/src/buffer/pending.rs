@@ -19,11 +19,10 @@
 
 use rusqlite::types::Value;
 
-/// Columns and values, by column index, at most one value per column.
-pub type Columns = Vec<(usize, Value)>;
+pub(crate) use crate::plan::{Before, Columns};
 
 /// Sets every column of `later` on `base` (later wins).
-pub fn merge_columns(base: &mut Columns, later: &Columns) {
+pub(crate) fn merge_columns(base: &mut Columns, later: &Columns) {
     for (column, value) in later {
         match base.iter_mut().find(|(c, _)| c == column) {
             Some(slot) => slot.1 = value.clone(),
@@ -34,7 +33,7 @@ pub fn merge_columns(base: &mut Columns, later: &Columns) {
 
 /// One operation a caller enqueues on a keyed row.
 #[derive(Debug, Clone, PartialEq)]
-pub enum KeyedOp {
+pub(crate) enum KeyedOp {
     /// Insert the row, or update these columns if the key exists
     /// (includes the key columns).
     Upsert(Columns),
@@ -44,21 +43,9 @@ pub enum KeyedOp {
     Delete,
 }
 
-/// What runs before the upsert.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub enum Before {
-    /// Nothing.
-    #[default]
-    Nothing,
-    /// `DELETE ... WHERE key`.
-    Delete,
-    /// `UPDATE ... SET cols WHERE key`.
-    Update(Columns),
-}
-
 /// The normal form of all pending operations on one key.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Coalesced {
+pub(crate) struct Coalesced {
     /// Runs first.
     pub before: Before,
     /// Runs second, if any (an upsert; includes key columns).
@@ -67,14 +54,14 @@ pub struct Coalesced {
 
 impl Coalesced {
     /// The normal form of a single operation.
-    pub fn of(op: KeyedOp) -> Coalesced {
+    pub(crate) fn of(op: KeyedOp) -> Coalesced {
         let mut c = Coalesced::default();
         c.apply(op);
         c
     }
 
     /// Adds a later operation.
-    pub fn apply(&mut self, op: KeyedOp) {
+    pub(crate) fn apply(&mut self, op: KeyedOp) {
         match op {
             KeyedOp::Delete => {
                 *self = Coalesced {
@@ -96,7 +83,7 @@ impl Coalesced {
     }
 
     /// The operations this normal form stands for, in order.
-    pub fn ops(&self) -> Vec<KeyedOp> {
+    pub(crate) fn ops(&self) -> Vec<KeyedOp> {
         let mut ops = Vec::with_capacity(2);
         match &self.before {
             Before::Nothing => {}
@@ -111,21 +98,16 @@ impl Coalesced {
 
     /// Adds everything `later` stands for (composition is exact because
     /// both are sequences of operations).
-    pub fn then(&mut self, later: &Coalesced) {
+    pub(crate) fn then(&mut self, later: &Coalesced) {
         for op in later.ops() {
             self.apply(op);
         }
-    }
-
-    /// Statements this entry runs (a savepoint is needed when > 1).
-    pub fn statement_count(&self) -> usize {
-        usize::from(self.before != Before::Nothing) + usize::from(self.upsert.is_some())
     }
 }
 
 /// Encodes key values into bytes usable as a hash-map key. Values are
 /// normalised first (see `normalize_key`), so equal keys encode equally.
-pub fn encode_key(values: &[Value]) -> Box<[u8]> {
+pub(crate) fn encode_key(values: &[Value]) -> Box<[u8]> {
     let mut out = Vec::with_capacity(values.len() * 9);
     for value in values {
         match value {
@@ -157,7 +139,7 @@ pub fn encode_key(values: &[Value]) -> Box<[u8]> {
 
 /// SQLite's type affinity of a declared column type (datatype3.html §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Affinity {
+pub(crate) enum Affinity {
     Integer,
     Text,
     Blob,
@@ -166,7 +148,7 @@ pub enum Affinity {
 }
 
 /// The affinity SQLite gives a declared type.
-pub fn affinity(declared_type: &str) -> Affinity {
+pub(crate) fn affinity(declared_type: &str) -> Affinity {
     let t = declared_type.to_ascii_uppercase();
     if t.contains("INT") {
         Affinity::Integer
@@ -186,7 +168,7 @@ pub fn affinity(declared_type: &str) -> Affinity {
 /// column) are one buffer entry. Returns `Err(expected)` for a key value
 /// SQLite would store as a different type than the key column holds (a
 /// text `'1'` key in an INTEGER column would never match an integer 1).
-pub fn normalize_key(affinity: Affinity, value: &Value) -> Result<Value, &'static str> {
+pub(crate) fn normalize_key(affinity: Affinity, value: &Value) -> Result<Value, &'static str> {
     match (affinity, value) {
         (_, Value::Null) => Err("a non-NULL value"),
         (Affinity::Integer | Affinity::Numeric, Value::Integer(_)) => Ok(value.clone()),
@@ -285,7 +267,7 @@ mod tests {
             for op in sequence {
                 c.apply(op.clone());
             }
-            assert!(c.statement_count() <= 2);
+            assert!(c.ops().len() <= 2);
             for start in [None, existing.clone()] {
                 assert_eq!(
                     run(start.clone(), &c.ops()),

@@ -34,7 +34,7 @@ const AWAITED: u8 = 0b100;
 
 /// The shared state of one ticket.
 #[derive(Debug, Default)]
-pub struct TicketCell {
+pub(crate) struct TicketCell {
     state: AtomicU8,
     slot: Mutex<Slot>,
 }
@@ -50,12 +50,12 @@ struct Slot {
 
 impl TicketCell {
     /// A new pending cell.
-    pub fn new() -> Arc<TicketCell> {
+    pub(crate) fn new() -> Arc<TicketCell> {
         Arc::new(TicketCell::default())
     }
 
     /// Marks the operation committed.
-    pub fn commit(&self) {
+    pub(crate) fn commit(&self) {
         let before = self.state.swap(COMMITTED, Ordering::AcqRel);
         if before & AWAITED != 0 {
             let wakers = std::mem::take(&mut self.slot.lock().wakers);
@@ -64,7 +64,7 @@ impl TicketCell {
     }
 
     /// Marks the operation failed with `message`.
-    pub fn fail(&self, message: &str) {
+    pub(crate) fn fail(&self, message: &str) {
         let mut slot = self.slot.lock();
         slot.error = Some(message.to_string());
         let before = self.state.swap(FAILED, Ordering::AcqRel);
@@ -78,7 +78,7 @@ impl TicketCell {
     }
 
     /// Where the operation stands.
-    pub fn status(&self) -> TicketStatus {
+    pub(crate) fn status(&self) -> TicketStatus {
         self.status_of(self.state.load(Ordering::Acquire))
     }
 
@@ -139,6 +139,7 @@ fn wake_all(wakers: Vec<Option<Waker>>) {
 
 /// Where an enqueued operation stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TicketStatus {
     /// Not yet written.
     Pending,
@@ -152,20 +153,20 @@ pub enum TicketStatus {
 
 /// The condition variable all ticket and flush waiters share.
 #[derive(Debug, Default)]
-pub struct TicketBoard {
+pub(crate) struct TicketBoard {
     lock: Mutex<()>,
     changed: Condvar,
 }
 
 impl TicketBoard {
     /// Wakes every waiter (after a batch committed or failed).
-    pub fn notify(&self) {
+    pub(crate) fn notify(&self) {
         let _guard = self.lock.lock();
         self.changed.notify_all();
     }
 
     /// Waits until `done()` holds or `timeout` passes; returns whether it holds.
-    pub fn wait_until(&self, timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    pub(crate) fn wait_until(&self, timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut guard = self.lock.lock();
         loop {

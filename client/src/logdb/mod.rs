@@ -58,7 +58,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, unbounded};
 use parking_lot::Mutex;
@@ -67,12 +67,7 @@ use crate::error::{Error, Result};
 pub use layer::DbLayer;
 pub use logger::DbLogger;
 
-/// Milliseconds since the Unix epoch now.
-pub(crate) fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::now_unix_ms;
 
 /// The last millisecond `humantime` can write (9999-12-31T23:59:59.999Z):
 /// later times are stored as this one, so an absurd `ts_unix_ms` can
@@ -394,6 +389,7 @@ impl LogSink {
 
 /// Counters of a [`LogDatabase`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LogStats {
     /// Entries written.
     pub written: u64,

@@ -90,7 +90,7 @@ impl PgStore {
 
     fn try_write(&mut self, batch: &[LogRecord], c: &Counters) -> Result<()> {
         let mut ts = Timestamps::default();
-        let now = super::now_unix_ms();
+        let now = crate::clock::now_unix_ms();
         let client = self.client()?;
         let mut tx = client.transaction().map_err(error)?;
         // COPY, not INSERT: the rows stream in PostgreSQL's text format,

@@ -295,7 +295,8 @@ impl Writer {
     fn retention(&mut self) -> Result<u64> {
         let mut deleted = 0u64;
         if let Some(retention) = self.options.retention {
-            let cutoff_ms = super::now_unix_ms().saturating_sub(retention.as_millis() as u64);
+            let cutoff_ms =
+                crate::clock::now_unix_ms().saturating_sub(retention.as_millis() as u64);
             loop {
                 let n = self
                     .store
@@ -350,7 +351,7 @@ impl SqliteStore {
                 }
             }
         }
-        let now = super::now_unix_ms();
+        let now = crate::clock::now_unix_ms();
         let [written, batches, dropped, failed, deleted] = c.stats_row(batch.len());
         tx.prepare_cached(schema::UPSERT_STATS)?
             .execute(rusqlite::params![

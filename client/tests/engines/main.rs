@@ -546,9 +546,9 @@ fn health_and_metrics_describe_the_engine(kind: Kind) {
             assert_eq!(health.schemas[0].journal_mode, "wal");
             assert!(health.server.is_none());
             let mode = if sqlite_hybrid::FUTEX_QUEUE {
-                "futex"
+                sqlite_hybrid::LockMode::Futex
             } else {
-                "backoff"
+                sqlite_hybrid::LockMode::Backoff
             };
             assert_eq!(metrics.mode, mode);
         }
@@ -563,7 +563,7 @@ fn health_and_metrics_describe_the_engine(kind: Kind) {
                 "{server:?}"
             );
             assert!(health.schemas.is_empty());
-            assert_eq!(metrics.mode, "postgres");
+            assert_eq!(metrics.mode, sqlite_hybrid::LockMode::Postgres);
             assert!(f.db.file_lock_metrics().unwrap().is_none());
         }
     }

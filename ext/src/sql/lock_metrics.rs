@@ -50,8 +50,8 @@ fn row(s: &LockStats) -> Vec<Value> {
     let optional = |v: Option<u64>| v.map_or(Value::Null, integer);
     vec![
         Value::Text(s.db.clone()),
-        Value::Text(s.scope.into()),
-        Value::Text(s.mode.into()),
+        Value::Text(s.scope.as_str().into()),
+        Value::Text(s.mode.as_str().into()),
         optional(s.connections),
         optional(s.handler_active),
         integer(s.busy_events),

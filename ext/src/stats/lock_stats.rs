@@ -3,7 +3,76 @@
 //! are computed. The process row, the file-wide row (from the side file)
 //! and the Rust client all go through [`LockStats::from_counts`].
 
+use std::fmt;
+
 use crate::stats::histogram::LogHistogram;
+
+/// Whose waits a [`LockStats`] row counts (the `scope` column of
+/// `hybrid_lock_metrics`).
+///
+/// ```
+/// assert_eq!(hybrid::LockScope::File.as_str(), "file");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockScope {
+    /// This process's waits (on PostgreSQL: this handle's).
+    Process,
+    /// Every process's waits on the file, from the shared side file.
+    File,
+}
+
+impl LockScope {
+    /// The text of the `scope` column: `"process"` or `"file"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockScope::Process => "process",
+            LockScope::File => "file",
+        }
+    }
+}
+
+impl fmt::Display for LockScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a [`LockStats`] row's waits were served (the `mode` column of
+/// `hybrid_lock_metrics`).
+///
+/// ```
+/// assert_eq!(hybrid::LockMode::Backoff.to_string(), "backoff");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockMode {
+    /// Queued hand-off through the side file (Linux).
+    Futex,
+    /// Sleep and retry.
+    Backoff,
+    /// The Rust client on a PostgreSQL server: its own retries and waits
+    /// (never a value of the SQL table).
+    Postgres,
+}
+
+impl LockMode {
+    /// The text of the `mode` column: `"futex"`, `"backoff"` or
+    /// `"postgres"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Futex => "futex",
+            LockMode::Backoff => "backoff",
+            LockMode::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The raw counters behind a [`LockStats`] row, as this process keeps them
 /// or as the side file keeps them for every process.
@@ -33,18 +102,20 @@ pub(crate) struct Counts {
 /// let conn = rusqlite::Connection::open_in_memory()?;
 /// let state = hybrid::register(&conn)?;
 /// let stats = state.snapshot().process;
-/// assert_eq!((stats.scope, stats.busy_events), ("process", 0));
+/// assert_eq!((stats.scope, stats.busy_events), (hybrid::LockScope::Process, 0));
+/// assert_eq!(stats.scope.as_str(), "process");
 /// # Ok::<(), rusqlite::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct LockStats {
     /// The main database file's path (`:memory:` for in-memory databases).
     pub db: String,
-    /// `"process"` (this process's waits) or `"file"` (every process's, from
-    /// the shared side file).
-    pub scope: &'static str,
-    /// `"futex"` (queued hand-off through the side file) or `"backoff"`.
-    pub mode: &'static str,
+    /// This process's waits or every process's (from the shared side
+    /// file); the SQL table shows [`LockScope::as_str`].
+    pub scope: LockScope,
+    /// Futex (queued hand-off through the side file), backoff, or (the Rust
+    /// client) PostgreSQL; the SQL table shows [`LockMode::as_str`].
+    pub mode: LockMode,
     /// Open connections of this process on the file with the extension
     /// registered (`None` for the file scope).
     pub connections: Option<u64>,
@@ -113,8 +184,8 @@ pub struct LockStats {
 /// What identifies a row besides its counters.
 pub(crate) struct RowIdentity {
     pub(crate) db: String,
-    pub(crate) scope: &'static str,
-    pub(crate) mode: &'static str,
+    pub(crate) scope: LockScope,
+    pub(crate) mode: LockMode,
     pub(crate) connections: Option<u64>,
     pub(crate) handler_active: Option<u64>,
     pub(crate) policy: Option<String>,
@@ -170,8 +241,8 @@ mod tests {
     fn identity() -> RowIdentity {
         RowIdentity {
             db: "x.db".into(),
-            scope: "process",
-            mode: "backoff",
+            scope: LockScope::Process,
+            mode: LockMode::Backoff,
             connections: Some(1),
             handler_active: Some(1),
             policy: None,

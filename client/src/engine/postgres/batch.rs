@@ -17,10 +17,9 @@ use postgres::Transaction;
 
 use super::values::execute_text;
 use super::{PgEngine, error};
-use crate::buffer::entry::Item;
-use crate::buffer::pending::{Before, Columns};
 use crate::engine::Step;
 use crate::error::Result;
+use crate::plan::{Before, Columns, EntryPlan};
 use crate::schema::{TableInfo, quote};
 
 /// PostgreSQL's limit on the parameters of one statement.
@@ -32,7 +31,7 @@ const MAX_ROWS: usize = 1000;
 /// conflicts (`attempts` counts the tries).
 pub(crate) fn write_step(
     engine: &PgEngine,
-    batch: &[Item],
+    batch: &[EntryPlan<'_>],
     live: &[usize],
     attempts: &mut u32,
 ) -> Result<Step> {
@@ -75,20 +74,21 @@ struct Shape {
 impl Shape {
     /// The shape of an entry that is one INSERT or one upsert (`None` for
     /// entries that delete or update first).
-    fn of(item: &Item) -> Option<Shape> {
+    fn of(item: &EntryPlan<'_>) -> Option<Shape> {
         let table_id = |t: &TableInfo| t as *const TableInfo as usize;
-        match item {
-            Item::Insert { table, columns, .. } => Some(Shape {
+        match *item {
+            EntryPlan::Insert { table, columns } => Some(Shape {
                 table: table_id(table),
                 columns: columns.iter().map(|(c, _)| *c).collect(),
                 keys: None,
             }),
-            Item::Keyed {
+            EntryPlan::Keyed {
                 table,
                 key_columns,
-                ops,
+                before,
+                upsert,
                 ..
-            } => match (&ops.before, &ops.upsert) {
+            } => match (before, upsert) {
                 (Before::Nothing, Some(columns)) => Some(Shape {
                     table: table_id(table),
                     columns: columns.iter().map(|(c, _)| *c).collect(),
@@ -101,16 +101,16 @@ impl Shape {
 }
 
 /// The columns an entry of a [`Shape`] writes.
-fn row_columns(item: &Item) -> &Columns {
-    match item {
-        Item::Insert { columns, .. } => columns,
-        Item::Keyed { ops, .. } => ops.upsert.as_ref().expect("a shaped entry upserts"),
+fn row_columns<'a>(item: &EntryPlan<'a>) -> &'a Columns {
+    match *item {
+        EntryPlan::Insert { columns, .. } => columns,
+        EntryPlan::Keyed { upsert, .. } => upsert.expect("a shaped entry upserts"),
     }
 }
 
-fn table_of(item: &Item) -> &TableInfo {
-    match item {
-        Item::Insert { table, .. } | Item::Keyed { table, .. } => table,
+fn table_of<'a>(item: &EntryPlan<'a>) -> &'a TableInfo {
+    match *item {
+        EntryPlan::Insert { table, .. } | EntryPlan::Keyed { table, .. } => table,
     }
 }
 
@@ -166,7 +166,7 @@ fn multi_row_sql(table: &TableInfo, shape: &Shape, rows: usize) -> String {
 /// error, one by one.
 fn write_run(
     tx: &mut Transaction<'_>,
-    batch: &[Item],
+    batch: &[EntryPlan<'_>],
     shape: &Shape,
     run: &[usize],
     failed: &mut Vec<(usize, String)>,
@@ -199,7 +199,7 @@ fn write_run(
 /// row-level error fails it alone.
 fn write_entry(
     tx: &mut Transaction<'_>,
-    batch: &[Item],
+    batch: &[EntryPlan<'_>],
     index: usize,
     failed: &mut Vec<(usize, String)>,
 ) -> Result<()> {
@@ -221,7 +221,7 @@ fn write_entry(
 }
 
 /// The statements of one entry, as on SQLite (placeholders rewritten).
-fn apply(tx: &mut Transaction<'_>, item: &Item) -> Result<(), postgres::Error> {
+fn apply(tx: &mut Transaction<'_>, item: &EntryPlan<'_>) -> Result<(), postgres::Error> {
     for statement in item.statements() {
         execute_text(tx, &statement.sql(), statement.params())?;
     }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hybrid::LockStats;
+use hybrid::{LockMode, LockScope, LockStats};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use postgres::{Client, Config, NoTls};
 use rusqlite::types::Value;
@@ -45,64 +45,14 @@ use crate::schema::TableInfo;
 use crate::tx::Tx;
 
 pub(crate) mod batch;
+pub(crate) mod errors;
 mod replicas;
 mod retry;
 mod schema;
 pub(crate) mod values;
 
-/// The SQLSTATEs a retry can cure: serialization failure, deadlock, lock
-/// not available (`lock_timeout`).
-pub(crate) fn is_retryable(sqlstate: &str) -> bool {
-    matches!(sqlstate, "40001" | "40P01" | "55P03")
-}
-
-/// A driver error as the crate's [`Error`], classified by SQLSTATE.
-pub(crate) fn error(e: postgres::Error) -> Error {
-    let code = e.code().map(|c| c.code().to_string());
-    // The driver's own I/O errors on the socket ("error communicating with
-    // the server": a reset, a server killed mid-statement) carry the
-    // `std::io::Error` as their source; they are a lost connection too.
-    let closed =
-        e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
-    let db = DbError::postgres(e);
-    match code.as_deref() {
-        Some(c) if c.starts_with("23") => Error::Constraint(db),
-        Some("42P01" | "42703" | "3F000" | "42P10") => Error::Schema(db.to_string()),
-        Some(c) if c.starts_with("22") => Error::InvalidInput(db.to_string()),
-        Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "53100" => Error::Io(db),
-        None if closed => Error::Io(db),
-        // Lock errors stay here until the retry loop gives up on them.
-        _ => Error::Database(db),
-    }
-}
-
-/// A driver error at `COMMIT`: when the server did not answer (the
-/// connection broke, the server shut down or crashed), whether the
-/// transaction committed is unknown; any answer (`40001`, a deferred
-/// constraint) means it rolled back.
-fn commit_error(e: postgres::Error) -> Error {
-    let unknown = match e.code() {
-        None => true,
-        Some(code) => code.code().starts_with("08") || code.code().starts_with("57P"),
-    };
-    if unknown {
-        Error::CommitOutcomeUnknown(DbError::postgres(e))
-    } else {
-        error(e)
-    }
-}
-
-/// A failure to open a session: [`Error::Io`] when the server did not
-/// answer (refused, down, or no host of a multi-host URL fit
-/// `target_session_attrs`), else classified by the server's SQLSTATE
-/// (a wrong password is not a connection problem to wait out).
-pub(crate) fn connect_error(e: postgres::Error) -> Error {
-    if e.code().is_none() {
-        Error::Io(DbError::postgres(e))
-    } else {
-        error(e)
-    }
-}
+use errors::commit_error;
+pub(crate) use errors::{connect_error, error};
 
 /// Waits for the lock this handle has seen (for `lock_metrics`).
 #[derive(Debug, Default)]
@@ -359,7 +309,7 @@ impl PgEngine {
         }
         w.wait_total_us += us;
         w.wait_max_us = w.wait_max_us.max(us);
-        w.last_event_unix_ms = Some(crate::logdb::now_unix_ms());
+        w.last_event_unix_ms = Some(crate::clock::now_unix_ms());
     }
 
     /// Runs `f` on a reader session of the primary (the writer's when
@@ -440,8 +390,8 @@ impl PgEngine {
         let total_ms = w.wait_total_us as f64 / 1000.0;
         LockStats {
             db: self.display.clone(),
-            scope: "process",
-            mode: "postgres",
+            scope: LockScope::Process,
+            mode: LockMode::Postgres,
             connections: Some(1 + self.readers.size as u64),
             handler_active: None,
             busy_events: finished + w.in_flight,
@@ -617,11 +567,5 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("postgresql://h/db?x=1"), "postgresql://h/db?x=1");
-    }
-
-    #[test]
-    fn retryable_states() {
-        assert!(is_retryable("40001") && is_retryable("40P01") && is_retryable("55P03"));
-        assert!(!is_retryable("23505"));
     }
 }

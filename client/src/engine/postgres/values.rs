@@ -19,7 +19,7 @@ use postgres::GenericClient;
 use postgres::types::{Format, FromSql, IsNull, ToSql, Type, to_sql_checked};
 use rusqlite::types::Value;
 
-use super::error;
+use super::errors::error;
 use crate::error::{Error, Result};
 
 type BoxError = Box<dyn StdError + Sync + Send>;

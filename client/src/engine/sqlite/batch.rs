@@ -11,9 +11,9 @@ use hybrid::Priority;
 use rusqlite::{Transaction, ffi, params_from_iter};
 
 use super::{Attempt, SqliteEngine};
-use crate::buffer::entry::{EntryStatement, Item, StatementKind};
 use crate::engine::Step;
 use crate::error::Result;
+use crate::plan::{EntryPlan, EntryStatement, StatementKind};
 
 const SAVEPOINT: &str = "hybrid_buffer_entry";
 
@@ -21,7 +21,7 @@ const SAVEPOINT: &str = "hybrid_buffer_entry";
 /// on lock errors; `attempts` counts the tries).
 pub(crate) fn write_step(
     engine: &SqliteEngine,
-    batch: &[Item],
+    batch: &[EntryPlan<'_>],
     live: &[usize],
     attempts: &mut u32,
 ) -> Result<Step> {
@@ -31,7 +31,7 @@ pub(crate) fn write_step(
         let mut failed = Vec::new();
         for &index in live {
             let item = &batch[index];
-            let statement_count = statement_count(item);
+            let statement_count = item.statement_count();
             if statement_count > 1 {
                 tx.execute_batch(&format!("SAVEPOINT {SAVEPOINT}"))?;
             }
@@ -102,14 +102,7 @@ impl<'tx> Statements<'tx> {
     }
 }
 
-fn statement_count(item: &Item) -> usize {
-    match item {
-        Item::Insert { .. } => 1,
-        Item::Keyed { ops, .. } => ops.statement_count(),
-    }
-}
-
-fn apply(statements: &mut Statements<'_>, item: &Item) -> rusqlite::Result<()> {
+fn apply(statements: &mut Statements<'_>, item: &EntryPlan<'_>) -> rusqlite::Result<()> {
     for statement in item.statements() {
         statements
             .get(&statement)?
