@@ -35,7 +35,7 @@ use crate::policy::json::policy_to_json;
 use crate::policy::rng::{SplitMix64, mix64};
 use crate::queue::{FileQueue, Member, Priority, Settings};
 use crate::shared::SideFile;
-use crate::slow_waits::{self, SlowWaitEvent};
+use crate::slow_waits::{self, LoggedTracker, SlowWaitEvent};
 use crate::stats::lock_stats::{LockMode, LockScope, LockStats, RowIdentity};
 use crate::stats::registry::{self as stats_registry, FileMetrics, ImmediateBusy, SharedCounters};
 use crate::stats::tracker::WaitTracker;
@@ -47,7 +47,7 @@ use crate::stats::tracker::WaitTracker;
 pub struct ConnState {
     pub(crate) id: u64,
     db_path: String,
-    pub(crate) tracker: Arc<WaitTracker>,
+    pub(crate) tracker: Arc<LoggedTracker>,
     policy: Mutex<BackoffPolicy>,
     pub(crate) rng: Mutex<SplitMix64>,
     settings: Arc<Settings>,
@@ -83,7 +83,9 @@ impl ConnState {
         ConnState {
             id,
             db_path: db_path.to_string(),
-            tracker: WaitTracker::new(stats_registry::global().file(db_path)),
+            tracker: Arc::new(LoggedTracker::new(WaitTracker::new(
+                stats_registry::global().file(db_path),
+            ))),
             policy: Mutex::new(policy),
             rng: Mutex::new(SplitMix64::new(seed)),
             settings: Arc::new(Settings::new(Priority::Interactive, policy.handoff_ms)),
@@ -285,7 +287,7 @@ pub(crate) fn file_row(db_path: &str, side: &SideFile) -> LockStats {
 #[derive(Debug)]
 struct LockHooks {
     db_path: String,
-    tracker: Arc<WaitTracker>,
+    tracker: Arc<LoggedTracker>,
     settings: Arc<Settings>,
     /// `Some` in futex mode; `None` if the side file could not be used.
     member: OnceLock<Option<Arc<Member>>>,

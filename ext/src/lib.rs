@@ -26,8 +26,10 @@
 //! conn.rs              one connection's state (knows neither the handler
 //!                      nor the SQL surface)
 //! policy/, queue/      the rules: what a waiting connection does; and
-//! slow_waits.rs        the slow-wait log (who holds, who waits)
-//! stats/               record what happened (the tables report it)
+//! slow_waits.rs        the slow-wait log (who holds, who waits), fed the
+//!                      slow waits a connection's tracker hands back
+//! stats/               record what happened, never report it (the tables
+//!                      and the slow-wait log do)
 //! shared/              the side file `<db>-hybrid`: its format and the
 //!                      numbers every process must agree on (a leaf)
 //! file_hooks.rs, budget.rs, clock.rs, text.rs
@@ -38,9 +40,9 @@
 //! Data flows the same way, from SQLite down: `file_hooks.rs` (the write
 //! lock) and `busy.rs` (the busy handler) ask `queue/` and `policy/` what
 //! to do and tell `stats/` what happened; `sql/` reads the statistics back
-//! out as tables. One exception remains: `stats/` calls `slow_waits.rs`
-//! (which reads who holds and waits in `queue/`) when a wait ends. No two
-//! modules import each other.
+//! out as tables, and `slow_waits.rs` reports the slow waits that the wait
+//! tracker (`stats/tracker.rs`) hands back to it. No two modules import
+//! each other.
 
 #![warn(missing_docs, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 

@@ -13,11 +13,16 @@
 //!
 //! Reports are made outside every lock of ours: a host's log callback may
 //! run any code, queries of our own tables included.
+//!
+//! A connection's waits are counted by its wait tracker (`stats/`, which
+//! records and never reports); [`LoggedTracker`] joins the two: it gives
+//! the tracker this log's threshold and reports the slow waits the tracker
+//! hands back, after the tracker's locks are released.
 
 use std::ffi::CString;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use rusqlite::ffi;
@@ -25,6 +30,8 @@ use rusqlite::ffi;
 use crate::clock::now_ns;
 use crate::queue::waiters::{holder, waiters};
 use crate::shared::SideFile;
+use crate::stats::registry::FileMetrics;
+use crate::stats::tracker::{CallContext, SlowStage, SlowWaitSeen, WaitTracker};
 
 /// The default threshold: PostgreSQL's `deadlock_timeout`, which is also
 /// when its `log_lock_waits` speaks.
@@ -185,11 +192,6 @@ pub(crate) fn report_immediate(db: &str, event: SlowWaitEvent) {
     report(db, event, Duration::ZERO);
 }
 
-/// Whether a wait of `waited` is slow.
-pub(crate) fn is_slow(waited: Duration) -> bool {
-    log_waits().is_some_and(|threshold| waited >= threshold)
-}
-
 /// Reports `event` of a wait of `waited` on `db` (the caller holds no lock
 /// of ours).
 pub(crate) fn report(db: &str, event: SlowWaitEvent, waited: Duration) {
@@ -214,5 +216,93 @@ pub(crate) fn report(db: &str, event: SlowWaitEvent, waited: Duration) {
     let hook = HOOK.read().clone();
     if let Some(hook) = hook {
         hook(&report);
+    }
+}
+
+/// One connection's wait tracker whose slow waits go to this log: each call
+/// passes the log's threshold in ([`log_waits`]) and reports what the
+/// tracker hands back. A wait still open when the last owner (the
+/// connection's state, its file hooks) lets go is settled and reported.
+#[derive(Debug)]
+pub(crate) struct LoggedTracker {
+    tracker: Arc<WaitTracker>,
+}
+
+impl LoggedTracker {
+    /// Logs the slow waits of `tracker`.
+    pub(crate) fn new(tracker: Arc<WaitTracker>) -> LoggedTracker {
+        LoggedTracker { tracker }
+    }
+
+    /// The file this connection's waits are counted under.
+    pub(crate) fn file(&self) -> &Arc<FileMetrics> {
+        self.tracker.file()
+    }
+
+    /// Records whether the hybrid busy handler is in force.
+    pub(crate) fn set_handler_installed(&self, installed: bool) {
+        self.tracker.set_handler_installed(installed);
+    }
+
+    /// Whether the handler was last seen in force.
+    pub(crate) fn handler_installed(&self) -> bool {
+        self.tracker.handler_installed()
+    }
+
+    /// A busy-handler call ([`WaitTracker::handler_called`]).
+    pub(crate) fn handler_called(&self, count: i32, now: Instant) -> CallContext {
+        let (call, seen) = self.tracker.handler_called(count, now, log_waits());
+        for seen in seen.into_iter().flatten() {
+            self.report(seen);
+        }
+        call
+    }
+
+    /// The handler slept `delay_ms` and now lets SQLite retry.
+    pub(crate) fn chose_retry(&self, now: Instant, delay_ms: f64) {
+        self.tracker.chose_retry(now, delay_ms);
+    }
+
+    /// The handler gave up: the wait ends now.
+    pub(crate) fn gave_up(&self, now: Instant) {
+        if let Some(seen) = self.tracker.gave_up(now, log_waits()) {
+            self.report(seen);
+        }
+    }
+
+    /// A wait still open ends as acquired ([`WaitTracker::settle`]).
+    pub(crate) fn settle(&self) {
+        if let Some(seen) = self.tracker.settle(log_waits()) {
+            self.report(seen);
+        }
+    }
+
+    /// How long from now until the wait in progress must be reported as
+    /// still going on (`None`: no wait, reported already, or the log is
+    /// off).
+    pub(crate) fn slow_report_due(&self) -> Option<Duration> {
+        self.tracker.slow_report_due(log_waits())
+    }
+
+    /// Reports the wait in progress as still going on (once per wait).
+    pub(crate) fn report_still_waiting(&self, now: Instant) {
+        if let Some(seen) = self.tracker.still_waiting(now) {
+            self.report(seen);
+        }
+    }
+
+    fn report(&self, seen: SlowWaitSeen) {
+        let event = match seen.stage {
+            SlowStage::StillWaiting => SlowWaitEvent::StillWaiting,
+            SlowStage::Acquired => SlowWaitEvent::Acquired,
+            SlowStage::GaveUp => SlowWaitEvent::GaveUp,
+        };
+        report(self.tracker.file().path(), event, seen.waited);
+    }
+}
+
+impl Drop for LoggedTracker {
+    fn drop(&mut self) {
+        self.settle();
     }
 }

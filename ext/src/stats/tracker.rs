@@ -12,6 +12,14 @@
 //! wait starts or the connection closes. Readers count provisional waits as
 //! acquired, so a snapshot shows every wait exactly once.
 //!
+//! # Slow waits: recorded here, reported by the owner
+//! Statistics record; they do not report. The slow-wait log's threshold
+//! comes in as data (`slow_after`, `None`: the log is off), and each call
+//! hands back the slow waits it saw ([`SlowWaitSeen`]) for the tracker's
+//! owner (`conn.rs`) to report once the tracker's locks are released: a
+//! report may run the host's code. The tracker only remembers that a wait
+//! was reported as still going on, so its end is reported too.
+//!
 //! # Locking
 //! Lock order: a tracker's `episode` → its file's `stats` → the event ring.
 //! A reader (`registry.rs`) locks every episode of a file, then its stats,
@@ -26,7 +34,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::clock::now_unix_ms;
-use crate::slow_waits::{self, SlowWaitEvent};
 use crate::stats::episode::{Episode, Phase};
 use crate::stats::registry::{ConnectionWaits, FileMetrics, FileStats, Outcome, WaitEvent};
 
@@ -62,9 +69,32 @@ pub(crate) struct CallContext {
     pub(crate) first: bool,
 }
 
-/// A finished wait the slow-wait log must report (made after the tracker's
-/// locks are released: the report may run the host's code).
-struct SlowEnd(SlowWaitEvent, Duration);
+/// Where a slow wait stands when the tracker hands it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlowStage {
+    /// It passed the threshold and goes on (said once per wait).
+    StillWaiting,
+    /// It ended with the lock.
+    Acquired,
+    /// It ended with the handler giving up.
+    GaveUp,
+}
+
+/// A slow wait the tracker saw, for its owner to report (see "Slow waits"
+/// above): a wait that passed the threshold, or one that ended after it
+/// did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlowWaitSeen {
+    /// Where the wait stands.
+    pub(crate) stage: SlowStage,
+    /// How long it has waited (or waited in all).
+    pub(crate) waited: Duration,
+}
+
+/// Whether a wait of `waited` is slow under the threshold `slow_after`.
+fn is_slow(waited: Duration, slow_after: Option<Duration>) -> bool {
+    slow_after.is_some_and(|threshold| waited >= threshold)
+}
 
 /// The wait state of one connection, shared with its file's readers.
 #[derive(Debug)]
@@ -111,13 +141,19 @@ impl WaitTracker {
     /// A busy-handler call: `count` is SQLite's count of earlier calls in
     /// this step. Count 0 (or no open wait) starts a new wait, settling the
     /// previous one as acquired; count 0 (or no open run) also starts a new
-    /// run of calls, which the returned context describes.
-    pub(crate) fn handler_called(&self, count: i32, now: Instant) -> CallContext {
-        let (waited, ended) = self.handler_called_locked(count, now);
-        self.report(ended);
-        if slow_waits::is_slow(waited) {
-            self.report_still_waiting(now);
-        }
+    /// run of calls, which the returned context describes. Also returns the
+    /// slow waits seen (at most two: the previous wait, ended slow, and the
+    /// current one passing `slow_after`), in that order.
+    pub(crate) fn handler_called(
+        &self,
+        count: i32,
+        now: Instant,
+        slow_after: Option<Duration>,
+    ) -> (CallContext, [Option<SlowWaitSeen>; 2]) {
+        let (waited, ended) = self.handler_called_locked(count, now, slow_after);
+        let still_waiting = is_slow(waited, slow_after)
+            .then(|| self.still_waiting(now))
+            .flatten();
         let mut run = self.run.lock();
         let first = count <= 0 || run.is_none();
         let current = match *run {
@@ -128,18 +164,24 @@ impl WaitTracker {
                 last_delay_ms: 0.0,
             }),
         };
-        CallContext {
+        let call = CallContext {
             attempt: current.retries,
             elapsed: now.saturating_duration_since(current.started),
             previous_delay_ms: current.last_delay_ms,
             first,
-        }
+        };
+        (call, [ended, still_waiting])
     }
 
     /// The wait bookkeeping of [`Self::handler_called`], under the locks:
     /// returns how long the current wait has lasted, and the previous wait
-    /// if it must be reported.
-    fn handler_called_locked(&self, count: i32, now: Instant) -> (Duration, Option<SlowEnd>) {
+    /// if it was slow.
+    fn handler_called_locked(
+        &self,
+        count: i32,
+        now: Instant,
+        slow_after: Option<Duration>,
+    ) -> (Duration, Option<SlowWaitSeen>) {
         let mut ended = None;
         let mut episode = self.episode.lock();
         let mut stats = self.file.stats.lock();
@@ -150,7 +192,7 @@ impl WaitTracker {
         }
         if count <= 0 || episode.is_none() {
             if let Some(previous) = episode.take() {
-                ended = self.settle_locked(previous, &mut stats);
+                ended = self.settle_locked(previous, &mut stats, slow_after);
             }
             let at = now_unix_ms();
             stats.last_event_unix_ms = Some(at);
@@ -172,34 +214,27 @@ impl WaitTracker {
         (waited, ended)
     }
 
-    /// How long from now until the wait in progress becomes slow and must be
-    /// reported (`None`: no wait, already reported, or the log is off).
-    pub(crate) fn slow_report_due(&self) -> Option<Duration> {
-        let threshold = slow_waits::log_waits()?;
+    /// How long from now until the wait in progress passes `slow_after`
+    /// and must be reported (`None`: no wait, already reported, or the log
+    /// is off).
+    pub(crate) fn slow_report_due(&self, slow_after: Option<Duration>) -> Option<Duration> {
+        let threshold = slow_after?;
         let episode = self.episode.lock();
         let current = episode.as_ref().filter(|e| !e.slow_reported)?;
         Some(threshold.saturating_sub(current.started.elapsed()))
     }
 
-    /// Reports the wait in progress as still going on (once per wait: the
-    /// busy handler's calls and the queue's report time both end here).
-    pub(crate) fn report_still_waiting(&self, now: Instant) {
-        let waited = {
-            let mut episode = self.episode.lock();
-            let Some(current) = episode.as_mut().filter(|e| !e.slow_reported) else {
-                return;
-            };
-            current.slow_reported = true;
-            now.saturating_duration_since(current.started)
-        };
-        self.report(Some(SlowEnd(SlowWaitEvent::StillWaiting, waited)));
-    }
-
-    /// Hands a finished slow wait to the slow-wait log.
-    fn report(&self, ended: Option<SlowEnd>) {
-        if let Some(SlowEnd(event, waited)) = ended {
-            slow_waits::report(self.file.path(), event, waited);
-        }
+    /// The wait in progress, to be reported as still going on: once per
+    /// wait (the busy handler's calls and the queue's report time both end
+    /// here), then `None`.
+    pub(crate) fn still_waiting(&self, now: Instant) -> Option<SlowWaitSeen> {
+        let mut episode = self.episode.lock();
+        let current = episode.as_mut().filter(|e| !e.slow_reported)?;
+        current.slow_reported = true;
+        Some(SlowWaitSeen {
+            stage: SlowStage::StillWaiting,
+            waited: now.saturating_duration_since(current.started),
+        })
     }
 
     /// The handler slept `delay_ms` and now lets SQLite retry.
@@ -216,44 +251,50 @@ impl WaitTracker {
         }
     }
 
-    /// The handler gave up: the wait ends now as `gave_up`.
-    pub(crate) fn gave_up(&self, now: Instant) {
+    /// The handler gave up: the wait ends now as `gave_up`. Returns it if
+    /// it was slow (passed `slow_after`, or was reported as still waiting).
+    pub(crate) fn gave_up(
+        &self,
+        now: Instant,
+        slow_after: Option<Duration>,
+    ) -> Option<SlowWaitSeen> {
         *self.run.lock() = None;
-        let ended = {
-            let mut episode = self.episode.lock();
-            episode.take().and_then(|finished| {
-                let wait = now.saturating_duration_since(finished.started);
-                let mut stats = self.file.stats.lock();
-                self.record_locked(
-                    &finished,
-                    Outcome::GaveUp,
-                    wait.as_micros() as u64,
-                    now_unix_ms(),
-                    &mut stats,
-                );
-                (finished.slow_reported || slow_waits::is_slow(wait))
-                    .then_some(SlowEnd(SlowWaitEvent::GaveUp, wait))
+        let mut episode = self.episode.lock();
+        episode.take().and_then(|finished| {
+            let wait = now.saturating_duration_since(finished.started);
+            let mut stats = self.file.stats.lock();
+            self.record_locked(
+                &finished,
+                Outcome::GaveUp,
+                wait.as_micros() as u64,
+                now_unix_ms(),
+                &mut stats,
+            );
+            (finished.slow_reported || is_slow(wait, slow_after)).then_some(SlowWaitSeen {
+                stage: SlowStage::GaveUp,
+                waited: wait,
             })
-        };
-        self.report(ended);
+        })
     }
 
     /// The lock was acquired (futex mode), or the connection is idle or
     /// closing: a wait still open ends as acquired. A no-op without one.
-    pub(crate) fn settle(&self) {
-        let ended = {
-            let mut episode = self.episode.lock();
-            episode.take().and_then(|previous| {
-                let mut stats = self.file.stats.lock();
-                self.settle_locked(previous, &mut stats)
-            })
-        };
-        self.report(ended);
+    /// Returns the wait if it was slow.
+    pub(crate) fn settle(&self, slow_after: Option<Duration>) -> Option<SlowWaitSeen> {
+        let mut episode = self.episode.lock();
+        episode.take().and_then(|previous| {
+            let mut stats = self.file.stats.lock();
+            self.settle_locked(previous, &mut stats, slow_after)
+        })
     }
 
-    /// Ends `previous` as acquired; returns it if the slow-wait log must
-    /// report it.
-    fn settle_locked(&self, previous: Episode, stats: &mut FileStats) -> Option<SlowEnd> {
+    /// Ends `previous` as acquired; returns it if it was slow.
+    fn settle_locked(
+        &self,
+        previous: Episode,
+        stats: &mut FileStats,
+        slow_after: Option<Duration>,
+    ) -> Option<SlowWaitSeen> {
         // A wait still in `Waiting` here was cut short (the handler was
         // replaced mid-wait, or the lock came between two calls): it got
         // past the lock, so its time counts as acquired.
@@ -265,8 +306,10 @@ impl WaitTracker {
         };
         self.record_locked(&previous, Outcome::Acquired, wait_us, at, stats);
         let wait = Duration::from_micros(wait_us);
-        (previous.slow_reported || slow_waits::is_slow(wait))
-            .then_some(SlowEnd(SlowWaitEvent::Acquired, wait))
+        (previous.slow_reported || is_slow(wait, slow_after)).then_some(SlowWaitSeen {
+            stage: SlowStage::Acquired,
+            waited: wait,
+        })
     }
 
     fn record_locked(
@@ -307,7 +350,9 @@ impl ConnectionWaits for WaitTracker {
 
 impl Drop for WaitTracker {
     fn drop(&mut self) {
-        self.settle();
+        // The owner settles (and reports) a wait still open before it lets
+        // go (`conn.rs`); whatever is left is counted here, not reported.
+        let _ = self.settle(None);
         self.file.forget_dead_trackers();
     }
 }
