@@ -8,7 +8,7 @@ use rusqlite::{Connection, Result};
 
 use crate::conn::ConnState;
 use crate::queue::waiters::{holder, waiters};
-use crate::sql::observed_side_files;
+use crate::sql::side_files::observed_side_files;
 use crate::sql::vtab::{TableSpec, integer};
 
 /// The `hybrid_lock_holder` table.

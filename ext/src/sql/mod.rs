@@ -8,6 +8,7 @@ pub(crate) mod lock_events;
 pub(crate) mod lock_holder;
 pub(crate) mod lock_metrics;
 pub(crate) mod lock_waiters;
+pub(crate) mod side_files;
 pub(crate) mod tune;
 pub(crate) mod vtab;
 
@@ -16,19 +17,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, Result};
 
 use crate::conn::ConnState;
-use crate::shared::SideFile;
-use crate::stats::registry::{self as stats_registry, FileMetrics};
 use vtab::TableSpec;
-
-/// The databases this process has seen that have a side file to read,
-/// each with it: what the queue tables show.
-pub(crate) fn observed_side_files() -> Vec<(Arc<FileMetrics>, Arc<SideFile>)> {
-    stats_registry::global()
-        .files()
-        .into_iter()
-        .filter_map(|file| SideFile::observe(file.path()).map(|side| (file, side)))
-        .collect()
-}
 
 /// Every table the extension adds.
 const TABLES: [&TableSpec; 5] = [
