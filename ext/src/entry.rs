@@ -20,6 +20,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use rusqlite::{Connection, ffi};
 
+use crate::registration::register;
 use crate::text::{Malloc, c_string_with, sqlite_malloc};
 
 /// The C signature of an extension entry point.
@@ -42,7 +43,11 @@ unsafe fn write_error(malloc: Malloc, pz_err_msg: *mut *mut c_char, message: &st
     }
 }
 
-pub(crate) fn register_auto_extension() -> rusqlite::Result<()> {
+/// Makes SQLite call [`register`] on every connection this process opens
+/// from now on (`sqlite3_auto_extension`). The loadable entry point does
+/// this itself; Rust programs that open connections outside the client
+/// crate can call it once at start-up.
+pub fn register_auto_extension() -> rusqlite::Result<()> {
     // SAFETY: `auto_init` has the entry-point signature SQLite calls
     // auto-extensions with. The bundled bindings declare exactly that type;
     // the loadable bindings erase it to `void(*)(void)`, as sqlite3ext.h
@@ -81,8 +86,7 @@ unsafe extern "C" fn auto_init(
     catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: SQLite passes the connection being opened; the wrapper
         // does not own it.
-        let registered =
-            unsafe { Connection::from_handle(db) }.and_then(|conn| crate::register(&conn));
+        let registered = unsafe { Connection::from_handle(db) }.and_then(|conn| register(&conn));
         match registered {
             Ok(_) => ffi::SQLITE_OK,
             Err(error) => {
@@ -105,7 +109,8 @@ mod loadable {
 
     use rusqlite::{Connection, ffi};
 
-    use super::{cancel_auto_extension, write_error};
+    use super::{cancel_auto_extension, register_auto_extension, write_error};
+    use crate::registration::{register, unregister};
     use crate::text::sqlite_malloc;
 
     /// The API table of the SQLite library that loaded us first. All SQLite
@@ -215,12 +220,12 @@ mod loadable {
             }
             crate::conn::error_code(error)
         };
-        if let Err(error) = crate::register(conn) {
+        if let Err(error) = register(conn) {
             return failed(&error);
         }
-        if let Err(error) = crate::register_auto_extension() {
+        if let Err(error) = register_auto_extension() {
             cancel_auto_extension();
-            crate::unregister(conn);
+            unregister(conn);
             return failed(&error);
         }
         ffi::SQLITE_OK_LOAD_PERMANENTLY
