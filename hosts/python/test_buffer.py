@@ -393,6 +393,78 @@ def test_transactions_are_bounded_by_entries_and_by_time_in_the_lock(tmp_path):
     assert rows(path, "SELECT count(*), min(v), max(v) FROM t") == [(20_000, "y", "y")]
 
 
+def test_the_lock_budget_reserves_commit_and_shrinks_groups_when_commits_are_slow():
+    # Driven by a fake clock and fake measurements: no wall time involved.
+    from sqlite_hybrid._tx import GROUP_ROWS, LockBudget
+
+    now = [0.0]
+    budget = LockBudget(20.0, clock=lambda: now[0])
+    assert budget.group_rows == GROUP_ROWS == 64
+    # Nothing measured yet: COMMIT is reserved as long as the writing.
+    assert budget.window_s() == pytest.approx(0.010)
+    budget.wrote(64, 0.000_64)  # 10 µs a row: a group of 64 is 0.64 ms
+    assert budget.group_rows == 64
+    # The next group (counted twice) and the COMMIT must fit in the window.
+    now[0] = 0.008
+    assert budget.fits(0.0, 64)
+    now[0] = 0.009
+    assert not budget.fits(0.0, 64)
+
+    # Fast commits give the writing almost the whole budget.
+    for _ in range(8):
+        budget.committed(0.010, 0.000_5)
+    assert budget.commit_share() == pytest.approx(0.05)
+    assert budget.window_s() == pytest.approx(0.020 / 1.05)
+    assert budget.group_rows == 64
+    # Slow commits: the largest recent share counts at once; the window shrinks
+    # and the groups with it.
+    budget.committed(0.010, 0.040)
+    assert budget.commit_share() == pytest.approx(4.0)
+    assert budget.window_s() == pytest.approx(0.004)
+    after_slow_commit = budget.group_rows
+    assert after_slow_commit < 64
+    budget.committed(0.004, 0.036)
+    assert budget.window_s() == pytest.approx(0.002)
+    assert budget.group_rows < after_slow_commit
+    # Slow rows too: a group that takes a large part of the window.
+    before = budget.group_rows
+    budget.wrote(10, 0.001)
+    assert 1 <= budget.group_rows < before
+    budget.wrote(1, 1.0)
+    assert budget.group_rows == 1  # never below one row
+    # A transaction that wrote for a small part of the window teaches nothing.
+    budget.committed(0.000_01, 0.001)
+    assert budget.commit_share() == pytest.approx(9.0)
+    # Eight fast transactions later the slow ones are forgotten.
+    for _ in range(8):
+        budget.committed(0.010, 0.000_5)
+    assert budget.commit_share() == pytest.approx(0.05)
+
+
+def test_the_checkpoint_runs_after_commit_and_keeps_the_wal_bounded(tmp_path):
+    from sqlite_hybrid._tx import Checkpointer
+
+    path = make_db(tmp_path, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);")
+    conn = sqlite3.connect(path, isolation_level=None)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    checkpointer = Checkpointer(conn)
+    assert checkpointer.limit == 1000
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)  # SQLite's own is off
+    for n in range(300):  # about 10 pages a transaction: 3,000 pages in all
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO t(v) VALUES (?)", [(os.urandom(3000),) for _ in range(10)])
+        conn.execute("COMMIT")
+        checkpointer.committed(conn)
+    # Checkpointed as SQLite would (at about 1,000 pages), so the WAL started over:
+    # it never grew to the 3,000 pages written.
+    frame = page_size + 24
+    assert os.path.getsize(path + "-wal") < 1500 * frame, os.path.getsize(path + "-wal") // frame
+    checkpointer.restore(conn)
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
+    conn.close()
+    assert rows(path, "SELECT count(*) FROM t") == [(3000,)]
+
+
 # --- backpressure ----------------------------------------------------------------------------
 
 
@@ -565,6 +637,8 @@ def test_insert_many_commits_in_chunks(tmp_path):
     assert conn.isolation_level == ""  # the caller's setting is restored
     report = sh.insert_many(conn, "t", ({"id": 10_000 + i, "v": "x"} for i in range(20_000)), max_lock_ms=1.0)
     assert report.rows == 20_000 and report.chunks > 1
+    # SQLite's automatic checkpoint, run by the import after each COMMIT, is back on.
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
     assert rows(path, "SELECT count(*) FROM t") == [(25_000,)]
 
 

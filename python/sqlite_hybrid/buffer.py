@@ -22,9 +22,14 @@ Rules (what is guaranteed)
   in enqueue order; operations on one key are never reordered.
 * **Short transactions.** A flush writes everything pending, in ``BEGIN
   IMMEDIATE`` transactions of at most ``batch_size`` entries that stop taking
-  entries once ``max_lock_ms`` have passed since the lock was taken (checked
-  between groups of at most 64 rows), so an import through the buffer never
-  holds the write lock for long. ``stats().max_lock_ms`` reports the longest.
+  entries early enough for their ``COMMIT`` to end ``max_lock_ms`` after the
+  lock was taken: ``COMMIT``'s measured share is reserved, and rows go in
+  statement groups sized to a small part of the time left
+  (:class:`~sqlite_hybrid._tx.LockBudget`), so an import through the buffer
+  never holds the write lock for long. ``stats().max_lock_ms`` reports the
+  longest (SQLite's automatic checkpoint, which runs after the lock is
+  released, is run after ``COMMIT`` returns and not counted:
+  :class:`~sqlite_hybrid._tx.Checkpointer`).
 * **Failures are never silent.** A row-level failure (constraint, type) rolls
   back its entry alone (a two-statement entry runs in a savepoint); the rest
   commits; the entry's tickets fail and it is kept for :meth:`take_failed`. A
@@ -66,7 +71,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional
 
 from ._errors import is_lock_error, sqlite_error_code
 from ._schema import InvalidRow, SchemaCache, TableInfo, quote
-from ._tx import begin_immediate, prepare_connection, rollback_quietly
+from ._tx import Checkpointer, LockBudget, begin_immediate, prepare_connection, rollback_quietly
 
 __all__ = [
     "WriteBuffer",
@@ -86,8 +91,6 @@ _PENDING, _COMMITTED, _FAILED = 0, 1, 2
 # Entry operations.
 _UPSERT, _UPDATE, _DELETE = 1, 2, 3
 _DELETED = object()  # `before` of an entry whose row is deleted first
-# Rows per executemany group; the time bound is checked between groups.
-_GROUP_ROWS = 64
 # Attempts at close before unwritten entries are failed.
 _CLOSE_ATTEMPTS = 3
 _SAVEPOINT = "hybrid_buffer_entry"
@@ -451,8 +454,9 @@ class WriteBuffer:
 
     * ``batch_size`` (1,000): most entries per transaction, and the pending
       count that starts a flush;
-    * ``max_lock_ms`` (20): a transaction takes no more entries once it has
-      held the write lock this long;
+    * ``max_lock_ms`` (20): the longest a transaction should hold the write
+      lock, ``COMMIT`` included (it takes no more entries once the next group
+      and the ``COMMIT`` would not fit);
     * ``flush_interval`` (1.0 s): longest time an entry waits before a flush;
     * ``max_pending`` (10,000), ``backpressure`` (``"block"`` or
       ``"reject"``), ``block_timeout`` (5.0 s): see :class:`BufferFull`;
@@ -560,6 +564,7 @@ class WriteBuffer:
         self._enqueued = 0  # new entries; + _coalesced = operations accepted
         self._coalesced = 0
         self._holds: Deque[float] = deque(maxlen=4096)
+        self._budget = LockBudget(self.max_lock_ms)
 
         self._ready = threading.Event()
         self._start_error: Optional[BaseException] = None
@@ -874,6 +879,7 @@ class WriteBuffer:
                 self._conn.execute("SELECT hybrid_priority('background')")
             except sqlite3.Error:
                 pass  # not loaded into this connection
+            self._checkpointer = Checkpointer(self._conn)
         except BaseException as error:
             self._start_error = error
             self._ready.set()
@@ -956,6 +962,7 @@ class WriteBuffer:
                 self._requeue(items[position:], error)
                 return False
             self._finish(items, position, end, failed, hold_ms, retries)
+            self._checkpointer.committed(self._conn)  # outside the lock, tickets resolved
             position = end
         return True
 
@@ -963,27 +970,29 @@ class WriteBuffer:
         self, items: List[_Entry], start: int, most: int
     ) -> Tuple[int, Dict[int, str], float, int]:
         """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` from ``items[start]``: at most ``most``
-        entries, no more once ``max_lock_ms`` passed. Returns (end, failed, hold_ms, retries)."""
+        entries, no more once the next group and the ``COMMIT`` would not fit in
+        ``max_lock_ms`` (``self._budget``). Returns (end, failed, hold_ms, retries)."""
         conn = self._conn
         sql = self._sql
         stop = min(len(items), start + most)
         getters = self._getters
         failed: Dict[int, str] = {}
         retries = 0
-        budget_s = self.max_lock_ms / 1000.0
-        perf = time.perf_counter
+        budget = self._budget
+        clock = budget.clock
         grouping = True  # off after a group's error ended the transaction: find the row
         while True:
             retries += begin_immediate(conn, time.monotonic() + self.lock_timeout, self._count_retry)
-            began = perf()
+            began = clock()
             i = start
             try:
                 while i < stop:
-                    if i > start and perf() - began >= budget_s:
+                    if i > start and not budget.fits(began, budget.group_rows):
                         break
                     if i in failed:
                         i += 1
                         continue
+                    group_began = clock()
                     entry = items[i]
                     upsert = entry.upsert
                     if entry.before is None and upsert is not None:
@@ -999,7 +1008,7 @@ class WriteBuffer:
                         group = [getter(upsert)]
                         names = upsert.keys()
                         j = i + 1
-                        limit = min(stop, i + _GROUP_ROWS) if grouping else j
+                        limit = min(stop, i + budget.group_rows) if grouping else j
                         while j < limit and j not in failed:
                             following = items[j]
                             values = following.upsert
@@ -1017,6 +1026,7 @@ class WriteBuffer:
                             self._run_one(conn, sql.get(shape), group[0], i, failed)
                         else:
                             self._run_group(conn, sql.get(shape), group, i, failed)
+                        budget.wrote(j - i, clock() - group_began)
                         i = j
                     else:
                         conn.execute(f"SAVEPOINT {_SAVEPOINT}")
@@ -1026,7 +1036,9 @@ class WriteBuffer:
                             conn.execute(f"RELEASE {_SAVEPOINT}")
                         except Exception as error:
                             self._row_failed(conn, error, i, failed, savepoint=True)
+                        budget.wrote(1, clock() - group_began)
                         i += 1
+                writing_s = clock() - began
                 try:
                     conn.execute("COMMIT")
                 except Exception as error:
@@ -1043,7 +1055,9 @@ class WriteBuffer:
             except BaseException:
                 rollback_quietly(conn)
                 raise
-            return i, failed, (perf() - began) * 1000.0, retries
+            held_s = clock() - began
+            budget.committed(writing_s, held_s - writing_s)
+            return i, failed, held_s * 1000.0, retries
 
     def _write_singly(
         self, items: List[_Entry], start: int, end: int, failed: Dict[int, str], retries: int

@@ -3,8 +3,10 @@ import (a library scan, a CSV load) never holds the write lock for seconds.
 
 The Python twin of the Rust client's ``batch.rs`` (``Database::insert_many``,
 ``upsert_many``), with one addition: a chunk ends at ``chunk_rows`` rows *or*
-once it has held the write lock ``max_lock_ms`` (default 20 ms), whichever
-comes first, checked between groups of at most 64 rows. Every chunk is one
+early enough for its ``COMMIT`` to end ``max_lock_ms`` (default 20 ms) after
+the lock was taken, whichever comes first: ``COMMIT``'s measured share is
+reserved and rows go in statement groups sized to a small part of the time
+left (``_tx.LockBudget``, as in the write buffer). Every chunk is one
 ``BEGIN IMMEDIATE`` ... ``COMMIT`` (lock errors at ``BEGIN`` retried with
 jittered backoff until ``lock_timeout``); between chunks other writers get
 their turn.
@@ -24,11 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Deque, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from ._schema import InvalidRow, TableInfo, load_table, quote
-from ._tx import begin_immediate, prepare_connection, rollback_quietly
+from ._tx import Checkpointer, LockBudget, begin_immediate, prepare_connection, rollback_quietly
 
 __all__ = ["insert_many", "upsert_many", "ImportReport", "ImportFailed"]
-
-_GROUP_ROWS = 64
 
 
 @dataclass
@@ -39,7 +39,9 @@ class ImportReport:
     rows: int = 0
     #: Transactions committed.
     chunks: int = 0
-    #: Longest time one chunk held the write lock (``BEGIN IMMEDIATE`` to ``COMMIT``).
+    #: Longest time one chunk held the write lock (``BEGIN IMMEDIATE`` to ``COMMIT``;
+    #: SQLite's automatic checkpoint, which runs after the lock is released, is run
+    #: after ``COMMIT`` returns and not counted).
     max_lock_ms: float = 0.0
     #: ``BEGIN IMMEDIATE`` attempts beyond the first, caused by lock errors.
     lock_retries: int = 0
@@ -141,18 +143,20 @@ def _write_chunks(
     legacy = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", None)
     saved_autocommit = getattr(conn, "autocommit", legacy)
     saved_isolation = conn.isolation_level
+    checkpointer: Optional[Checkpointer] = None
     try:
         info = load_table(conn, table)
         keys = info.key_columns(key, "key") if key is not None else None
         prepare_connection(conn)
+        checkpointer = Checkpointer(conn)
     except Exception as error:
         raise ImportFailed(error, report) from error
     sql_by_shape: dict = {}
     pending: Deque[Tuple[Tuple[str, ...], Tuple[Any, ...]]] = deque()
     source = iter(rows)
     exhausted = False
-    budget_s = max_lock_ms / 1000.0
-    perf = time.perf_counter
+    budget = LockBudget(max_lock_ms)
+    clock = budget.clock
     try:
         while True:
             while not exhausted and len(pending) < chunk_rows:
@@ -185,34 +189,43 @@ def _write_chunks(
                 return report
             try:
                 report.lock_retries += begin_immediate(conn, time.monotonic() + lock_timeout)
-                began = perf()
+                began = clock()
                 written = 0
                 while pending and written < chunk_rows:
-                    if written and perf() - began >= budget_s:
+                    if written and not budget.fits(began, budget.group_rows):
                         break
                     shape = pending[0][0]
                     group = []
-                    while pending and len(group) < _GROUP_ROWS and written + len(group) < chunk_rows:
+                    most = budget.group_rows
+                    while pending and len(group) < most and written + len(group) < chunk_rows:
                         if pending[0][0] != shape:
                             break
                         group.append(pending.popleft()[1])
                     text = sql_by_shape.get(shape)
                     if text is None:
                         text = sql_by_shape[shape] = _sql(info, shape, keys)
+                    group_began = clock()
                     if len(group) == 1:
                         conn.execute(text, group[0])
                     else:
                         conn.executemany(text, group)
+                    budget.wrote(len(group), clock() - group_began)
                     written += len(group)
+                writing_s = clock() - began
                 conn.execute("COMMIT")
             except Exception as error:
                 rollback_quietly(conn)
                 raise ImportFailed(error, report) from error
+            held_s = clock() - began
+            budget.committed(writing_s, held_s - writing_s)
             report.rows += written
             report.chunks += 1
-            report.max_lock_ms = max(report.max_lock_ms, (perf() - began) * 1000.0)
+            report.max_lock_ms = max(report.max_lock_ms, held_s * 1000.0)
+            checkpointer.committed(conn)  # outside the lock
     finally:
         rollback_quietly(conn)
+        if checkpointer is not None:
+            checkpointer.restore(conn)
         if saved_autocommit is not legacy:
             conn.autocommit = saved_autocommit  # type: ignore[attr-defined]
         else:
