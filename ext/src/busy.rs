@@ -32,7 +32,7 @@ use crate::budget::CpuBudget;
 use crate::clock::now_ns;
 use crate::conn::ConnState;
 use crate::policy::backoff::{BackoffPolicy, Decision};
-use crate::queue::{Member, Turn};
+use crate::queue::member::{Member, Turn};
 use crate::stats::tracker::CallContext;
 
 /// Every live connection state by id, so the busy callback finds its state

@@ -71,7 +71,7 @@ mod text;
 pub use conn::{ConnState, LockSnapshot};
 pub use entry::register_auto_extension;
 pub use policy::{BackoffPolicy, Jitter, PolicyError};
-pub use queue::Priority;
+pub use queue::priority::Priority;
 pub use registration::register;
 pub use slow_waits::{SlowWait, SlowWaitEvent, log_waits, on_slow_wait, set_log_waits};
 pub use stats::{LockMode, LockScope, LockStats};

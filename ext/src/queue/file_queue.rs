@@ -12,6 +12,7 @@ use crate::shared::layout::{MAX_HANDOFF_NS, MAX_SLOTS};
 use crate::shared::sys::futex_wake;
 
 use super::*;
+use crate::queue::priority::Priority;
 
 /// The queue rules over one database's side file (shared by every
 /// connection of the process on that database).

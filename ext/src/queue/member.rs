@@ -14,6 +14,8 @@ use crate::clock::{now_ns, now_unix_ms};
 use crate::shared::sys::{futex_wait, futex_wake};
 
 use super::*;
+use crate::queue::file_queue::FileQueue;
+use crate::queue::priority::Settings;
 
 /// What the busy handler should do after [`Member::wait_turn`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

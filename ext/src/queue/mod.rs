@@ -52,17 +52,12 @@
 //!
 //! The rules above span these files; the constants they name are here.
 
-mod file_queue;
-mod member;
-mod priority;
+pub(crate) mod file_queue;
+pub(crate) mod member;
+pub(crate) mod priority;
 pub(crate) mod waiters;
 
 use std::time::Duration;
-
-pub(crate) use file_queue::FileQueue;
-pub(crate) use member::{Member, Turn};
-pub use priority::Priority;
-pub(crate) use priority::Settings;
 
 /// Longest time a connection that is not queued gives the head to take a
 /// free lock before trying it itself.

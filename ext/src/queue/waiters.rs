@@ -6,7 +6,9 @@
 use std::sync::atomic::Ordering;
 
 use crate::clock::{now_ns, now_unix_ms};
-use crate::queue::{FileQueue, Priority, STALE_NS};
+use crate::queue::STALE_NS;
+use crate::queue::file_queue::FileQueue;
+use crate::queue::priority::Priority;
 use crate::shared::SideFile;
 use crate::shared::layout::{MAX_HANDOFF_NS, participant_of};
 

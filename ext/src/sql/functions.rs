@@ -19,7 +19,7 @@ use crate::busy;
 use crate::conn::ConnState;
 use crate::policy::backoff::{BackoffPolicy, MAX_TIMEOUT_MS};
 use crate::policy::json::{apply_json_patch, policy_to_json};
-use crate::queue::Priority;
+use crate::queue::priority::Priority;
 use crate::shared::SideFile;
 use crate::slow_waits::{self, MAX_THRESHOLD_MS};
 use crate::sql::vtab::integer;
