@@ -464,6 +464,17 @@ def test_the_checkpoint_runs_after_commit_and_keeps_the_wal_bounded(tmp_path):
     conn.close()
     assert rows(path, "SELECT count(*) FROM t") == [(3000,)]
 
+    # Not in WAL mode: nothing to checkpoint, SQLite's setting is put back at once.
+    journal = str(tmp_path / "journal.db")
+    conn = sqlite3.connect(journal, isolation_level=None)
+    conn.execute("CREATE TABLE t(x)")
+    checkpointer = Checkpointer(conn)
+    conn.execute("INSERT INTO t VALUES (1)")
+    checkpointer.committed(conn)
+    assert checkpointer.limit == 0
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
+    conn.close()
+
 
 # --- backpressure ----------------------------------------------------------------------------
 

@@ -212,6 +212,8 @@ class Checkpointer:
             row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error:
             return  # the next commit tries again
+        if row and row[0]:
+            return  # another connection is checkpointing: ours at the next commit
         wal_pages = int(row[1]) if row else -1
         if wal_pages < 0:  # not in WAL mode: nothing to do, SQLite's setting back
             self.restore(conn)
