@@ -84,8 +84,8 @@ def insert_many(
     >>> conn = sqlite3.connect(":memory:")
     >>> _ = conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
     >>> report = insert_many(conn, "t", ({"id": i, "v": f"row {i}"} for i in range(250)), chunk_rows=100)
-    >>> (report.rows, report.chunks)
-    (250, 3)
+    >>> report.rows, report.chunks >= 3   # 100 rows a chunk, or fewer on time
+    (250, True)
     """
     return _write_chunks(conn, table, None, rows, chunk_rows, max_lock_ms, lock_timeout)
 
