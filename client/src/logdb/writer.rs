@@ -24,15 +24,16 @@
 //! control messages and a timeout is the whole loop. A shared batch-writer
 //! layer would serve only these two, sharing no code beneath the loop.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
-use rusqlite::{CachedStatement, Connection, OpenFlags, TransactionBehavior};
 
-use super::{Control, Counters, LogOptions, LogRecord, Timestamps, schema};
+use super::options::LogOptions;
+use super::record::LogRecord;
+use super::sink::{Control, Counters};
+use super::store::Store;
 use crate::error::Result;
 
 /// Attempts per batch before it is dropped and counted as failed.
@@ -57,94 +58,9 @@ fn lower_cpu_priority() {
     }
 }
 
-/// Opens the log file: WAL, the hybrid busy handler, the schema (lock
-/// errors while another process sets up the same file are retried).
-pub(crate) fn open_connection(path: &Path, retry: &crate::RetryPolicy) -> Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags)?;
-    let state = hybrid::register(&conn)?;
-    // Log writes yield to anything interactive on the same file.
-    state.set_priority(hybrid::Priority::Background);
-    crate::retry::retry_lock_errors(retry, || {
-        // temp_store: a multi-row insert keeps a statement journal (to undo
-        // just that statement), in memory rather than a temporary file.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;",
-        )?;
-        schema::create(&conn)
-    })?;
-    Ok(conn)
-}
-
-/// Where the writer puts records: the log file, or (feature `postgres`)
-/// the `log` schema of a PostgreSQL database. The writer's batching,
-/// retries and counters are the same for both. (One per log database,
-/// never moved after start: the variants' sizes do not matter.)
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Store {
-    Sqlite(SqliteStore),
-    #[cfg(feature = "postgres")]
-    Postgres(super::postgres::PgStore),
-}
-
-impl Store {
-    /// Writes `batch` and the stats row in one transaction.
-    fn write(
-        &mut self,
-        batch: &[LogRecord],
-        counters: &Counters,
-    ) -> std::result::Result<(), String> {
-        match self {
-            Store::Sqlite(store) => store.write(batch, counters).map_err(|e| e.to_string()),
-            #[cfg(feature = "postgres")]
-            Store::Postgres(store) => store.write(batch, counters),
-        }
-    }
-
-    /// Deletes up to `chunk` entries older than `cutoff_ms` (unix ms).
-    fn delete_older_than(&mut self, cutoff_ms: u64, chunk: usize) -> Result<usize> {
-        match self {
-            Store::Sqlite(store) => {
-                schema::delete_older_than(&store.conn, &super::iso8601_utc(cutoff_ms), chunk)
-            }
-            #[cfg(feature = "postgres")]
-            Store::Postgres(store) => store.delete_older_than(cutoff_ms, chunk),
-        }
-    }
-
-    /// Deletes up to `chunk` of the oldest entries beyond the newest `keep`.
-    fn delete_beyond(&mut self, keep: u64, chunk: usize) -> Result<usize> {
-        match self {
-            Store::Sqlite(store) => schema::delete_beyond(&store.conn, keep, chunk),
-            #[cfg(feature = "postgres")]
-            Store::Postgres(store) => store.delete_beyond(keep, chunk),
-        }
-    }
-}
-
-/// The log file's connection and its two insert statements' text.
-pub(crate) struct SqliteStore {
-    conn: Connection,
-    /// The multi-row insert (`schema::ROWS_PER_INSERT` rows) and the
-    /// one-row insert for the rest of a batch.
-    insert_rows_sql: String,
-    insert_one_sql: String,
-}
-
-impl SqliteStore {
-    pub(crate) fn new(conn: Connection) -> SqliteStore {
-        SqliteStore {
-            conn,
-            insert_rows_sql: schema::insert_entries(schema::ROWS_PER_INSERT),
-            insert_one_sql: schema::insert_entries(1),
-        }
-    }
-}
-
+/// The writer thread's state: its store, its two queues, the counters.
 pub(crate) struct Writer {
-    store: Store,
+    store: Box<dyn Store>,
     records: Receiver<LogRecord>,
     control: Receiver<Control>,
     counters: Arc<Counters>,
@@ -156,7 +72,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn new(
-        store: Store,
+        store: Box<dyn Store>,
         records: Receiver<LogRecord>,
         control: Receiver<Control>,
         counters: Arc<Counters>,
@@ -323,75 +239,4 @@ impl Writer {
         self.counters.deleted.fetch_add(deleted, Ordering::Relaxed);
         Ok(deleted)
     }
-}
-
-impl SqliteStore {
-    fn write(&self, batch: &[LogRecord], c: &Counters) -> rusqlite::Result<()> {
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
-        {
-            // Full chunks through the multi-row statement, the rest one by
-            // one: two cached statements instead of one per batch length.
-            let mut ts = Timestamps::default();
-            let mut chunks = batch.chunks_exact(schema::ROWS_PER_INSERT);
-            if chunks.len() > 0 {
-                let mut insert = tx.prepare_cached(&self.insert_rows_sql)?;
-                for chunk in &mut chunks {
-                    for (i, r) in chunk.iter().enumerate() {
-                        bind_entry(&mut insert, i * schema::ENTRY_PARAMS + 1, r, &mut ts)?;
-                    }
-                    insert.raw_execute()?;
-                }
-            }
-            let rest = chunks.remainder();
-            if !rest.is_empty() {
-                let mut insert = tx.prepare_cached(&self.insert_one_sql)?;
-                for r in rest {
-                    bind_entry(&mut insert, 1, r, &mut ts)?;
-                    insert.raw_execute()?;
-                }
-            }
-        }
-        let now = crate::clock::now_unix_ms();
-        let [written, batches, dropped, failed, deleted] = c.stats_row(batch.len());
-        tx.prepare_cached(schema::UPSERT_STATS)?
-            .execute(rusqlite::params![
-                written,
-                batches,
-                dropped,
-                failed,
-                deleted,
-                super::iso8601_utc(now),
-                std::process::id(),
-            ])?;
-        tx.commit()?;
-        c.committed(batch.len(), now);
-        Ok(())
-    }
-}
-
-/// Binds one record to the `schema::ENTRY_PARAMS` parameters of `insert`
-/// starting at `first` (SQLite copies bound text, so `ts` reuses its
-/// buffer for every row).
-fn bind_entry(
-    insert: &mut CachedStatement<'_>,
-    first: usize,
-    r: &LogRecord,
-    ts: &mut Timestamps,
-) -> rusqlite::Result<()> {
-    // Serializing a map of JSON values cannot fail; were it ever to, the
-    // entry keeps its message without fields rather than failing its batch.
-    let fields = r
-        .fields
-        .as_ref()
-        .and_then(|f| serde_json::to_string(f).ok());
-    insert.raw_bind_parameter(first, ts.format(r.ts_unix_ms))?;
-    insert.raw_bind_parameter(first + 1, r.level.as_str())?;
-    insert.raw_bind_parameter(first + 2, r.target.as_str())?;
-    insert.raw_bind_parameter(first + 3, r.message.as_str())?;
-    insert.raw_bind_parameter(first + 4, fields)?;
-    insert.raw_bind_parameter(first + 5, r.module.as_deref())?;
-    insert.raw_bind_parameter(first + 6, r.file.as_deref())?;
-    insert.raw_bind_parameter(first + 7, r.line)?;
-    insert.raw_bind_parameter(first + 8, r.thread.as_str())?;
-    Ok(())
 }
