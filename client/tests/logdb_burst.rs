@@ -328,8 +328,9 @@ fn a_backlog_is_written_in_batches_of_at_most_max_batch_size() {
     );
 }
 
-/// Without a backlog a batch is `batch_size`: records trickling in one at a
-/// time are committed in batches of exactly that size.
+/// Without a backlog and without pacing (`min_commit_interval` zero) a
+/// batch is `batch_size`: records trickling in one at a time are committed
+/// in batches of exactly that size.
 #[test]
 fn without_a_backlog_batches_are_batch_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -338,6 +339,7 @@ fn without_a_backlog_batches_are_batch_size() {
         LogOptions {
             batch_size: 10,
             max_batch_size: 64,
+            min_commit_interval: Duration::ZERO,
             flush_interval: Duration::from_secs(3_600),
             ..LogOptions::default()
         },
@@ -354,4 +356,39 @@ fn without_a_backlog_batches_are_batch_size() {
     }
     wait_until("five batches committed", || logs.stats().written == 50);
     assert_eq!(rows_per_commit(&c), [10; 5]);
+}
+
+/// Commits are paced: a `batch_size` batch waits for `min_commit_interval`
+/// since the last commit and takes in what arrives meanwhile, but a batch
+/// that reaches `max_batch_size` is committed at once.
+#[test]
+fn commits_wait_for_the_commit_interval_unless_the_batch_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(
+        &dir,
+        LogOptions {
+            batch_size: 10,
+            max_batch_size: 64,
+            min_commit_interval: Duration::from_secs(3_600),
+            flush_interval: Duration::from_secs(3_600),
+            ..LogOptions::default()
+        },
+    );
+    let c = conn(&logs);
+    watch_commits(&c);
+    let sink = logs.sink();
+    for i in 0..100 {
+        assert!(sink.send(LogRecord::new(LogLevel::Info, "paced", format!("{i}"))));
+        // The writer has taken it before the next one comes.
+        wait_until("the writer took the record", || {
+            logs.stats().queue_depth == 0
+        });
+    }
+    // The first 64 filled a batch and committed without waiting an hour;
+    // the other 36 wait for the interval (or a flush).
+    wait_until("the full batch committed", || logs.stats().written == 64);
+    assert_eq!(logs.stats().batches, 1);
+    logs.flush(FLUSH).unwrap();
+    assert_eq!(rows_per_commit(&c), [64, 36]);
+    assert_eq!(count(&c, "SELECT count(*) FROM entries"), 100);
 }

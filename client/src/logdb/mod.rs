@@ -9,11 +9,11 @@
 //!   record is dropped and counted in `dropped`.
 //! * One writer thread with its own connection to the log file takes them
 //!   in arrival order (so each producing thread's records keep their
-//!   order), and writes a transaction once `batch_size` are waiting, at
-//!   least every `flush_interval`, plus on `flush()` and on close. When the
-//!   queue is backed up, one transaction takes what is queued, up to
-//!   `max_batch_size`: fewer commits let it catch up with a burst
-//!   (`writer.rs`).
+//!   order), and writes a transaction once `batch_size` are waiting and
+//!   `min_commit_interval` has passed since its last commit, at least every
+//!   `flush_interval`, plus on `flush()` and on close. A transaction takes
+//!   what is queued, up to `max_batch_size`: fewer commits let it catch up
+//!   with a burst and write less to the disk the app uses (`writer.rs`).
 //! * Retention deletes entries older than `retention` (and beyond
 //!   `max_rows`) in chunks of `retention_chunk` rows, one short transaction
 //!   each, so it never holds the log file's lock for long.

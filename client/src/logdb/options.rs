@@ -39,6 +39,17 @@ pub struct LogOptions {
     /// lock, and a crash before it commits loses it whole). Below
     /// `batch_size`, `batch_size` is the bound (no adaptive batching).
     pub max_batch_size: usize,
+    /// Shortest time between two commits while fewer than
+    /// `max_batch_size` records are waiting (default 50 ms): once
+    /// `batch_size` records are waiting, the writer commits when this much
+    /// time has passed since its last commit, taking what arrived
+    /// meanwhile into the same transaction. Under a steady stream this
+    /// caps the commits at 20 a second instead of one per `batch_size`
+    /// records; every commit rewrites the last page of the table and of
+    /// each index, so fewer commits write less to the disk the app's own
+    /// commits use. A full `max_batch_size` batch is committed at once.
+    /// `Duration::ZERO`: commit as soon as `batch_size` are waiting.
+    pub min_commit_interval: Duration,
     /// Longest time a record waits before it is written.
     pub flush_interval: Duration,
     /// Delete entries older than this (`None`: keep them).
@@ -60,6 +71,7 @@ impl Default for LogOptions {
             channel_capacity: 10_000,
             batch_size: 50,
             max_batch_size: 1_000,
+            min_commit_interval: Duration::from_millis(50),
             flush_interval: Duration::from_secs(2),
             retention: Some(Duration::from_secs(7 * 86_400)),
             max_rows: None,

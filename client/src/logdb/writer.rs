@@ -15,6 +15,18 @@
 //! every transaction short: it holds the log file's write lock, and its
 //! records are lost together if the process dies before it commits.
 //!
+//! # Commits are paced
+//! A writer that keeps up would commit every `batch_size` records: at
+//! 100,000 lines/s, 2,000 commits a second, each rewriting the last page
+//! of the table and of both indexes into the WAL. That traffic goes to the
+//! disk the application's own commits and checkpoints use. So a
+//! `batch_size` batch also waits for `min_commit_interval` (50 ms) since
+//! the last commit, taking in what arrives meanwhile, unless it reaches
+//! `max_batch_size` first. Measured (`log_bench --throughput`, 200,000
+//! rows): the writer sent 263 MB towards the disk in batches of 50, 110 MB
+//! in batches of 250, 77 MB in batches of 1,000, for a 35 MB file. Below
+//! `batch_size` records per interval nothing changes.
+//!
 //! # Why this is not the write buffer's flusher loop
 //! Both are one thread writing batches, but they wait on different queues.
 //! The buffer's is a keyed map that callers read and change in place
@@ -68,6 +80,8 @@ pub(crate) struct Writer {
     /// Records per transaction at most: `max_batch_size`, never below
     /// `batch_size`.
     max_batch: usize,
+    /// When the last batch was written (see `batch_due`).
+    last_commit: Instant,
 }
 
 impl Writer {
@@ -84,6 +98,7 @@ impl Writer {
             control,
             counters,
             max_batch: options.max_batch(),
+            last_commit: Instant::now(),
             options,
         }
     }
@@ -99,7 +114,16 @@ impl Writer {
             let flush_due = batch_started.map_or(self.options.flush_interval, |t| {
                 self.options.flush_interval.saturating_sub(t.elapsed())
             });
-            let timeout = flush_due.min(next_retention.saturating_duration_since(Instant::now()));
+            let mut timeout =
+                flush_due.min(next_retention.saturating_duration_since(Instant::now()));
+            if batch.len() >= self.options.batch_size {
+                // A full `batch_size` batch waiting for its commit interval.
+                timeout = timeout.min(
+                    self.options
+                        .min_commit_interval
+                        .saturating_sub(self.last_commit.elapsed()),
+                );
+            }
             select! {
                 recv(self.records) -> record => match record {
                     Ok(record) => {
@@ -108,7 +132,7 @@ impl Writer {
                         // What else is queued joins now, without a trip
                         // through `select!` per record.
                         self.fill(&mut batch);
-                        if batch.len() >= self.options.batch_size {
+                        if self.batch_due(&batch) {
                             self.write(&mut batch);
                             batch_started = None;
                         }
@@ -139,7 +163,9 @@ impl Writer {
                     }
                 },
                 default(timeout) => {
-                    if batch_started.is_some_and(|t| t.elapsed() >= self.options.flush_interval) {
+                    if batch_started.is_some_and(|t| t.elapsed() >= self.options.flush_interval)
+                        || self.batch_due(&batch)
+                    {
                         self.write(&mut batch);
                         batch_started = None;
                     }
@@ -150,6 +176,16 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Whether `batch` is to be committed now (besides `flush_interval`,
+    /// flushes and close): it is full, or it holds `batch_size` records
+    /// and `min_commit_interval` has passed since the last commit (see the
+    /// module docs).
+    fn batch_due(&self, batch: &[LogRecord]) -> bool {
+        batch.len() >= self.max_batch
+            || (batch.len() >= self.options.batch_size
+                && self.last_commit.elapsed() >= self.options.min_commit_interval)
     }
 
     /// Moves queued records into `batch`, without waiting, until it holds
@@ -183,6 +219,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        self.last_commit = Instant::now();
         let mut pause = Duration::from_millis(20);
         for attempt in 1..=BATCH_ATTEMPTS {
             match self.store.write(batch, &self.counters) {
