@@ -25,6 +25,13 @@ pub(crate) trait Store: Send {
     /// Deletes up to `chunk` of the oldest entries beyond the newest
     /// `keep`; returns how many.
     fn delete_beyond(&mut self, keep: u64, chunk: usize) -> Result<usize>;
+
+    /// Moves committed writes to their final place, if the store has such
+    /// a step (the log file's WAL checkpoint; nothing on PostgreSQL, whose
+    /// server checkpoints by itself). Called by the writer at most every
+    /// `CHECKPOINT_INTERVAL`, after a commit. Best effort: what it cannot
+    /// do now, the next call does.
+    fn checkpoint(&mut self) {}
 }
 
 /// How `stats()` measures what a store takes on disk, from the caller's
