@@ -43,11 +43,12 @@ pub struct LogOptions {
     /// `max_batch_size` records are waiting (default 50 ms): once
     /// `batch_size` records are waiting, the writer commits when this much
     /// time has passed since its last commit, taking what arrived
-    /// meanwhile into the same transaction. Under a steady stream this
-    /// caps the commits at 20 a second instead of one per `batch_size`
-    /// records; every commit rewrites the last page of the table and of
-    /// each index, so fewer commits write less to the disk the app's own
-    /// commits use. A full `max_batch_size` batch is committed at once.
+    /// meanwhile into the same transaction. A stream of up to 20,000
+    /// lines/s then takes at most 20 commits a second instead of one per
+    /// `batch_size` records (a faster one commits full batches); every
+    /// commit rewrites the last page of the table and of each index, so
+    /// fewer commits write less to the disk the app's own commits use. A
+    /// full `max_batch_size` batch is committed at once.
     /// `Duration::ZERO`: commit as soon as `batch_size` are waiting.
     pub min_commit_interval: Duration,
     /// Longest time a record waits before it is written.
