@@ -70,17 +70,20 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Makes the calling thread yield the CPU to the application's threads
 /// (Linux: nice +10 for this thread only). Logging is background work; on
 /// a busy machine its CPU time otherwise lands on the app's latency.
+/// Elsewhere a no-op (there is no portable per-thread nice).
 fn lower_cpu_priority() {
-    let nice = std::env::var("SQLITE_HYBRID_LOG_NICE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
     #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority on the calling thread only; failure
-    // (e.g. a seccomp filter) just leaves the priority unchanged.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+    {
+        let nice = std::env::var("SQLITE_HYBRID_LOG_NICE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        // SAFETY: gettid and setpriority on the calling thread only; failure
+        // (e.g. a seccomp filter) just leaves the priority unchanged.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+        }
     }
 }
 
