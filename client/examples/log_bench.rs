@@ -47,7 +47,7 @@
 //! database, written on its own session); modes `off` and `log database`.
 //!
 //! Usage: cargo run --release -p sqlite-hybrid --example log_bench
-//! [-- --seconds 5 --runs 3 --lines 100000 --writer-rate 1000 --no-main-file | --overload | --throughput]
+//! [-- --seconds 5 --runs 3 --lines 100000 --writer-rate 1000 --no-main-file --no-null-sink | --overload | --throughput]
 //! `LOG_BATCH` / `LOG_MAX_BATCH` override `batch_size` / `max_batch_size`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,6 +106,10 @@ struct Outcome {
     batches: u64,
     /// `count(*)` of the entries in the file after the final flush.
     rows: u64,
+    /// Bytes the log writer thread sent towards the disk (`write_bytes`
+    /// of its `/proc` task: WAL appends and checkpoints), in MB: what the
+    /// app's own fsyncs queue behind.
+    log_disk_mb: f64,
     /// Cores' worth of CPU that other processes used during the run: on a
     /// shared machine, the first suspect for an outlier.
     others: f64,
@@ -333,6 +337,7 @@ fn run_on_sqlite(dir: &std::path::Path, round: usize, mode: Mode, load: Load) ->
         let stats = logs.stats();
         (out.written, out.dropped, out.failed, out.batches) =
             (stats.written, stats.dropped, stats.failed, stats.batches);
+        out.log_disk_mb = thread_write_bytes("sqlite-hybrid-l").unwrap_or(0) as f64 / 1e6;
         let conn = Connection::open(path).expect("open the log file");
         let count = |sql: &str| -> u64 {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0))
@@ -552,7 +557,9 @@ fn main() {
         let mut modes = vec![Mode::Off, Mode::LogDatabase];
         if !on_postgres {
             // The null sink and the main file are SQLite-side comparisons.
-            modes.insert(1, Mode::NullSink);
+            if !args.iter().any(|a| a == "--no-null-sink") {
+                modes.insert(1, Mode::NullSink);
+            }
             if !args.iter().any(|a| a == "--no-main-file") {
                 modes.push(Mode::MainFile);
             }
@@ -564,9 +571,9 @@ fn main() {
 fn run_modes(dir: &std::path::Path, load: Load, runs: usize, modes: &[Mode]) {
     println!();
     println!(
-        "| run | mode | app tx/s | app p50 ms | app p99 ms | app max ms | p99 vs off | lines emitted | lines written | lines dropped | avg batch | exact | other processes (cores) |"
+        "| run | mode | app tx/s | app p50 ms | app p99 ms | app max ms | p99 vs off | lines emitted | lines written | lines dropped | avg batch | exact | other processes (cores) | log writer MB to disk |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // (mode, outcome, p99 ratio against the round's `off`)
     let mut all: Vec<(Mode, Outcome, f64)> = Vec::new();
     for round in 1..=runs {
@@ -575,7 +582,7 @@ fn run_modes(dir: &std::path::Path, load: Load, runs: usize, modes: &[Mode]) {
             let o = run(dir, round, mode, load);
             let ratio = o.p99_ms / *off_p99.get_or_insert(o.p99_ms);
             println!(
-                "| {round} | {} | {:.0} | {:.3} | {:.3} | {:.1} | {ratio:.2} | {} | {} | {} | {:.0} | {} | {:.2} |",
+                "| {round} | {} | {:.0} | {:.3} | {:.3} | {:.1} | {ratio:.2} | {} | {} | {} | {:.0} | {} | {:.2} | {:.0} |",
                 mode.name(),
                 o.tx_per_s,
                 o.p50_ms,
@@ -593,6 +600,7 @@ fn run_modes(dir: &std::path::Path, load: Load, runs: usize, modes: &[Mode]) {
                     "NO"
                 },
                 o.others,
+                o.log_disk_mb,
             );
             all.push((mode, o, ratio));
         }
@@ -601,16 +609,16 @@ fn run_modes(dir: &std::path::Path, load: Load, runs: usize, modes: &[Mode]) {
     println!("Median (range) of {runs} runs:");
     println!();
     println!(
-        "| mode | app tx/s | app p50 ms | app p99 ms | app max ms | p99 vs off | lines written | lines dropped |"
+        "| mode | app tx/s | app p50 ms | app p99 ms | app max ms | p99 vs off | lines written | lines dropped | log writer MB to disk |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &mode in modes {
         let of: Vec<&(Mode, Outcome, f64)> = all.iter().filter(|(m, ..)| *m == mode).collect();
         let col = |f: &dyn Fn(&Outcome) -> f64, d: usize| {
             spread(&of.iter().map(|(_, o, _)| f(o)).collect::<Vec<_>>(), d)
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             mode.name(),
             col(&|o| o.tx_per_s, 0),
             col(&|o| o.p50_ms, 3),
@@ -619,6 +627,7 @@ fn run_modes(dir: &std::path::Path, load: Load, runs: usize, modes: &[Mode]) {
             spread(&of.iter().map(|(.., r)| *r).collect::<Vec<_>>(), 2),
             col(&|o| o.written as f64, 0),
             col(&|o| o.dropped as f64, 0),
+            col(&|o| o.log_disk_mb, 0),
         );
     }
 }
@@ -681,6 +690,21 @@ fn overload(dir: &std::path::Path, load: Load) {
     println!("# no lines dropped even with the producer flat out");
 }
 
+/// `write_bytes` of this process's thread named `name` (Linux `/proc`).
+fn thread_write_bytes(name: &str) -> Option<u64> {
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let io = std::fs::read_to_string(task.path().join("io")).ok()?;
+            return io
+                .lines()
+                .find_map(|l| l.strip_prefix("write_bytes: "))
+                .and_then(|v| v.trim().parse().ok());
+        }
+    }
+    None
+}
+
 /// CPU time of this process's thread named `name`, if there is one.
 fn thread_cpu(name: &str) -> Option<Duration> {
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
@@ -701,9 +725,9 @@ fn thread_cpu(name: &str) -> Option<Duration> {
 fn throughput(dir: &std::path::Path, lines: u64) {
     println!();
     println!(
-        "| max_batch_size | commits | writer CPU µs/row | rows per writer CPU second | file MB |"
+        "| max_batch_size | commits | writer CPU µs/row | rows per writer CPU second | file MB | writer MB to disk |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (i, max) in [50usize, 100, 250, 500, 1000, 2000, 5000]
         .into_iter()
         .enumerate()
@@ -720,6 +744,7 @@ fn throughput(dir: &std::path::Path, lines: u64) {
         .expect("log database");
         let logger = logs.logger();
         let cpu_before = thread_cpu("sqlite-hybrid-l").unwrap_or_default();
+        let disk_before = thread_write_bytes("sqlite-hybrid-l").unwrap_or_default();
         for sent in 0..lines {
             logger.log(
                 &log::Record::builder()
@@ -731,15 +756,17 @@ fn throughput(dir: &std::path::Path, lines: u64) {
         }
         logs.flush(Duration::from_secs(600)).expect("flush");
         let cpu = thread_cpu("sqlite-hybrid-l").unwrap_or_default() - cpu_before;
+        let disk = thread_write_bytes("sqlite-hybrid-l").unwrap_or_default() - disk_before;
         let stats = logs.stats();
         assert_eq!(stats.written, lines, "{stats:?}");
         let per_row = cpu.as_secs_f64() / lines as f64;
         println!(
-            "| {max} | {} | {:.2} | {:.0} | {:.1} |",
+            "| {max} | {} | {:.2} | {:.0} | {:.1} | {:.1} |",
             stats.batches,
             per_row * 1e6,
             1.0 / per_row.max(1e-12),
             stats.file_bytes as f64 / 1e6,
+            disk as f64 / 1e6,
         );
     }
 }

@@ -6,7 +6,8 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 
-use super::{LogLevel, LogRecord, LogSink};
+use super::record::{LogLevel, LogRecord};
+use super::sink::LogSink;
 
 /// A layer writing tracing events to a [`super::LogDatabase`].
 ///

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::{LogLevel, LogRecord, LogSink};
+use super::record::{LogLevel, LogRecord};
+use super::sink::LogSink;
 
 /// A `log::Log` writing to a [`super::LogDatabase`]. Install it with
 /// [`super::LogDatabase::install_logger`], or use it directly.

@@ -8,14 +8,42 @@
 //! wait behind a log batch), reopened after a lost connection.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 
 use postgres::{Client, Config, NoTls};
 use rusqlite::types::Value;
 
-use super::{Counters, LogRecord, Timestamps};
+use super::log_database::LogDatabase;
+use super::options::LogOptions;
+use super::record::LogRecord;
+use super::sink::Counters;
+use super::store::Store;
+use super::timestamp::{Timestamps, iso8601_utc};
 use crate::engine::postgres::error;
 use crate::engine::postgres::values::execute_text;
 use crate::error::Result;
+
+impl LogDatabase {
+    /// The log database of a PostgreSQL application database: the `log`
+    /// schema there (`log.entries`, `log.writer_stats`), written by the same
+    /// writer thread on a session of its own.
+    pub(crate) fn open_postgres(
+        config: &Config,
+        display: &str,
+        options: LogOptions,
+        retry: &crate::RetryPolicy,
+    ) -> Result<LogDatabase> {
+        options.validate()?;
+        let store = PgStore::open(config, retry)?;
+        let server = config.clone();
+        LogDatabase::start(
+            PathBuf::from(format!("{display} (schema log)")),
+            Box::new(store),
+            Box::new(move || PgStore::size(&server)),
+            options,
+        )
+    }
+}
 
 const SCHEMA: &str = "CREATE SCHEMA IF NOT EXISTS log;
     CREATE TABLE IF NOT EXISTS log.entries(
@@ -52,7 +80,7 @@ pub(crate) struct PgStore {
 impl PgStore {
     /// Connects and creates the schema if missing (two processes doing it
     /// at once may collide on the catalog: retried under `retry`).
-    pub(crate) fn open(config: &Config, retry: &crate::RetryPolicy) -> Result<PgStore> {
+    fn open(config: &Config, retry: &crate::RetryPolicy) -> Result<PgStore> {
         let mut store = PgStore {
             config: config.clone(),
             client: None,
@@ -77,15 +105,6 @@ impl PgStore {
             self.client = Some(self.config.connect(NoTls).map_err(error)?);
         }
         Ok(self.client.as_mut().expect("just set"))
-    }
-
-    /// Writes `batch` and the stats row in one transaction.
-    pub(crate) fn write(
-        &mut self,
-        batch: &[LogRecord],
-        c: &Counters,
-    ) -> std::result::Result<(), String> {
-        self.try_write(batch, c).map_err(|e| e.to_string())
     }
 
     fn try_write(&mut self, batch: &[LogRecord], c: &Counters) -> Result<()> {
@@ -129,7 +148,7 @@ impl PgStore {
             .into_iter()
             .map(Value::Integer)
             .chain([
-                Value::Text(super::iso8601_utc(now)),
+                Value::Text(iso8601_utc(now)),
                 Value::Integer(i64::from(std::process::id())),
             ])
             .collect();
@@ -148,9 +167,34 @@ impl PgStore {
         Ok(())
     }
 
+    /// Bytes the log tables and their indexes take on the server.
+    fn size(config: &Config) -> u64 {
+        let Ok(mut client) = config.connect(NoTls) else {
+            return 0;
+        };
+        client
+            .query_one(
+                "SELECT (coalesce(pg_total_relation_size(to_regclass('log.entries')), 0) \
+                 + coalesce(pg_total_relation_size(to_regclass('log.writer_stats')), 0))::bigint",
+                &[],
+            )
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .unwrap_or(0)
+    }
+}
+
+impl Store for PgStore {
+    fn write(
+        &mut self,
+        batch: &[LogRecord],
+        counters: &Counters,
+    ) -> std::result::Result<(), String> {
+        self.try_write(batch, counters).map_err(|e| e.to_string())
+    }
+
     /// Deletes up to `chunk` entries older than `cutoff_ms`.
-    pub(crate) fn delete_older_than(&mut self, cutoff_ms: u64, chunk: usize) -> Result<usize> {
-        let cutoff = super::iso8601_utc(cutoff_ms);
+    fn delete_older_than(&mut self, cutoff_ms: u64, chunk: usize) -> Result<usize> {
+        let cutoff = iso8601_utc(cutoff_ms);
         let client = self.client()?;
         let n = client
             .execute(
@@ -163,7 +207,7 @@ impl PgStore {
     }
 
     /// Deletes up to `chunk` of the oldest entries beyond the newest `keep`.
-    pub(crate) fn delete_beyond(&mut self, keep: u64, chunk: usize) -> Result<usize> {
+    fn delete_beyond(&mut self, keep: u64, chunk: usize) -> Result<usize> {
         let client = self.client()?;
         let count: i64 = client
             .query_one("SELECT count(*) FROM log.entries", &[])
@@ -181,21 +225,6 @@ impl PgStore {
             )
             .map_err(error)?;
         Ok(n as usize)
-    }
-
-    /// Bytes the log tables and their indexes take on the server.
-    pub(crate) fn size(config: &Config) -> u64 {
-        let Ok(mut client) = config.connect(NoTls) else {
-            return 0;
-        };
-        client
-            .query_one(
-                "SELECT (coalesce(pg_total_relation_size(to_regclass('log.entries')), 0) \
-                 + coalesce(pg_total_relation_size(to_regclass('log.writer_stats')), 0))::bigint",
-                &[],
-            )
-            .map(|r| r.get::<_, i64>(0) as u64)
-            .unwrap_or(0)
     }
 }
 
