@@ -19,7 +19,8 @@ use hybrid::{BackoffPolicy, LockStats, Priority};
 use rusqlite::{Connection, Transaction};
 
 use crate::buffer::{BufferOptions, WriteBuffer};
-use crate::core::{Core, Engine};
+use crate::core::Core;
+use crate::engine::Engine;
 use crate::engine::sqlite::{SqliteEngine, open_reader, open_writer};
 use crate::error::{Error, Result};
 use crate::health::{Health, LockWaiter, OptimizeOptions, OptimizeReport};
@@ -363,7 +364,7 @@ impl Database {
     /// Forgets cached table descriptions; call after changing the schema
     /// of a table the buffer or batch helpers write to.
     pub fn refresh_schema(&self) {
-        self.core.schema.clear();
+        self.core.forget_schema();
     }
 
     /// Flushes and stops the write buffer, then closes every connection.

@@ -96,7 +96,7 @@ impl<'a> Tx<'a> {
     pub fn query(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Vec<Value>>> {
         let params = values(params)?;
         match &mut self.inner {
-            Inner::Sqlite(tx) => sqlite_query(tx, sql, &params),
+            Inner::Sqlite(tx) => crate::engine::sqlite::query(tx, sql, &params),
             #[cfg(feature = "postgres")]
             Inner::Postgres(tx) => crate::engine::postgres::values::query(tx, sql, &params),
         }
@@ -138,18 +138,4 @@ pub(crate) fn values(params: &[&dyn ToSql]) -> Result<Vec<Value>> {
             }
         })
         .collect()
-}
-
-/// Every row of `sql` on a SQLite connection, as values.
-pub(crate) fn sqlite_query(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    params: &[Value],
-) -> Result<Vec<Vec<Value>>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let columns = stmt.column_count();
-    let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |row| {
-        (0..columns).map(|i| row.get::<_, Value>(i)).collect()
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
