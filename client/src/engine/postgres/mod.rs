@@ -51,7 +51,7 @@ mod retry;
 mod schema;
 pub(crate) mod values;
 
-use errors::commit_error;
+use errors::{ClientNote, commit_error};
 pub(crate) use errors::{connect_error, error};
 
 /// Waits for the lock this handle has seen (for `lock_metrics`).
@@ -271,10 +271,10 @@ impl PgEngine {
                 if self.sync_wait_cancelled.swap(false, Ordering::Relaxed) {
                     // Committed here, perhaps not on the synchronous
                     // standby: not acknowledged (POSTGRES-NOTES pitfall 1).
-                    return Err(Error::CommitOutcomeUnknown(DbError::note_only(
+                    return Err(Error::CommitOutcomeUnknown(DbError::from(ClientNote(
                         "the server cancelled the wait for the synchronous standby: committed \
                          on the primary, perhaps not replicated",
-                    )));
+                    ))));
                 }
                 Ok(value)
             })();
