@@ -11,12 +11,12 @@ use hybrid::{LockStats, Priority};
 use rusqlite::types::Value;
 
 use crate::engine::sqlite::SqliteEngine;
+use crate::engine::tx::Tx;
 use crate::engine::{Engine, Step};
 use crate::error::Result;
 use crate::health::{Health, LockWaiter, OptimizeOptions, OptimizeReport};
 use crate::plan::EntryPlan;
 use crate::schema::{SchemaCache, TableInfo};
-use crate::tx::Tx;
 
 /// What the `Database` handle, the write buffer's flusher and the batch
 /// helpers share.

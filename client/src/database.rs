@@ -347,7 +347,7 @@ impl Database {
         sql: &str,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<Vec<rusqlite::types::Value>>> {
-        self.core.query(sql, &crate::tx::values(params)?)
+        self.core.query(sql, &crate::engine::tx::values(params)?)
     }
 
     /// The write buffer, started on first use with the builder's options.

@@ -39,17 +39,18 @@ struct CrateReadme;
 //                 calls), async_db/ (feature `tokio`), batch.rs
 //   services      buffer/ (the coalescing write buffer: queue, tickets,
 //                 flusher), logdb/ (the log database and its tracing/log faces)
-//   dispatch      core.rs: the one place that chooses the engine
-//   engines       engine/sqlite/, engine/postgres/ (feature `postgres`);
-//                 tx.rs (Tx over either engine's transaction) sits between
-//                 engine/postgres/mod.rs and that engine's leaves
-//                 (values.rs, errors.rs)
+//   core          core.rs: the engine and the schema cache, shared by the
+//                 face and the services
+//   engines       engine/mod.rs (Engine: the one place that chooses the
+//                 engine), engine/tx.rs (Tx over either engine's
+//                 transaction), engine/sqlite/, engine/postgres/ (feature
+//                 `postgres`)
 //   leaves        plan.rs (the write plan the buffer hands to an engine),
 //                 schema.rs, sql.rs, row.rs, health.rs (the report types),
 //                 retry.rs, pool.rs, clock.rs, write_scope.rs, error.rs
 //
-// PostgreSQL-specific `cfg(feature = "postgres")` arms still sit in core.rs,
-// tx.rs, error.rs and logdb/ besides engine/.
+// Every PostgreSQL-specific arm lives under engine/, except the log
+// database's own (logdb/) and the open call in database.rs.
 #[cfg(feature = "tokio")]
 mod async_db;
 mod batch;
@@ -67,7 +68,6 @@ mod retry;
 mod row;
 mod schema;
 mod sql;
-mod tx;
 mod write_scope;
 
 // The async face (feature `tokio`).
@@ -81,6 +81,7 @@ pub use buffer::{
     TicketStatus, WriteBuffer,
 };
 pub use database::{Database, DatabaseBuilder};
+pub use engine::tx::Tx;
 pub use error::{DbError, Error, Result, is_lock_error};
 pub use health::{
     Health, LockWaiter, OptimizeOptions, OptimizeReport, SchemaHealth, ServerHealth, StandbyHealth,
@@ -110,7 +111,6 @@ pub use logdb::{
 pub use retry::RetryPolicy;
 pub use row::Row;
 pub use schema::{ColumnInfo, TableInfo};
-pub use tx::Tx;
 
 /// Re-export of the rusqlite version this crate uses.
 pub use rusqlite;

@@ -7,6 +7,8 @@
 //!   pool of readers (the original engine, unchanged).
 //! * `postgres` (feature `postgres`): a server, one writer session and a
 //!   pool of reader sessions through the `postgres` driver.
+//! * `tx`: [`crate::Tx`], the write transaction that reads the same on
+//!   both engines.
 
 use std::sync::Arc;
 
@@ -17,15 +19,16 @@ use crate::error::Result;
 use crate::health::{Health, LockWaiter, OptimizeOptions, OptimizeReport};
 use crate::plan::EntryPlan;
 use crate::schema::TableInfo;
-use crate::tx::Tx;
 
 pub(crate) mod sqlite;
+pub(crate) mod tx;
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 
 use sqlite::SqliteEngine;
 use sqlite::health as sqlite_health;
+use tx::Tx;
 
 /// The connections of one database, whichever engine. (One per
 /// `Database`, never moved after open: the variants' sizes do not matter.)

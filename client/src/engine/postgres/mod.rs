@@ -38,11 +38,11 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use postgres::{Client, Config, NoTls};
 use rusqlite::types::Value;
 
+use crate::engine::tx::Tx;
 use crate::error::{DbError, Error, Result};
 use crate::health::{Health, LockWaiter, OptimizeReport, ServerHealth, StandbyHealth};
 use crate::retry::RetryPolicy;
 use crate::schema::TableInfo;
-use crate::tx::Tx;
 
 pub(crate) mod batch;
 pub(crate) mod errors;

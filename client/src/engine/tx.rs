@@ -77,7 +77,7 @@ impl<'a> Tx<'a> {
                 .execute(rusqlite::params_from_iter(params.iter()))?
                 as u64),
             #[cfg(feature = "postgres")]
-            Inner::Postgres(tx) => crate::engine::postgres::values::execute(tx, sql, &params),
+            Inner::Postgres(tx) => super::postgres::values::execute(tx, sql, &params),
         }
     }
 
@@ -88,7 +88,7 @@ impl<'a> Tx<'a> {
             #[cfg(feature = "postgres")]
             Inner::Postgres(tx) => tx
                 .batch_execute(sql)
-                .map_err(crate::engine::postgres::errors::error),
+                .map_err(super::postgres::errors::error),
         }
     }
 
@@ -96,9 +96,9 @@ impl<'a> Tx<'a> {
     pub fn query(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Vec<Value>>> {
         let params = values(params)?;
         match &mut self.inner {
-            Inner::Sqlite(tx) => crate::engine::sqlite::query(tx, sql, &params),
+            Inner::Sqlite(tx) => super::sqlite::query(tx, sql, &params),
             #[cfg(feature = "postgres")]
-            Inner::Postgres(tx) => crate::engine::postgres::values::query(tx, sql, &params),
+            Inner::Postgres(tx) => super::postgres::values::query(tx, sql, &params),
         }
     }
 
