@@ -25,8 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::entry::{EntryKey, Item};
-use super::{InFlightView, Shared, State, TicketStatus};
+use super::entry::{EntryKey, FailedEntry, Item};
+use super::state::{InFlightView, Shared, State};
+use super::ticket::TicketStatus;
 use crate::engine::Step;
 use crate::error::{Error, Result};
 use crate::plan::EntryPlan;
@@ -279,7 +280,7 @@ fn finish_batch(shared: &Shared, entries: Vec<(Item, Outcome)>, took: Duration) 
     shared.board.notify();
 }
 
-fn keep_failed(state: &mut State, shared: &Shared, entry: super::entry::FailedEntry) {
+fn keep_failed(state: &mut State, shared: &Shared, entry: FailedEntry) {
     if state.failed.len() >= shared.options.max_pending {
         state.failed.pop_front();
         state.stats.failed_evicted += 1;
