@@ -37,7 +37,7 @@ pub(crate) struct SqliteEngine {
     /// The writer connection's extension state, outside the writer's lock:
     /// metrics and health are read while a write (or its wait) runs.
     writer_state: Arc<ConnState>,
-    readers: ReaderPool,
+    readers: ReaderPool<Connection>,
     retry: RetryPolicy,
 }
 
