@@ -247,7 +247,7 @@ fn batch_helpers_chunk_validate_and_report_progress() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .contains("not its PRIMARY KEY or a UNIQUE index"),
+            .contains("(qty) is not the PRIMARY KEY or a UNIQUE index of items"),
         "{err}"
     );
     let err = db
