@@ -181,11 +181,13 @@ impl Database {
     /// `postgresql://` URL opens a PostgreSQL database instead (feature
     /// `postgres`; see `docs/postgres.md`).
     pub fn open_with(options: DatabaseBuilder) -> Result<Database> {
-        options.retry.validate().map_err(Error::InvalidInput)?;
+        // Every options type reports a bad setting the same way: an
+        // InvalidInput naming the type and the field.
+        options.retry.validate()?;
         let busy = options
             .busy
             .validated()
-            .map_err(|e| Error::InvalidInput(format!("busy policy: {e}")))?;
+            .map_err(|e| Error::invalid_option("BackoffPolicy", e.field, e.reason))?;
         options.buffer.validate()?;
         if let Some(url) = options
             .path

@@ -385,6 +385,15 @@ impl std::error::Error for Error {
     }
 }
 
+impl Error {
+    /// The one form of a bad setting, whichever options type holds it:
+    /// [`Error::InvalidInput`] naming the type and the field, then what is
+    /// allowed (`RetryPolicy.max_attempts must be at least 1`).
+    pub(crate) fn invalid_option(owner: &str, field: &str, reason: impl fmt::Display) -> Error {
+        Error::InvalidInput(format!("{owner}.{field} {reason}"))
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
