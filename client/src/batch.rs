@@ -1,9 +1,9 @@
 //! Batch helpers: insert or upsert many rows in chunks, one transaction per
 //! chunk, so a long import never holds the write lock for seconds.
 
-use crate::Row;
 use crate::database::Database;
 use crate::error::{Error, Result};
+use crate::row::Row;
 use crate::sql;
 
 /// What a batch helper did.

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use hybrid::{LockStats, Priority};
 use rusqlite::types::Value;
 
+use crate::engine::Engine;
 use crate::engine::sqlite::SqliteEngine;
 use crate::engine::tx::Tx;
-use crate::engine::{Engine, Step};
 use crate::error::Result;
 use crate::health::{Health, LockWaiter, OptimizeOptions, OptimizeReport};
-use crate::plan::EntryPlan;
+use crate::plan::{EntryPlan, Step};
 use crate::schema::{SchemaCache, TableInfo};
 
 /// What the `Database` handle, the write buffer's flusher and the batch

@@ -327,7 +327,10 @@ impl Database {
     /// `target_session_attrs=read-write` finds the new primary) and the
     /// closure runs again, until the deadline; a connection lost *during*
     /// `COMMIT` is [`Error::CommitOutcomeUnknown`], never re-run.
-    pub fn transact<T>(&self, f: impl FnMut(&mut crate::Tx<'_>) -> Result<T>) -> Result<T> {
+    pub fn transact<T>(
+        &self,
+        f: impl FnMut(&mut crate::engine::tx::Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
         self.core.transact(Priority::Interactive, f)
     }
 

@@ -187,7 +187,7 @@ impl TableInfo {
     }
 
     /// Resolves and checks every `(column, value)` of `row`.
-    pub fn resolve_row(&self, row: &crate::Row) -> Result<Vec<(usize, Value)>> {
+    pub fn resolve_row(&self, row: &crate::row::Row) -> Result<Vec<(usize, Value)>> {
         if let Some(problem) = row.conversion_error() {
             return Err(Error::InvalidInput(format!("{}: {problem}", self.name)));
         }

@@ -8,8 +8,8 @@ use rusqlite::types::Value;
 
 use super::pending::{Coalesced, Columns, KeyedOp};
 use super::ticket::TicketCell;
-use crate::Row;
 use crate::plan::EntryPlan;
+use crate::row::Row;
 use crate::schema::TableInfo;
 
 /// A pending view of one row, from [`WriteBuffer::get`](super::WriteBuffer::get).

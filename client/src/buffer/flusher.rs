@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use super::entry::{EntryKey, FailedEntry, Item};
 use super::state::{InFlightView, Shared, State};
 use super::ticket::TicketStatus;
-use crate::engine::Step;
 use crate::error::{Error, Result};
 use crate::plan::EntryPlan;
+use crate::plan::Step;
 
 /// Attempts at close before unwritten entries are failed.
 const CLOSE_ATTEMPTS: u32 = 3;

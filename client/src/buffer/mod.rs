@@ -73,9 +73,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::Row;
 use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::row::Row;
 pub use entry::{FailedEntry, FailedOp, PendingRow};
 pub use options::{Backpressure, BufferOptions, BufferStats};
 use state::Shared;

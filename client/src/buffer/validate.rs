@@ -9,8 +9,8 @@ use rusqlite::types::Value;
 
 use super::keys::{split_key, unique_key};
 use super::pending::{Columns, KeyedOp};
-use crate::Row;
 use crate::error::{Error, Result};
+use crate::row::Row;
 use crate::schema::TableInfo;
 
 /// A validated operation, ready to enter the state.

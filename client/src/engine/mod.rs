@@ -17,7 +17,7 @@ use rusqlite::types::Value;
 
 use crate::error::Result;
 use crate::health::{Health, LockWaiter, OptimizeOptions, OptimizeReport};
-use crate::plan::EntryPlan;
+use crate::plan::{EntryPlan, Step};
 use crate::schema::TableInfo;
 
 pub(crate) mod sqlite;
@@ -160,15 +160,6 @@ impl Engine {
             Engine::Postgres(engine) => engine.optimize(),
         }
     }
-}
-
-/// How one attempt at a set of entries ended.
-pub(crate) enum Step {
-    /// Written; these (index, message) failed for row-level reasons.
-    Done(Vec<(usize, String)>),
-    /// A row error rolled the whole transaction back (`ON CONFLICT
-    /// ROLLBACK`): write again without this entry.
-    Restart(usize, String),
 }
 
 /// Whether `location` names a PostgreSQL server (`postgres://` or
