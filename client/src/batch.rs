@@ -1,12 +1,9 @@
 //! Batch helpers: insert or upsert many rows in chunks, one transaction per
 //! chunk, so a long import never holds the write lock for seconds.
 
-use rusqlite::types::Value;
-
-use crate::Row;
 use crate::database::Database;
 use crate::error::{Error, Result};
-use crate::schema::TableInfo;
+use crate::row::Row;
 use crate::sql;
 
 /// What a batch helper did.
@@ -83,14 +80,7 @@ impl Database {
         let info = self.core.table(table)?;
         let keys = match key_columns {
             Some(names) => {
-                let keys = info.resolve_columns(names)?;
-                if keys.is_empty() || !info.is_unique_key(&keys) {
-                    return Err(Error::InvalidInput(format!(
-                        "upsert key ({}) of {} is not its PRIMARY KEY or a UNIQUE index",
-                        names.join(", "),
-                        info.name
-                    )));
-                }
+                let keys = info.unique_key(names)?;
                 Some(keys)
             }
             None => None,
@@ -107,7 +97,10 @@ impl Database {
                 info.check_insertable(&columns)
                     .map_err(|e| partial(e, report.rows))?;
                 if let Some(keys) = &keys {
-                    check_key(&info, keys, &resolved).map_err(|e| partial(e, report.rows))?;
+                    for &key in keys {
+                        info.key_value(key, &resolved)
+                            .map_err(|e| partial(e, report.rows))?;
+                    }
                 }
                 chunk.push(resolved);
             }
@@ -132,33 +125,6 @@ impl Database {
         }
         Ok(report)
     }
-}
-
-/// Every key column of an upserted row is present and not NULL: SQLite
-/// allows NULL in a non-INTEGER PRIMARY KEY and in UNIQUE columns, and a
-/// NULL never conflicts, so the "upsert" would insert the row again each
-/// time (and an INTEGER PRIMARY KEY NULL means "pick a new rowid").
-fn check_key(info: &TableInfo, keys: &[usize], row: &[(usize, Value)]) -> Result<()> {
-    for &key in keys {
-        let name = &info.columns[key].name;
-        match row.iter().find(|(c, _)| *c == key) {
-            None => {
-                return Err(Error::InvalidInput(format!(
-                    "row is missing key column {}.{name}",
-                    info.name
-                )));
-            }
-            Some((_, Value::Null)) => {
-                return Err(Error::InvalidInput(format!(
-                    "key column {}.{name} is NULL: a NULL key never matches a row, so the \
-                     upsert would insert a new row every time",
-                    info.name
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 /// Adds "the first N rows were committed" to a batch error, keeping its

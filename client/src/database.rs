@@ -19,7 +19,8 @@ use hybrid::{BackoffPolicy, LockStats, Priority};
 use rusqlite::{Connection, Transaction};
 
 use crate::buffer::{BufferOptions, WriteBuffer};
-use crate::core::{Core, Engine};
+use crate::core::Core;
+use crate::engine::Engine;
 use crate::engine::sqlite::{SqliteEngine, open_reader, open_writer};
 use crate::error::{Error, Result};
 use crate::health::{Health, LockWaiter, OptimizeOptions, OptimizeReport};
@@ -180,11 +181,13 @@ impl Database {
     /// `postgresql://` URL opens a PostgreSQL database instead (feature
     /// `postgres`; see `docs/postgres.md`).
     pub fn open_with(options: DatabaseBuilder) -> Result<Database> {
-        options.retry.validate().map_err(Error::InvalidInput)?;
+        // Every options type reports a bad setting the same way: an
+        // InvalidInput naming the type and the field.
+        options.retry.validate()?;
         let busy = options
             .busy
             .validated()
-            .map_err(|e| Error::InvalidInput(format!("busy policy: {e}")))?;
+            .map_err(|e| Error::invalid_option("BackoffPolicy", e.field, e.reason))?;
         options.buffer.validate()?;
         if let Some(url) = options
             .path
@@ -324,7 +327,10 @@ impl Database {
     /// `target_session_attrs=read-write` finds the new primary) and the
     /// closure runs again, until the deadline; a connection lost *during*
     /// `COMMIT` is [`Error::CommitOutcomeUnknown`], never re-run.
-    pub fn transact<T>(&self, f: impl FnMut(&mut crate::Tx<'_>) -> Result<T>) -> Result<T> {
+    pub fn transact<T>(
+        &self,
+        f: impl FnMut(&mut crate::engine::tx::Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
         self.core.transact(Priority::Interactive, f)
     }
 
@@ -346,7 +352,7 @@ impl Database {
         sql: &str,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<Vec<rusqlite::types::Value>>> {
-        self.core.query(sql, &crate::tx::values(params)?)
+        self.core.query(sql, &crate::engine::tx::values(params)?)
     }
 
     /// The write buffer, started on first use with the builder's options.
@@ -363,7 +369,7 @@ impl Database {
     /// Forgets cached table descriptions; call after changing the schema
     /// of a table the buffer or batch helpers write to.
     pub fn refresh_schema(&self) {
-        self.core.schema.clear();
+        self.core.forget_schema();
     }
 
     /// Flushes and stops the write buffer, then closes every connection.

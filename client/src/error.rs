@@ -1,6 +1,9 @@
 //! The crate's one error type: variants a caller can act on, the same for
 //! both engines (SQLite and, with the `postgres` feature, PostgreSQL), and
-//! [`DbError`], the engine's own error inside them.
+//! [`DbError`], the engine's own error inside them. SQLite's errors are
+//! classified here (rusqlite's types are the crate's own API); another
+//! engine's are classified under `engine/` and come in through
+//! [`EngineError`].
 
 use std::fmt;
 use std::time::Duration;
@@ -99,11 +102,25 @@ pub struct DbError {
 #[derive(Debug)]
 enum Repr {
     Sqlite(rusqlite::Error),
-    #[cfg(feature = "postgres")]
-    Postgres(postgres::Error),
-    /// Found by the client, not reported by the engine: the note says it.
-    #[cfg(feature = "postgres")]
-    Client,
+    /// Another engine's error (PostgreSQL's: `engine/postgres/errors.rs`).
+    Engine(Box<dyn EngineError>),
+}
+
+/// What the crate asks of an engine's error other than SQLite's, so this
+/// module needs no engine's types: each engine implements it for its own
+/// errors, under `engine/`, and `DbError::from` takes any of them.
+pub(crate) trait EngineError: fmt::Debug + Send + Sync + 'static {
+    /// The engine's code for the error (PostgreSQL's SQLSTATE), if it
+    /// reported one.
+    fn code(&self) -> Option<&str>;
+    /// Whether running the whole transaction again can cure it (the
+    /// engine's half of [`Error::is_lock_error`]).
+    fn is_lock_error(&self) -> bool;
+    /// The message for people (without any note added to it).
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+    /// The error underneath, for [`std::error::Error::source`] (`None` for
+    /// an error the client found itself).
+    fn as_source(&self) -> Option<&(dyn std::error::Error + 'static)>;
 }
 
 impl DbError {
@@ -119,9 +136,8 @@ impl DbError {
     /// error the server reported.
     pub fn sqlstate(&self) -> Option<&str> {
         match &self.repr {
-            #[cfg(feature = "postgres")]
-            Repr::Postgres(e) => e.code().map(|c| c.code()),
-            _ => None,
+            Repr::Engine(e) => e.code(),
+            Repr::Sqlite(_) => None,
         }
     }
 
@@ -129,8 +145,7 @@ impl DbError {
     pub fn as_sqlite(&self) -> Option<&rusqlite::Error> {
         match &self.repr {
             Repr::Sqlite(e) => Some(e),
-            #[cfg(feature = "postgres")]
-            _ => None,
+            Repr::Engine(_) => None,
         }
     }
 
@@ -142,20 +157,12 @@ impl DbError {
         });
         self
     }
+}
 
-    /// An error the client itself found, with only a message.
-    #[cfg(feature = "postgres")]
-    pub(crate) fn note_only(note: &str) -> DbError {
+impl<E: EngineError> From<E> for DbError {
+    fn from(error: E) -> Self {
         DbError {
-            repr: Repr::Client,
-            note: Some(note.to_string()),
-        }
-    }
-
-    #[cfg(feature = "postgres")]
-    pub(crate) fn postgres(error: postgres::Error) -> DbError {
-        DbError {
-            repr: Repr::Postgres(error),
+            repr: Repr::Engine(Box::new(error)),
             note: None,
         }
     }
@@ -174,17 +181,7 @@ impl fmt::Display for DbError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {
             Repr::Sqlite(e) => write!(f, "{e}")?,
-            #[cfg(feature = "postgres")]
-            Repr::Postgres(e) => match e.as_db_error() {
-                // The server's own message and SQLSTATE, not the driver's
-                // generic "db error".
-                Some(db) => write!(f, "{} ({})", db.message(), db.code().code())?,
-                None => write!(f, "{e}")?,
-            },
-            #[cfg(feature = "postgres")]
-            Repr::Client => {
-                return f.write_str(self.note.as_deref().unwrap_or_default());
-            }
+            Repr::Engine(e) => e.describe(f)?,
         }
         if let Some(note) = &self.note {
             write!(f, " {note}")?;
@@ -197,10 +194,7 @@ impl std::error::Error for DbError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.repr {
             Repr::Sqlite(e) => Some(e),
-            #[cfg(feature = "postgres")]
-            Repr::Postgres(e) => Some(e),
-            #[cfg(feature = "postgres")]
-            Repr::Client => None,
+            Repr::Engine(e) => e.as_source(),
         }
     }
 }
@@ -231,10 +225,7 @@ impl Error {
             Error::LockTimeout { .. } => true,
             Error::Database(e) => match &e.repr {
                 Repr::Sqlite(e) => is_lock_error(e),
-                #[cfg(feature = "postgres")]
-                Repr::Postgres(_) => e.sqlstate().is_some_and(is_retryable_sqlstate),
-                #[cfg(feature = "postgres")]
-                Repr::Client => false,
+                Repr::Engine(e) => e.is_lock_error(),
             },
             _ => false,
         }
@@ -276,14 +267,6 @@ impl Error {
     pub fn sqlstate(&self) -> Option<&str> {
         self.db_error().and_then(DbError::sqlstate)
     }
-}
-
-/// The PostgreSQL SQLSTATEs a retry can cure, the PostgreSQL half of
-/// [`Error::is_lock_error`]: serialization failure, deadlock, lock not
-/// available (`lock_timeout`).
-#[cfg(feature = "postgres")]
-pub(crate) fn is_retryable_sqlstate(sqlstate: &str) -> bool {
-    matches!(sqlstate, "40001" | "40P01" | "55P03")
 }
 
 /// Whether a rusqlite error is `SQLITE_BUSY*` or `SQLITE_LOCKED*`.
@@ -402,20 +385,21 @@ impl std::error::Error for Error {
     }
 }
 
+impl Error {
+    /// The one form of a bad setting, whichever options type holds it:
+    /// [`Error::InvalidInput`] naming the type and the field, then what is
+    /// allowed (`RetryPolicy.max_attempts must be at least 1`).
+    pub(crate) fn invalid_option(owner: &str, field: &str, reason: impl fmt::Display) -> Error {
+        Error::InvalidInput(format!("{owner}.{field} {reason}"))
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[cfg(feature = "postgres")]
-    #[test]
-    fn retryable_states() {
-        let retryable = is_retryable_sqlstate;
-        assert!(retryable("40001") && retryable("40P01") && retryable("55P03"));
-        assert!(!retryable("23505"));
-    }
 
     fn failure(code: i32, message: &str) -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some(message.to_string()))

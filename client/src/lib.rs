@@ -32,24 +32,33 @@
 #[cfg(doctest)]
 struct CrateReadme;
 
-// The modules, in layers: each imports only from layers below it (and
-// buffer/ and logdb/ not from each other).
+// The modules, in layers: each imports only from layers below it, never
+// from one above (and buffer/ and logdb/ not from each other); modules name
+// each other by their paths (`crate::row::Row`), not through the re-exports
+// below.
 //
 //   face          database.rs (Database, its builder, health and maintenance
 //                 calls), async_db/ (feature `tokio`), batch.rs
-//   services      buffer/ (the coalescing write buffer: queue, tickets,
-//                 flusher), logdb/ (the log database and its tracing/log faces)
-//   dispatch      core.rs: the one place that chooses the engine
-//   engines       engine/sqlite/, engine/postgres/ (feature `postgres`);
-//                 tx.rs (Tx over either engine's transaction) sits between
-//                 engine/postgres/mod.rs and that engine's leaves
-//                 (values.rs, errors.rs)
-//   leaves        plan.rs (the write plan the buffer hands to an engine),
-//                 schema.rs, sql.rs, row.rs, health.rs (the report types),
-//                 retry.rs, pool.rs, clock.rs, write_scope.rs, error.rs
+//   services      buffer/ (the coalescing write buffer: validation, queue,
+//                 tickets, flusher), logdb/ (the log database and its
+//                 tracing/log faces)
+//   core          core.rs: the engine and the schema cache, shared by the
+//                 face and the services
+//   engines       engine/mod.rs (Engine: the one place that chooses the
+//                 engine), engine/tx.rs (Tx over either engine's
+//                 transaction), engine/sqlite/, engine/postgres/ (feature
+//                 `postgres`)
+//   leaves        plan.rs (the write plan the buffer hands to an engine, and
+//                 how an attempt ended), schema.rs, sql.rs, row.rs,
+//                 health.rs (the report types), retry.rs, pool.rs (the
+//                 reader pool of both engines), clock.rs, write_scope.rs,
+//                 error.rs
 //
-// PostgreSQL-specific `cfg(feature = "postgres")` arms still sit in core.rs,
-// tx.rs, error.rs and logdb/ besides engine/.
+// The face opens an engine directly (database.rs) and names Tx (async_db/);
+// every other call into an engine goes through core.rs. Every
+// PostgreSQL-specific arm lives under engine/, except the log database's own
+// (logdb/) and the call in database.rs that opens the log database on a
+// PostgreSQL server.
 #[cfg(feature = "tokio")]
 mod async_db;
 mod batch;
@@ -67,7 +76,6 @@ mod retry;
 mod row;
 mod schema;
 mod sql;
-mod tx;
 mod write_scope;
 
 // The async face (feature `tokio`).
@@ -81,6 +89,7 @@ pub use buffer::{
     TicketStatus, WriteBuffer,
 };
 pub use database::{Database, DatabaseBuilder};
+pub use engine::tx::Tx;
 pub use error::{DbError, Error, Result, is_lock_error};
 pub use health::{
     Health, LockWaiter, OptimizeOptions, OptimizeReport, SchemaHealth, ServerHealth, StandbyHealth,
@@ -110,7 +119,6 @@ pub use logdb::{
 pub use retry::RetryPolicy;
 pub use row::Row;
 pub use schema::{ColumnInfo, TableInfo};
-pub use tx::Tx;
 
 /// Re-export of the rusqlite version this crate uses.
 pub use rusqlite;

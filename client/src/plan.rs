@@ -1,5 +1,5 @@
 //! The write plan: what the write buffer hands to an engine to write, one
-//! entry at a time. A leaf: the buffer builds plans (`buffer/entry.rs`),
+//! entry at a time, and how an attempt at a batch of them ended ([`Step`]). A leaf: the buffer builds plans (`buffer/entry.rs`),
 //! the engines execute them (`engine/*/batch.rs`), and neither needs the
 //! other's types.
 //!
@@ -11,6 +11,16 @@ use rusqlite::types::Value;
 
 use crate::schema::TableInfo;
 use crate::sql;
+
+/// How an engine's attempt at writing a set of entries ended (the answer
+/// to a batch of plans).
+pub(crate) enum Step {
+    /// Written; these (index, message) failed for row-level reasons.
+    Done(Vec<(usize, String)>),
+    /// A row error rolled the whole transaction back (`ON CONFLICT
+    /// ROLLBACK`): write again without this entry.
+    Restart(usize, String),
+}
 
 /// Columns and values, by column index, at most one value per column.
 pub(crate) type Columns = Vec<(usize, Value)>;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hybrid::{BackoffPolicy, Jitter};
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 
 /// How [`crate::Database::write`] retries a transaction on lock errors.
 ///
@@ -62,16 +62,33 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Checks the fields; the message names the offending one.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the fields: [`Error::InvalidInput`] naming the offending one
+    /// (`RetryPolicy.max_attempts must be at least 1`), as
+    /// [`crate::DatabaseBuilder::open`] reports it.
+    ///
+    /// ```
+    /// use sqlite_hybrid::RetryPolicy;
+    ///
+    /// let bad = RetryPolicy { max_attempts: 0, ..RetryPolicy::default() };
+    /// assert!(bad.validate().unwrap_err().to_string().contains("RetryPolicy.max_attempts"));
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        let invalid =
+            |field, reason: String| Err(Error::invalid_option("RetryPolicy", field, reason));
         if self.max_attempts == 0 {
-            return Err("RetryPolicy.max_attempts must be at least 1".into());
+            return invalid("max_attempts", "must be at least 1".into());
         }
-        if self.base.is_zero() || self.cap < self.base {
-            return Err(format!(
-                "RetryPolicy needs 0 < base <= cap, got base {:?}, cap {:?}",
-                self.base, self.cap
-            ));
+        if self.base.is_zero() {
+            return invalid("base", "must be positive".into());
+        }
+        if self.cap < self.base {
+            return invalid(
+                "cap",
+                format!(
+                    "must be at least base ({:?}), got {:?}",
+                    self.base, self.cap
+                ),
+            );
         }
         Ok(())
     }
@@ -221,6 +238,10 @@ mod tests {
             cap: Duration::from_millis(1),
             ..RetryPolicy::default()
         };
-        assert!(bad.validate().unwrap_err().contains("base"));
+        let message = bad.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("RetryPolicy.cap must be at least base"),
+            "{message}"
+        );
     }
 }

@@ -59,6 +59,48 @@ impl TableInfo {
         quote(&self.name)
     }
 
+    /// Resolves `names` to a unique key of the table (its PRIMARY KEY or a
+    /// UNIQUE index), for the write buffer and the batch helpers alike.
+    pub(crate) fn unique_key(&self, names: &[&str]) -> Result<Vec<usize>> {
+        if names.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "no key columns given for {}",
+                self.name
+            )));
+        }
+        let keys = self.resolve_columns(names)?;
+        if !self.is_unique_key(&keys) {
+            let names: Vec<String> = names.iter().map(|n| shorten(n)).collect();
+            return Err(Error::InvalidInput(format!(
+                "({}) is not the PRIMARY KEY or a UNIQUE index of {}",
+                names.join(", "),
+                self.name
+            )));
+        }
+        Ok(keys)
+    }
+
+    /// The value of key column `key` in `row`, which must be there and not
+    /// NULL: SQLite allows NULL in a non-INTEGER PRIMARY KEY and in UNIQUE
+    /// columns, and a NULL never conflicts, so an upsert would insert the
+    /// row again each time (and an INTEGER PRIMARY KEY NULL means "pick a
+    /// new rowid").
+    pub(crate) fn key_value<'a>(&self, key: usize, row: &'a [(usize, Value)]) -> Result<&'a Value> {
+        let column = &self.columns[key].name;
+        match row.iter().find(|(c, _)| *c == key) {
+            None => Err(Error::InvalidInput(format!(
+                "key column {}.{column} is missing",
+                self.name
+            ))),
+            Some((_, Value::Null)) => Err(Error::InvalidInput(format!(
+                "key column {}.{column} is NULL: a NULL key never matches a row, so an upsert \
+                 would insert a new row every time",
+                self.name
+            ))),
+            Some((_, value)) => Ok(value),
+        }
+    }
+
     /// Whether `columns` (in any order) is exactly a primary key or UNIQUE index.
     pub fn is_unique_key(&self, columns: &[usize]) -> bool {
         let mut wanted = columns.to_vec();
@@ -145,7 +187,7 @@ impl TableInfo {
     }
 
     /// Resolves and checks every `(column, value)` of `row`.
-    pub fn resolve_row(&self, row: &crate::Row) -> Result<Vec<(usize, Value)>> {
+    pub fn resolve_row(&self, row: &crate::row::Row) -> Result<Vec<(usize, Value)>> {
         if let Some(problem) = row.conversion_error() {
             return Err(Error::InvalidInput(format!("{}: {problem}", self.name)));
         }

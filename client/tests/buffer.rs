@@ -510,7 +510,7 @@ fn bad_calls_fail_at_enqueue_and_queue_nothing() {
                 Row::new().set("sku", None::<String>).set("qty", 1),
                 &["sku"],
             ),
-            "sku must be a non-NULL value",
+            "key column stock.sku is NULL",
         ),
         (b.upsert("stock", row("a", 1), &[]), "no key columns"),
         (

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ffi};
-use sqlite_hybrid::{Database, Error, OptimizeOptions, RetryPolicy, Row};
+use sqlite_hybrid::{
+    BackoffPolicy, BufferOptions, Database, Error, OptimizeOptions, RetryPolicy, Row,
+};
 
 fn open(dir: &tempfile::TempDir) -> Database {
     let db = Database::open(dir.path().join("app.db")).unwrap();
@@ -247,7 +249,7 @@ fn batch_helpers_chunk_validate_and_report_progress() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .contains("not its PRIMARY KEY or a UNIQUE index"),
+            .contains("(qty) is not the PRIMARY KEY or a UNIQUE index of items"),
         "{err}"
     );
     let err = db
@@ -338,7 +340,32 @@ fn bad_options_are_rejected_at_open() {
         .err()
         .unwrap();
     assert!(
-        matches!(err, Error::InvalidInput(ref m) if m.contains("max_attempts")),
+        matches!(err, Error::InvalidInput(ref m) if m.contains("RetryPolicy.max_attempts")),
+        "{err}"
+    );
+    // Every options type names the offending field the same way.
+    let err = Database::builder(dir.path().join("x.db"))
+        .write_buffer(BufferOptions {
+            max_pending: 0,
+            ..BufferOptions::default()
+        })
+        .open()
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::InvalidInput(ref m) if m.starts_with("BufferOptions.max_pending must")),
+        "{err}"
+    );
+    let err = Database::builder(dir.path().join("x.db"))
+        .busy_policy(BackoffPolicy {
+            handoff_ms: 60_000.0,
+            ..BackoffPolicy::default()
+        })
+        .open()
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, Error::InvalidInput(ref m) if m.starts_with("BackoffPolicy.handoff_ms must")),
         "{err}"
     );
     let err = Database::open(dir.path().join("missing-dir/x.db"))

@@ -213,7 +213,7 @@ impl AsyncDatabase {
     /// [`crate::Tx`]).
     pub fn transact<T, F>(&self, f: F) -> impl Future<Output = Result<T>> + Send + use<T, F>
     where
-        F: FnMut(&mut crate::Tx<'_>) -> Result<T> + Send + 'static,
+        F: FnMut(&mut crate::engine::tx::Tx<'_>) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
         submit(&self.threads.writer, Submit::RunAlways, move |db| {

@@ -8,8 +8,8 @@ use rusqlite::types::Value;
 
 use super::pending::{Coalesced, Columns, KeyedOp};
 use super::ticket::TicketCell;
-use crate::Row;
 use crate::plan::EntryPlan;
+use crate::row::Row;
 use crate::schema::TableInfo;
 
 /// A pending view of one row, from [`WriteBuffer::get`](super::WriteBuffer::get).
@@ -119,13 +119,6 @@ impl Item {
     }
 
     pub(super) fn to_failed(&self, error: &str) -> FailedEntry {
-        let row_of = |table: &TableInfo, columns: &Columns| {
-            let mut row = Row::new();
-            for (c, v) in columns {
-                row.put(&table.columns[*c].name, v.clone());
-            }
-            row
-        };
         match self {
             Item::Insert { table, columns, .. } => FailedEntry {
                 table: table.name.clone(),
@@ -162,4 +155,13 @@ impl Item {
             }
         }
     }
+}
+
+/// `columns` of `table` as a [`Row`] (for what the buffer reports).
+pub(super) fn row_of(table: &TableInfo, columns: &Columns) -> Row {
+    let mut row = Row::new();
+    for (c, v) in columns {
+        row.put(&table.columns[*c].name, v.clone());
+    }
+    row
 }

@@ -25,11 +25,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::entry::{EntryKey, Item};
-use super::{InFlightView, Shared, State, TicketStatus};
-use crate::engine::Step;
+use super::entry::{EntryKey, FailedEntry, Item};
+use super::state::{InFlightView, Shared, State};
+use super::ticket::TicketStatus;
 use crate::error::{Error, Result};
 use crate::plan::EntryPlan;
+use crate::plan::Step;
 
 /// Attempts at close before unwritten entries are failed.
 const CLOSE_ATTEMPTS: u32 = 3;
@@ -279,7 +280,7 @@ fn finish_batch(shared: &Shared, entries: Vec<(Item, Outcome)>, took: Duration) 
     shared.board.notify();
 }
 
-fn keep_failed(state: &mut State, shared: &Shared, entry: super::entry::FailedEntry) {
+fn keep_failed(state: &mut State, shared: &Shared, entry: FailedEntry) {
     if state.failed.len() >= shared.options.max_pending {
         state.failed.pop_front();
         state.stats.failed_evicted += 1;

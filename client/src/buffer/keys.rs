@@ -7,7 +7,7 @@ use rusqlite::types::Value;
 
 use super::pending::{Columns, affinity, normalize_key};
 use crate::error::{Error, Result};
-use crate::schema::{TableInfo, shorten};
+use crate::schema::TableInfo;
 
 pub(super) fn same_columns(a: &[usize], b: &[usize]) -> bool {
     let (mut a, mut b) = (a.to_vec(), b.to_vec());
@@ -18,22 +18,7 @@ pub(super) fn same_columns(a: &[usize], b: &[usize]) -> bool {
 
 /// Resolves `names` to a unique key of `info`.
 pub(super) fn unique_key(info: &TableInfo, names: &[&str]) -> Result<Arc<[usize]>> {
-    if names.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "no key columns given for {}",
-            info.name
-        )));
-    }
-    let keys = info.resolve_columns(names)?;
-    if !info.is_unique_key(&keys) {
-        let names: Vec<String> = names.iter().map(|n| shorten(n)).collect();
-        return Err(Error::InvalidInput(format!(
-            "({}) is not the PRIMARY KEY or a UNIQUE index of {}",
-            names.join(", "),
-            info.name
-        )));
-    }
-    Ok(keys.into())
+    Ok(info.unique_key(names)?.into())
 }
 
 /// Takes the key values out of `columns` (normalised, in key order) and
@@ -46,16 +31,7 @@ pub(super) fn split_key(
     let mut values = Vec::with_capacity(keys.len());
     for &k in keys {
         let column = &info.columns[k];
-        let value = columns
-            .iter()
-            .find(|(c, _)| *c == k)
-            .map(|(_, v)| v)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "key column {}.{} is missing",
-                    info.name, column.name
-                ))
-            })?;
+        let value = info.key_value(k, &columns)?;
         let normal = normalize_key(affinity(&column.declared_type), value).map_err(|expected| {
             Error::InvalidInput(format!(
                 "key column {}.{} must be {expected}, got {value:?}",

@@ -43,104 +43,47 @@
 //! view of everything pending, readable by callers. With a channel, only
 //! the flusher would see it. The lock is held for a hash-map update per
 //! enqueue (validation happens before it); `make bench` measures the rate.
+//!
+//! # Modules (each imports only those below it)
+//! * this file: [`WriteBuffer`], the handle; starts the flusher.
+//! * `validate.rs` (a call checked and turned into an operation),
+//!   `enqueue.rs` (admission: one key per table, merging, backpressure),
+//!   `lookup.rs` (read-your-writes), `force_flush.rs` (waiting for a
+//!   flush), `flusher.rs` (the thread that writes).
+//! * `state.rs`: the state behind the one lock, shared with the flusher.
+//! * `entry.rs` (an entry and what is reported of it), `keys.rs` (unique
+//!   keys and their values), `pending.rs` (the coalescing normal form),
+//!   `ticket.rs` (tickets), `options.rs` (settings and counters).
 
+mod enqueue;
 pub(crate) mod entry;
 mod flusher;
+mod force_flush;
 mod keys;
+mod lookup;
 mod options;
 pub(crate) mod pending;
+mod state;
 mod ticket;
+mod validate;
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
-use rusqlite::types::Value;
+use parking_lot::Mutex;
 
-use crate::Row;
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::schema::TableInfo;
-use entry::{EntryKey, Item, TableMode};
+use crate::row::Row;
 pub use entry::{FailedEntry, FailedOp, PendingRow};
-use keys::{same_columns, split_key, unique_key};
 pub use options::{Backpressure, BufferOptions, BufferStats};
-use pending::{Coalesced, Columns, KeyedOp, encode_key};
+use state::Shared;
+use ticket::TicketCell;
 #[cfg(feature = "tokio")]
 pub use ticket::TicketFuture;
 pub use ticket::{Ticket, TicketStatus};
-use ticket::{TicketBoard, TicketCell};
-
-/// Hash maps keyed by caller data: foldhash is fast and seeded per map
-/// (SipHash was 8% of flush time).
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-
-/// What `get` needs of an entry being written.
-#[derive(Debug, Clone)]
-struct InFlightView {
-    ops: Option<Arc<Coalesced>>,
-    /// All of an entry's tickets resolve together; once this one has,
-    /// the entry is in the database (or failed) and no longer "pending".
-    first_cell: Arc<TicketCell>,
-}
-
-/// Everything behind the buffer's one lock.
-///
-/// The queue is a `Vec` in enqueue order plus an index of keyed entries'
-/// positions, so a flush takes the whole queue by moving two values: no
-/// hashing, no sorting (unless table priorities are set), no per-entry
-/// bookkeeping while writing.
-#[derive(Default)]
-struct State {
-    /// Queued entries, in enqueue order.
-    queue: Vec<Item>,
-    /// Position in `queue` of each keyed entry.
-    queue_index: FastMap<EntryKey, usize>,
-    /// The drain being written: keyed entries' positions and views.
-    in_flight_index: FastMap<EntryKey, usize>,
-    in_flight_views: Vec<InFlightView>,
-    in_flight: usize,
-    /// Tickets of the entries being written (for `force_flush`).
-    in_flight_cells: Vec<Arc<TicketCell>>,
-    modes: HashMap<Arc<str>, TableMode>,
-    oldest_pending: Option<Instant>,
-    flush_requested: bool,
-    closed: bool,
-    failed: VecDeque<FailedEntry>,
-    stats: BufferStats,
-    flush_total_ms: f64,
-}
-
-impl State {
-    fn pending_count(&self) -> usize {
-        self.queue.len()
-    }
-}
-
-/// What the handle and the flusher thread share.
-pub(crate) struct Shared {
-    core: Arc<Core>,
-    options: BufferOptions,
-    state: Mutex<State>,
-    /// Signalled when entries leave the buffer (room for blocked enqueuers).
-    room: Condvar,
-    /// Signalled when the flusher should look at the state.
-    wake: Condvar,
-    board: Arc<TicketBoard>,
-    /// Count of batches that failed as a whole (read by `force_flush`).
-    batch_failures: AtomicU64,
-}
-
-impl Shared {
-    fn nudge(&self) {
-        let mut state = self.state.lock();
-        state.flush_requested = true;
-        self.wake.notify_one();
-    }
-}
+use validate::NewOp;
 
 /// The write buffer of a [`crate::Database`]; see the module docs for the
 /// rules. Get it with [`crate::Database::buffer`].
@@ -153,31 +96,9 @@ pub struct WriteBuffer {
     wake_flusher: Arc<dyn Fn() + Send + Sync>,
 }
 
-/// A validated operation, ready to enter the state.
-enum NewOp {
-    Keyed {
-        table: Arc<TableInfo>,
-        key_columns: Arc<[usize]>,
-        key_values: Vec<Value>,
-        op: KeyedOp,
-    },
-    Insert {
-        table: Arc<TableInfo>,
-        columns: Columns,
-    },
-}
-
 impl WriteBuffer {
     pub(crate) fn start(core: Arc<Core>, options: BufferOptions) -> WriteBuffer {
-        let shared = Arc::new(Shared {
-            core,
-            options,
-            state: Mutex::new(State::default()),
-            room: Condvar::new(),
-            wake: Condvar::new(),
-            board: Arc::new(TicketBoard::default()),
-            batch_failures: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(core, options));
         let for_thread = Arc::clone(&shared);
         let flusher = std::thread::Builder::new()
             .name("sqlite-hybrid-flusher".into())
@@ -217,17 +138,7 @@ impl WriteBuffer {
     /// ```
     pub fn upsert(&self, table: &str, row: Row, key_columns: &[&str]) -> Result<Ticket> {
         let info = self.shared.core.table(table)?;
-        let keys = unique_key(&info, key_columns)?;
-        let columns = info.resolve_row(&row)?;
-        let present: Vec<usize> = columns.iter().map(|(c, _)| *c).collect();
-        info.check_insertable(&present)?;
-        let (key_values, columns) = split_key(&info, &keys, columns)?;
-        self.enqueue(NewOp::Keyed {
-            table: info,
-            key_columns: keys,
-            key_values,
-            op: KeyedOp::Upsert(columns),
-        })
+        self.enqueue(validate::upsert(info, &row, key_columns)?)
     }
 
     /// Queues an update of `changes` on the row whose key is `key` (its
@@ -248,27 +159,7 @@ impl WriteBuffer {
     /// ```
     pub fn update(&self, table: &str, key: Row, changes: Row) -> Result<Ticket> {
         let info = self.shared.core.table(table)?;
-        let names: Vec<&str> = key.iter().map(|(c, _)| c).collect();
-        let keys = unique_key(&info, &names)?;
-        let (key_values, _) = split_key(&info, &keys, info.resolve_row(&key)?)?;
-        let set = info.resolve_row(&changes)?;
-        if set.is_empty() {
-            return Err(Error::InvalidInput(
-                "update with no columns to change".into(),
-            ));
-        }
-        if let Some((c, _)) = set.iter().find(|(c, _)| keys.contains(c)) {
-            return Err(Error::InvalidInput(format!(
-                "update cannot change key column {}.{}; delete and upsert instead",
-                info.name, info.columns[*c].name
-            )));
-        }
-        self.enqueue(NewOp::Keyed {
-            table: info,
-            key_columns: keys,
-            key_values,
-            op: KeyedOp::Update(set),
-        })
+        self.enqueue(validate::update(info, &key, &changes)?)
     }
 
     /// Queues a delete of the row whose key is `key`.
@@ -287,15 +178,7 @@ impl WriteBuffer {
     /// ```
     pub fn delete(&self, table: &str, key: Row) -> Result<Ticket> {
         let info = self.shared.core.table(table)?;
-        let names: Vec<&str> = key.iter().map(|(c, _)| c).collect();
-        let keys = unique_key(&info, &names)?;
-        let (key_values, _) = split_key(&info, &keys, info.resolve_row(&key)?)?;
-        self.enqueue(NewOp::Keyed {
-            table: info,
-            key_columns: keys,
-            key_values,
-            op: KeyedOp::Delete,
-        })
+        self.enqueue(validate::delete(info, &key)?)
     }
 
     /// Queues a plain insert (never merged with other operations).
@@ -315,19 +198,7 @@ impl WriteBuffer {
     /// ```
     pub fn insert(&self, table: &str, row: Row) -> Result<Ticket> {
         let info = self.shared.core.table(table)?;
-        let columns = info.resolve_row(&row)?;
-        if columns.is_empty() {
-            return Err(Error::InvalidInput(format!(
-                "insert into {} with no columns",
-                info.name
-            )));
-        }
-        let present: Vec<usize> = columns.iter().map(|(c, _)| *c).collect();
-        info.check_insertable(&present)?;
-        self.enqueue(NewOp::Insert {
-            table: info,
-            columns,
-        })
+        self.enqueue(validate::insert(info, &row)?)
     }
 
     /// The error to give when the flusher never started.
@@ -343,128 +214,8 @@ impl WriteBuffer {
 
     fn enqueue(&self, op: NewOp) -> Result<Ticket> {
         self.check_started()?;
-        let shared = &self.shared;
         let cell = TicketCell::new();
-        let mut state = shared.state.lock();
-        let deadline = match shared.options.backpressure {
-            Backpressure::Block { timeout } => Some(Instant::now() + timeout),
-            Backpressure::Reject => None,
-        };
-        let (table, mode) = match &op {
-            NewOp::Keyed {
-                table, key_columns, ..
-            } => (table, TableMode::Keyed(Arc::clone(key_columns))),
-            NewOp::Insert { table, .. } => (table, TableMode::Append),
-        };
-        let name: Arc<str> = Arc::clone(&table.shared_name);
-        match (state.modes.get(&name), &mode) {
-            (None, _) => {
-                state.modes.insert(Arc::clone(&name), mode);
-            }
-            (Some(TableMode::Keyed(fixed)), TableMode::Keyed(wanted))
-                if same_columns(fixed, wanted) => {}
-            (Some(TableMode::Append), TableMode::Append) => {}
-            (Some(existing), _) => {
-                let describe = |m: &TableMode| match m {
-                    TableMode::Append => "append-only (insert)".to_string(),
-                    TableMode::Keyed(k) => {
-                        let cols: Vec<&str> =
-                            k.iter().map(|c| table.columns[*c].name.as_str()).collect();
-                        format!("keyed on ({})", cols.join(", "))
-                    }
-                };
-                return Err(Error::InvalidInput(format!(
-                    "table {} is {} in this write buffer; this call is {}",
-                    table.name,
-                    describe(existing),
-                    describe(&mode)
-                )));
-            }
-        }
-        let entry_key = match &op {
-            NewOp::Keyed { key_values, .. } => Some((Arc::clone(&name), encode_key(key_values))),
-            NewOp::Insert { .. } => None,
-        };
-        let mut op = Some(op);
-        loop {
-            if state.closed {
-                return Err(Error::Closed);
-            }
-            // Merging never needs room.
-            if let Some(key) = &entry_key {
-                let position = state.queue_index.get(key).copied();
-                if let Some(Item::Keyed { ops, tickets, .. }) =
-                    position.and_then(|p| state.queue.get_mut(p))
-                {
-                    if let Some(NewOp::Keyed { op: keyed_op, .. }) = op.take() {
-                        // Queued entries are not shared, so this never clones.
-                        Arc::make_mut(ops).apply(keyed_op);
-                    }
-                    tickets.push(Arc::clone(&cell));
-                    state.stats.coalesced += 1;
-                    state.stats.enqueued += 1;
-                    return Ok(self.ticket(cell));
-                }
-            }
-            if state.pending_count() + state.in_flight < shared.options.max_pending {
-                break;
-            }
-            // Full: make room as soon as possible, whatever the mode.
-            state.flush_requested = true;
-            shared.wake.notify_one();
-            let full = Error::BufferFull {
-                capacity: shared.options.max_pending,
-            };
-            match deadline {
-                None => {
-                    state.stats.rejected += 1;
-                    return Err(full);
-                }
-                Some(deadline) => {
-                    if shared.room.wait_until(&mut state, deadline).timed_out()
-                        && state.pending_count() + state.in_flight >= shared.options.max_pending
-                    {
-                        state.stats.rejected += 1;
-                        return Err(full);
-                    }
-                }
-            }
-        }
-        let item = match op.take() {
-            Some(NewOp::Keyed {
-                table,
-                key_columns,
-                key_values,
-                op,
-            }) => Item::Keyed {
-                key: entry_key.clone().expect("keyed ops have a key"),
-                table,
-                key_columns,
-                key_values,
-                ops: Arc::new(Coalesced::of(op)),
-                tickets: vec![Arc::clone(&cell)],
-            },
-            Some(NewOp::Insert { table, columns }) => Item::Insert {
-                table,
-                columns,
-                ticket: Arc::clone(&cell),
-            },
-            None => {
-                return Err(Error::InvalidInput(
-                    "internal: operation consumed twice".into(),
-                ));
-            }
-        };
-        if let Some(key) = entry_key {
-            let position = state.queue.len();
-            state.queue_index.insert(key, position);
-        }
-        state.queue.push(item);
-        state.oldest_pending.get_or_insert_with(Instant::now);
-        state.stats.enqueued += 1;
-        if state.pending_count() >= shared.options.batch_size {
-            shared.wake.notify_one();
-        }
+        self.shared.enqueue(op, &cell)?;
         Ok(self.ticket(cell))
     }
 
@@ -492,54 +243,8 @@ impl WriteBuffer {
     /// ```
     pub fn get(&self, table: &str, key: &Row) -> Result<Option<PendingRow>> {
         let info = self.shared.core.table(table)?;
-        let names: Vec<&str> = key.iter().map(|(c, _)| c).collect();
-        let keys = unique_key(&info, &names)?;
-        let (key_values, _) = split_key(&info, &keys, info.resolve_row(key)?)?;
-        let entry_key: EntryKey = (Arc::clone(&info.shared_name), encode_key(&key_values));
-        let state = self.shared.state.lock();
-        let in_flight = state
-            .in_flight_index
-            .get(&entry_key)
-            .and_then(|&p| state.in_flight_views.get(p))
-            .filter(|view| view.first_cell.status() == TicketStatus::Pending)
-            .and_then(|view| view.ops.as_ref());
-        let queued = match state
-            .queue_index
-            .get(&entry_key)
-            .and_then(|&p| state.queue.get(p))
-        {
-            Some(Item::Keyed { ops, .. }) => Some(ops),
-            _ => None,
-        };
-        let combined: Coalesced = match (in_flight, queued) {
-            (None, None) => return Ok(None),
-            (Some(a), None) => (**a).clone(),
-            (None, Some(b)) => (**b).clone(),
-            (Some(a), Some(b)) => {
-                let mut c = (**a).clone();
-                c.then(b);
-                c
-            }
-        };
-        drop(state);
-        let row = |columns: &Columns| {
-            let mut row = Row::new();
-            for (c, v) in columns {
-                row.put(&info.columns[*c].name, v.clone());
-            }
-            row
-        };
-        Ok(Some(match (combined.before, combined.upsert) {
-            (pending::Before::Delete, None) => PendingRow::Deleted,
-            (pending::Before::Delete, Some(u)) => PendingRow::Replaced(row(&u)),
-            (pending::Before::Nothing, Some(u)) => PendingRow::Upserted(row(&u)),
-            (pending::Before::Update(a), None) => PendingRow::Updated(row(&a)),
-            (pending::Before::Update(a), Some(u)) => PendingRow::UpdatedThenUpserted {
-                update: row(&a),
-                upsert: row(&u),
-            },
-            (pending::Before::Nothing, None) => return Ok(None),
-        }))
+        let (_, key_values) = validate::key_of(&info, key)?;
+        Ok(self.shared.pending_row(&info, &key_values))
     }
 
     /// Writes everything enqueued before this call and returns once it is
@@ -572,75 +277,7 @@ impl WriteBuffer {
                     .into(),
             ));
         }
-        let shared = &self.shared;
-        let failures_before = shared.batch_failures.load(Ordering::Acquire);
-        // One ticket per entry: all tickets of an entry resolve together,
-        // so its first one stands for it (and `failed` counts entries).
-        let cells: Vec<Arc<TicketCell>> = {
-            let mut state = shared.state.lock();
-            let mut cells: Vec<Arc<TicketCell>> = state
-                .queue
-                .iter()
-                .map(|i| Arc::clone(&i.cells()[0]))
-                .collect();
-            cells.extend(
-                state
-                    .in_flight_views
-                    .iter()
-                    .map(|v| Arc::clone(&v.first_cell)),
-            );
-            state.flush_requested = true;
-            shared.wake.notify_one();
-            cells
-        };
-        let batch_failed = || shared.batch_failures.load(Ordering::Acquire) > failures_before;
-        // Entries resolve roughly in queue order, so a cursor that only moves
-        // forward checks each one about once (rescanning from the start on
-        // every batch was quadratic in the queue length).
-        let mut first_unresolved = 0;
-        let done = shared.board.wait_until(timeout, || {
-            while first_unresolved < cells.len()
-                && cells[first_unresolved].status() != TicketStatus::Pending
-            {
-                first_unresolved += 1;
-            }
-            batch_failed() || first_unresolved == cells.len()
-        });
-        let failed: Vec<String> = cells
-            .iter()
-            .filter_map(|c| match c.status() {
-                TicketStatus::Failed(m) => Some(m),
-                _ => None,
-            })
-            .collect();
-        if let Some(first) = failed.first() {
-            return Err(Error::FlushFailed {
-                failed: failed.len(),
-                first_error: first.clone(),
-            });
-        }
-        let still_pending = cells
-            .iter()
-            .filter(|c| c.status() == TicketStatus::Pending)
-            .count();
-        if still_pending == 0 {
-            return Ok(());
-        }
-        if batch_failed() {
-            let error = shared
-                .state
-                .lock()
-                .stats
-                .last_error
-                .clone()
-                .unwrap_or_default();
-            return Err(Error::FlushFailed {
-                failed: still_pending,
-                first_error: format!("batch kept for retry: {error}"),
-            });
-        }
-        debug_assert!(!done);
-        Err(Error::Timeout { waited: timeout })
+        self.shared.force_flush(timeout)
     }
 
     /// The buffer's counters.

@@ -66,17 +66,19 @@ impl Default for BufferOptions {
 }
 
 impl BufferOptions {
-    /// Checks the settings.
+    /// Checks the settings: [`Error::InvalidInput`] naming the offending
+    /// field (`BufferOptions.batch_size must be at least 1`), as
+    /// [`crate::DatabaseBuilder::open`] reports it.
     pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 || self.max_pending == 0 {
-            return Err(Error::InvalidInput(
-                "BufferOptions: batch_size and max_pending must be at least 1".into(),
-            ));
+        let invalid = |field, reason| Err(Error::invalid_option("BufferOptions", field, reason));
+        if self.batch_size == 0 {
+            return invalid("batch_size", "must be at least 1");
+        }
+        if self.max_pending == 0 {
+            return invalid("max_pending", "must be at least 1");
         }
         if self.flush_interval.is_zero() {
-            return Err(Error::InvalidInput(
-                "BufferOptions: flush_interval must be positive".into(),
-            ));
+            return invalid("flush_interval", "must be positive");
         }
         Ok(())
     }

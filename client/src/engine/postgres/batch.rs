@@ -17,8 +17,8 @@ use postgres::Transaction;
 
 use super::values::execute_text;
 use super::{PgEngine, error};
-use crate::engine::Step;
 use crate::error::Result;
+use crate::plan::Step;
 use crate::plan::{Before, Columns, EntryPlan};
 use crate::schema::{TableInfo, quote};
 

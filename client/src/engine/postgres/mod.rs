@@ -34,25 +34,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hybrid::{LockMode, LockScope, LockStats};
-use parking_lot::{Condvar, Mutex, MutexGuard};
-use postgres::{Client, Config, NoTls};
+use parking_lot::{Mutex, MutexGuard};
+use postgres::{Client, Config};
 use rusqlite::types::Value;
 
+use crate::engine::tx::Tx;
 use crate::error::{DbError, Error, Result};
 use crate::health::{Health, LockWaiter, OptimizeReport, ServerHealth, StandbyHealth};
+use crate::pool::ReaderPool;
 use crate::retry::RetryPolicy;
 use crate::schema::TableInfo;
-use crate::tx::Tx;
 
 pub(crate) mod batch;
 pub(crate) mod errors;
 mod replicas;
 mod retry;
 mod schema;
+mod sessions;
 pub(crate) mod values;
 
-use errors::commit_error;
-pub(crate) use errors::{connect_error, error};
+pub(crate) use errors::error;
+use errors::{ClientNote, commit_error};
+use sessions::{connect_reader, connect_writer, redact, with_session};
 
 /// Waits for the lock this handle has seen (for `lock_metrics`).
 #[derive(Debug, Default)]
@@ -67,61 +70,6 @@ struct WaitCounts {
     last_event_unix_ms: Option<u64>,
 }
 
-/// Sessions for reads: a fixed set, checked out one at a time.
-struct ReaderPool {
-    idle: Mutex<Vec<Client>>,
-    returned: Condvar,
-    size: usize,
-}
-
-impl ReaderPool {
-    fn with_sessions(idle: Vec<Client>, size: usize) -> ReaderPool {
-        ReaderPool {
-            idle: Mutex::new(idle),
-            returned: Condvar::new(),
-            size,
-        }
-    }
-
-    /// Runs `f` on a session of the pool (waiting up to `deadline` for
-    /// one), reopened with `connect` if it was lost.
-    fn with<T>(
-        &self,
-        deadline: Duration,
-        connect: impl FnOnce() -> Result<Client>,
-        f: impl FnOnce(&mut Client) -> Result<T>,
-    ) -> Result<T> {
-        let until = Instant::now() + deadline;
-        let mut idle = self.idle.lock();
-        let mut client = loop {
-            if let Some(client) = idle.pop() {
-                break client;
-            }
-            if self.returned.wait_until(&mut idle, until).timed_out() {
-                return Err(Error::Timeout { waited: deadline });
-            }
-        };
-        drop(idle);
-        if client.is_closed() {
-            match connect() {
-                Ok(fresh) => client = fresh,
-                Err(e) => {
-                    self.give_back(client);
-                    return Err(e);
-                }
-            }
-        }
-        let result = f(&mut client);
-        self.give_back(client);
-        result
-    }
-
-    fn give_back(&self, client: Client) {
-        self.idle.lock().push(client);
-        self.returned.notify_one();
-    }
-}
-
 /// One PostgreSQL database.
 pub(crate) struct PgEngine {
     config: Config,
@@ -129,7 +77,7 @@ pub(crate) struct PgEngine {
     display: String,
     /// `None` after the session was lost: reopened on next use.
     writer: Mutex<Option<Client>>,
-    readers: ReaderPool,
+    readers: ReaderPool<Client>,
     retry: RetryPolicy,
     waits: Mutex<WaitCounts>,
     /// Where `query` runs when there are any (`replicas.rs`).
@@ -168,26 +116,24 @@ impl PgEngine {
                 log::info!("PostgreSQL {}: {}", notice.severity(), notice.message());
             }
         });
-        let engine = PgEngine {
-            sync_wait_cancelled,
-            display: redact(url),
-            writer: Mutex::new(None),
-            readers: ReaderPool::with_sessions(Vec::new(), readers),
-            retry: *retry,
-            waits: Mutex::new(WaitCounts::default()),
-            standbys: replicas::Standbys::open(standbys, readers, standby_wait)?,
-            writes: replicas::ReadYourWrites::new(),
-            config,
-        };
+        let standbys = replicas::Standbys::open(standbys, readers, standby_wait)?;
         // Connect now, so a wrong URL or a server that is down is an error
         // at open, like a missing directory is for SQLite.
-        *engine.writer.lock() = Some(engine.connect_writer()?);
-        let mut idle = Vec::with_capacity(readers);
-        for _ in 0..readers {
-            idle.push(engine.connect_reader()?);
-        }
-        *engine.readers.idle.lock() = idle;
-        Ok(engine)
+        let writer = connect_writer(&config, retry)?;
+        let readers = (0..readers)
+            .map(|_| connect_reader(&config))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PgEngine {
+            sync_wait_cancelled,
+            display: redact(url),
+            writer: Mutex::new(Some(writer)),
+            readers: ReaderPool::new(readers),
+            retry: *retry,
+            waits: Mutex::new(WaitCounts::default()),
+            standbys,
+            writes: replicas::ReadYourWrites::new(),
+            config,
+        })
     }
 
     /// The URL without its password.
@@ -201,32 +147,13 @@ impl PgEngine {
     }
 
     pub(crate) fn reader_count(&self) -> usize {
-        self.readers.size
-    }
-
-    fn connect_writer(&self) -> Result<Client> {
-        let mut client = self.config.connect(NoTls).map_err(connect_error)?;
-        // A lock wait happens in the server's queue, bounded by the retry
-        // deadline; past it, 55P03 and the retry loop gives up.
-        let ms = self.retry.deadline.as_millis().clamp(1, i32::MAX as u128);
-        client
-            .batch_execute(&format!("SET lock_timeout = {ms}"))
-            .map_err(error)?;
-        Ok(client)
-    }
-
-    fn connect_reader(&self) -> Result<Client> {
-        let mut client = self.config.connect(NoTls).map_err(connect_error)?;
-        client
-            .batch_execute("SET default_transaction_read_only = on")
-            .map_err(error)?;
-        Ok(client)
+        self.readers.size()
     }
 
     /// The writer session, reopened if it was lost.
     fn writer<'a>(&self, guard: &'a mut MutexGuard<'_, Option<Client>>) -> Result<&'a mut Client> {
         if guard.as_ref().is_none_or(Client::is_closed) {
-            **guard = Some(self.connect_writer()?);
+            **guard = Some(connect_writer(&self.config, &self.retry)?);
         }
         Ok(guard.as_mut().expect("just set"))
     }
@@ -271,10 +198,10 @@ impl PgEngine {
                 if self.sync_wait_cancelled.swap(false, Ordering::Relaxed) {
                     // Committed here, perhaps not on the synchronous
                     // standby: not acknowledged (POSTGRES-NOTES pitfall 1).
-                    return Err(Error::CommitOutcomeUnknown(DbError::note_only(
+                    return Err(Error::CommitOutcomeUnknown(DbError::from(ClientNote(
                         "the server cancelled the wait for the synchronous standby: committed \
                          on the primary, perhaps not replicated",
-                    )));
+                    ))));
                 }
                 Ok(value)
             })();
@@ -315,12 +242,11 @@ impl PgEngine {
     /// Runs `f` on a reader session of the primary (the writer's when
     /// there are none).
     fn with_reader<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
-        if self.readers.size == 0 {
+        if self.readers.size() == 0 {
             let mut guard = self.writer.lock();
             return f(self.writer(&mut guard)?);
         }
-        self.readers
-            .with(self.retry.deadline, || self.connect_reader(), f)
+        with_session(&self.readers, self.retry.deadline, &self.config, f)
     }
 
     /// A read on the primary, run again on a new session while the
@@ -392,7 +318,7 @@ impl PgEngine {
             db: self.display.clone(),
             scope: LockScope::Process,
             mode: LockMode::Postgres,
-            connections: Some(1 + self.readers.size as u64),
+            connections: Some(1 + self.readers.size() as u64),
             handler_active: None,
             busy_events: finished + w.in_flight,
             retries: w.retries,
@@ -530,42 +456,5 @@ impl PgEngine {
             checkpointed_frames: 0,
             vacuumed_pages: 0,
         })
-    }
-}
-
-/// `url` with any password replaced by `***`.
-fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => match authority[..at].find(':') {
-            Some(colon) => format!(
-                "{}{}:***{}",
-                &url[..scheme_end + 3],
-                &authority[..colon],
-                &rest[at..]
-            ),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_not_shown() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("postgresql://h/db?x=1"), "postgresql://h/db?x=1");
     }
 }

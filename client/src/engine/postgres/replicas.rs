@@ -22,10 +22,12 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
 
-use super::{ReaderPool, error};
+use super::errors::error;
+use super::sessions::{connect_reader, redact, with_session};
 use crate::error::{Error, Result};
+use crate::pool::ReaderPool;
 
 /// The position of this handle's newest write; `UNKNOWN` when a write
 /// committed but its position could not be read (every read goes to the
@@ -69,7 +71,7 @@ impl ReadYourWrites {
 pub(crate) struct Standby {
     config: Config,
     pub(crate) display: String,
-    pool: ReaderPool,
+    pool: ReaderPool<Client>,
     reads: AtomicU64,
     reads_sent_to_primary: AtomicU64,
 }
@@ -91,15 +93,13 @@ impl Standbys {
                 .parse()
                 .map_err(|e| Error::InvalidInput(format!("standby URL: {e}")))?;
             config.application_name("sqlite-hybrid");
-            let size = readers.max(1);
-            let mut idle = Vec::with_capacity(size);
-            for _ in 0..size {
-                idle.push(connect(&config)?);
-            }
+            let idle = (0..readers.max(1))
+                .map(|_| connect_reader(&config))
+                .collect::<Result<Vec<_>>>()?;
             list.push(Standby {
                 config,
-                display: super::redact(url),
-                pool: ReaderPool::with_sessions(idle, size),
+                display: redact(url),
+                pool: ReaderPool::new(idle),
                 reads: AtomicU64::new(0),
                 reads_sent_to_primary: AtomicU64::new(0),
             });
@@ -139,9 +139,10 @@ impl Standbys {
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
-        let outcome = standby.pool.with(
+        let outcome = with_session(
+            &standby.pool,
             checkout_deadline,
-            || connect(&standby.config),
+            &standby.config,
             |client| {
                 if target > 0 && !replayed(client, target, self.wait)? {
                     return Ok(None);
@@ -177,29 +178,24 @@ impl Standby {
     /// (lag in bytes behind `primary_lsn`, lag in ms), or `None` when the
     /// standby could not be asked.
     pub(crate) fn lag(&self, primary_lsn: Option<u64>) -> Option<(i64, f64)> {
-        self.pool
-            .with(
-                Duration::from_secs(1),
-                || connect(&self.config),
-                |client| {
-                    let row = client
-                        .query_one(
-                            "SELECT pg_last_wal_replay_lsn()::text, coalesce(extract(epoch FROM \
+        with_session(&self.pool, Duration::from_secs(1), &self.config, |client| {
+            let row = client
+                .query_one(
+                    "SELECT pg_last_wal_replay_lsn()::text, coalesce(extract(epoch FROM \
                              now() - pg_last_xact_replay_timestamp()) * 1000, 0)::float8",
-                            &[],
-                        )
-                        .map_err(error)?;
-                    let replayed = row.get::<_, Option<String>>(0).and_then(|t| parse_lsn(&t));
-                    let age_ms: f64 = row.get(1);
-                    Ok(replayed.map(|replayed| {
-                        let behind = primary_lsn.map_or(0, |p| p.saturating_sub(replayed));
-                        let lag_ms = if behind == 0 { 0.0 } else { age_ms.max(0.0) };
-                        (i64::try_from(behind).unwrap_or(i64::MAX), lag_ms)
-                    }))
-                },
-            )
-            .ok()
-            .flatten()
+                    &[],
+                )
+                .map_err(error)?;
+            let replayed = row.get::<_, Option<String>>(0).and_then(|t| parse_lsn(&t));
+            let age_ms: f64 = row.get(1);
+            Ok(replayed.map(|replayed| {
+                let behind = primary_lsn.map_or(0, |p| p.saturating_sub(replayed));
+                let lag_ms = if behind == 0 { 0.0 } else { age_ms.max(0.0) };
+                (i64::try_from(behind).unwrap_or(i64::MAX), lag_ms)
+            }))
+        })
+        .ok()
+        .flatten()
     }
 
     pub(crate) fn reads(&self) -> (u64, u64) {
@@ -230,14 +226,6 @@ fn should_fall_back(e: &Error) -> bool {
         Error::Database(db) => db.sqlstate() == Some("40001"),
         _ => false,
     }
-}
-
-fn connect(config: &Config) -> Result<Client> {
-    let mut client = config.connect(NoTls).map_err(super::connect_error)?;
-    client
-        .batch_execute("SET default_transaction_read_only = on")
-        .map_err(error)?;
-    Ok(client)
 }
 
 /// Whether the standby on `client` replays `target` within `wait`

@@ -11,8 +11,8 @@ use hybrid::Priority;
 use rusqlite::{Transaction, ffi, params_from_iter};
 
 use super::{Attempt, SqliteEngine};
-use crate::engine::Step;
 use crate::error::Result;
+use crate::plan::Step;
 use crate::plan::{EntryPlan, EntryStatement, StatementKind};
 
 const SAVEPOINT: &str = "hybrid_buffer_entry";

@@ -23,6 +23,7 @@ pub(crate) mod health;
 
 use hybrid::{BackoffPolicy, ConnState, Priority};
 use parking_lot::Mutex;
+use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
@@ -36,7 +37,7 @@ pub(crate) struct SqliteEngine {
     /// The writer connection's extension state, outside the writer's lock:
     /// metrics and health are read while a write (or its wait) runs.
     writer_state: Arc<ConnState>,
-    readers: ReaderPool,
+    readers: ReaderPool<Connection>,
     retry: RetryPolicy,
 }
 
@@ -163,6 +164,20 @@ fn in_read_transaction<T>(
     let value = f(&tx)?;
     tx.commit()?;
     Ok(value)
+}
+
+/// Every row of `sql` on a SQLite connection, as values.
+pub(crate) fn query(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[Value],
+) -> Result<Vec<Vec<Value>>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let columns = stmt.column_count();
+    let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |row| {
+        (0..columns).map(|i| row.get::<_, Value>(i)).collect()
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// Opens the writer connection: the extension registered with `busy`, and

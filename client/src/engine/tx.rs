@@ -77,7 +77,7 @@ impl<'a> Tx<'a> {
                 .execute(rusqlite::params_from_iter(params.iter()))?
                 as u64),
             #[cfg(feature = "postgres")]
-            Inner::Postgres(tx) => crate::engine::postgres::values::execute(tx, sql, &params),
+            Inner::Postgres(tx) => super::postgres::values::execute(tx, sql, &params),
         }
     }
 
@@ -88,7 +88,7 @@ impl<'a> Tx<'a> {
             #[cfg(feature = "postgres")]
             Inner::Postgres(tx) => tx
                 .batch_execute(sql)
-                .map_err(crate::engine::postgres::errors::error),
+                .map_err(super::postgres::errors::error),
         }
     }
 
@@ -96,9 +96,9 @@ impl<'a> Tx<'a> {
     pub fn query(&mut self, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Vec<Value>>> {
         let params = values(params)?;
         match &mut self.inner {
-            Inner::Sqlite(tx) => sqlite_query(tx, sql, &params),
+            Inner::Sqlite(tx) => super::sqlite::query(tx, sql, &params),
             #[cfg(feature = "postgres")]
-            Inner::Postgres(tx) => crate::engine::postgres::values::query(tx, sql, &params),
+            Inner::Postgres(tx) => super::postgres::values::query(tx, sql, &params),
         }
     }
 
@@ -138,18 +138,4 @@ pub(crate) fn values(params: &[&dyn ToSql]) -> Result<Vec<Value>> {
             }
         })
         .collect()
-}
-
-/// Every row of `sql` on a SQLite connection, as values.
-pub(crate) fn sqlite_query(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    params: &[Value],
-) -> Result<Vec<Vec<Value>>> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let columns = stmt.column_count();
-    let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |row| {
-        (0..columns).map(|i| row.get::<_, Value>(i)).collect()
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
