@@ -80,7 +80,7 @@ impl LogDatabase {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn open(path: impl AsRef<Path>, options: LogOptions) -> Result<LogDatabase> {
-        LogDatabase::open_retrying(path, options, &crate::RetryPolicy::default())
+        LogDatabase::open_retrying(path, options, &crate::retry::RetryPolicy::default())
     }
 
     /// [`LogDatabase::open`], retrying lock errors of the set-up (another
@@ -88,7 +88,7 @@ impl LogDatabase {
     pub(crate) fn open_retrying(
         path: impl AsRef<Path>,
         options: LogOptions,
-        retry: &crate::RetryPolicy,
+        retry: &crate::retry::RetryPolicy,
     ) -> Result<LogDatabase> {
         options.validate()?;
         let path = path.as_ref().to_path_buf();

@@ -85,15 +85,27 @@ impl Default for LogOptions {
 
 impl LogOptions {
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.channel_capacity == 0 || self.batch_size == 0 || self.retention_chunk == 0 {
-            return Err(Error::InvalidInput(
-                "LogOptions: channel_capacity, batch_size and retention_chunk must be at least 1"
-                    .into(),
+        let counts = [
+            ("channel_capacity", self.channel_capacity),
+            ("batch_size", self.batch_size),
+            ("retention_chunk", self.retention_chunk),
+        ];
+        if let Some((field, _)) = counts.iter().find(|(_, value)| *value == 0) {
+            return Err(Error::invalid_option(
+                "LogOptions",
+                field,
+                "must be at least 1",
             ));
         }
-        if self.flush_interval.is_zero() || self.retention_check_interval.is_zero() {
-            return Err(Error::InvalidInput(
-                "LogOptions: intervals must be positive".into(),
+        let intervals = [
+            ("flush_interval", self.flush_interval),
+            ("retention_check_interval", self.retention_check_interval),
+        ];
+        if let Some((field, _)) = intervals.iter().find(|(_, value)| value.is_zero()) {
+            return Err(Error::invalid_option(
+                "LogOptions",
+                field,
+                "must be positive",
             ));
         }
         Ok(())

@@ -31,7 +31,7 @@ impl LogDatabase {
         config: &Config,
         display: &str,
         options: LogOptions,
-        retry: &crate::RetryPolicy,
+        retry: &crate::retry::RetryPolicy,
     ) -> Result<LogDatabase> {
         options.validate()?;
         let store = PgStore::open(config, retry)?;
@@ -80,7 +80,7 @@ pub(crate) struct PgStore {
 impl PgStore {
     /// Connects and creates the schema if missing (two processes doing it
     /// at once may collide on the catalog: retried under `retry`).
-    fn open(config: &Config, retry: &crate::RetryPolicy) -> Result<PgStore> {
+    fn open(config: &Config, retry: &crate::retry::RetryPolicy) -> Result<PgStore> {
         let mut store = PgStore {
             config: config.clone(),
             client: None,

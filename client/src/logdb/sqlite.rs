@@ -24,7 +24,10 @@ const AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
 /// Opens the log file: WAL, the hybrid busy handler, the schema (lock
 /// errors while another process sets up the same file are retried).
-pub(crate) fn open_connection(path: &Path, retry: &crate::RetryPolicy) -> Result<Connection> {
+pub(crate) fn open_connection(
+    path: &Path,
+    retry: &crate::retry::RetryPolicy,
+) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_URI;
