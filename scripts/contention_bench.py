@@ -164,8 +164,9 @@ def write_loop(conn, writer_id, hold_s, think_s, start_at, duration, cpu_clock,
 
 
 def process_cpu():
-    t = os.times()
-    return t.user + t.system
+    # user + system of the process, at the clock's resolution (os.times()
+    # counts in 10 ms ticks: too coarse for one transaction in a trace)
+    return time.process_time()
 
 
 def run_writer(args, writer_id, cpu_clock):
@@ -229,11 +230,13 @@ def hog_main(args):
 STALL_MS = 20.0  # a 1 ms sleep that overslept by more than this: a machine stall
 
 
-def stall_detector(cpu, until, gaps, fifo):
-    """Sleeps 1 ms in a loop on CPU `cpu` (pinned, SCHED_FIFO when allowed,
-    so no process of ours can delay it) and records every oversleep over
-    STALL_MS as (start, end) on the monotonic clock: that CPU did not run
-    anything of the guest's (a VM stall, steal) or ran with preemption off."""
+def detector_main(cpu, until_wall, out_path, fifo):
+    """A stall detector: a process of one thread, pinned to CPU `cpu` and
+    at SCHED_FIFO when allowed (so no process of this machine's users can
+    delay it, and no lock of its own can either), that sleeps 1 ms in a
+    loop and records every oversleep over STALL_MS as (cpu, start, end) on
+    the monotonic clock: that CPU ran nothing of the guest's for that long
+    (the hypervisor stole it) or ran the kernel with preemption off."""
     try:
         os.sched_setaffinity(0, {cpu})
     except OSError:
@@ -242,7 +245,9 @@ def stall_detector(cpu, until, gaps, fifo):
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
         except (OSError, AttributeError):
-            pass
+            fifo = False
+    until = time.perf_counter() + (until_wall - time.time())
+    gaps = []
     last = time.perf_counter()
     while last < until:
         time.sleep(0.001)
@@ -250,19 +255,23 @@ def stall_detector(cpu, until, gaps, fifo):
         if (now - last) * 1000 - 1.0 > STALL_MS:
             gaps.append((cpu, last, now))
         last = now
+    with open(out_path, "w") as f:
+        json.dump({"cpu": cpu, "fifo": fifo, "gaps": gaps}, f)
 
 
 def monitor_main(args):
-    """The tracing monitor of one run: stall detectors on every CPU, and
-    (futex mode) samples of who holds the lock and who waits, every
+    """The tracing monitor of one run: a stall detector process per CPU,
+    and (futex mode) samples of who holds the lock and who waits, every
     --sample-ms, from start to end of the writers; saved as monitor.json."""
-    until = time.perf_counter() + (args.start_at - time.time()) + args.duration + 0.5
-    gaps, threads = [], []
-    fifo = not args.no_fifo
+    until_wall = args.start_at + args.duration + 0.5
+    until = time.perf_counter() + (until_wall - time.time())
+    me = [sys.executable, os.path.abspath(__file__)]
+    detectors = []
     for cpu in sorted(os.sched_getaffinity(0)):
-        t = threading.Thread(target=stall_detector, args=(cpu, until, gaps, fifo), daemon=True)
-        t.start()
-        threads.append(t)
+        out = os.path.join(args.trace_dir, f"stalls-cpu{cpu}.json")
+        detectors.append((out, subprocess.Popen(
+            me + ["--detector", str(cpu), str(until_wall), out]
+            + (["--no-fifo"] if args.no_fifo else []))))
     samples = []
     if args.mode == "hybrid":
         conn = open_connection(args.db, "hybrid", args.ext, "NORMAL")
@@ -277,8 +286,16 @@ def monitor_main(args):
             samples.append((t, list(holder) if holder else None, [list(w) for w in waiting]))
             time.sleep(max(0.0, interval - (time.perf_counter() - t)))
         conn.close()
-    for t in threads:
-        t.join()
+    gaps, fifo = [], True
+    for out, proc in detectors:
+        proc.wait()
+        try:
+            with open(out) as f:
+                found = json.load(f)
+            gaps += [tuple(g) for g in found["gaps"]]
+            fifo &= found["fifo"]
+        except (OSError, ValueError):
+            fifo = False
     with open(os.path.join(args.trace_dir, "monitor.json"), "w") as f:
         json.dump({"pid": os.getpid(), "fifo": fifo, "stall_ms": STALL_MS,
                    "gaps": sorted(gaps, key=lambda g: g[1]), "samples": samples}, f)
@@ -865,6 +882,9 @@ if __name__ == "__main__":
         report(sys.argv[2])
     elif len(sys.argv) > 1 and sys.argv[1] == "--handoffs":
         print(handoffs_main(sys.argv[2], sys.argv[sys.argv.index("--ext") + 1]))
+    elif len(sys.argv) > 4 and sys.argv[1] == "--detector":
+        detector_main(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4],
+                      "--no-fifo" not in sys.argv)
     elif len(sys.argv) > 1 and sys.argv[1] == "--hog":
         args = argparse.Namespace(duration=float(sys.argv[sys.argv.index("--duration") + 1]))
         hog_main(args)

@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""The stall hunt of issue 26: many short runs of 8 writer processes on one
+WAL file with the extension (futex mode), every wait over a threshold
+explained from a trace.
+
+Each run is contention_bench.py's run with --trace-dir: every writer's
+timeline (when each BEGIN IMMEDIATE started and returned, when its COMMIT
+returned, its CPU clock at both, on the monotonic clock all processes
+share), a monitor's samples of hybrid_lock_holder and hybrid_lock_waiters
+every --sample-ms, one stall detector per CPU (a SCHED_FIFO thread pinned
+to it that sleeps 1 ms in a loop and records every oversleep over 20 ms:
+that CPU ran nothing of this machine's for that long), the load average and
+the hypervisor's steal time.
+
+For every wait over --threshold-ms (default 200) the analysis gives:
+* who held the lock during it: every other writer's transactions that
+  overlap it (count, total and longest hold, and the CPU the longest
+  holder used while holding: a hold with little CPU was a holder that did
+  not run), and the time nobody held it (idle);
+* who was head and where the waiter stood, from the monitor's samples
+  (runs of the same state), and whether the waiter was stale;
+* the stall detectors' gaps that overlap it.
+and a class:
+* `machine stall`: stall detectors show the machine stopped for most of
+  the wait (without the gap the wait would be under the threshold);
+* `holder off CPU`: one transaction held the lock for most of the wait
+  while using little CPU, and no detector gap: the holder was runnable
+  but not running (preempted on a loaded machine) or blocked in I/O;
+* `waiter off CPU`: the lock went round while the waiter was stale (not
+  running), so the queue skipped it, as designed;
+* `queue: passed over`: others took several turns each while the waiter
+  was live and queued: a bug in the queue;
+* `queue: lock idle`: the lock was free for most of the wait while the
+  waiter waited and the machine ran: a missed wake-up, a bug;
+* `unexplained`: none of these (shown with its full evidence).
+
+Usage (each invocation appends to DIR/runs.jsonl, so a long hunt can be
+split into short runs):
+  contention_stalls.py run --ext dist/libhybrid.so --out DIR --hold-ms 0 --runs 10
+  contention_stalls.py report DIR
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+from array import array
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import contention_bench as cb  # noqa: E402
+
+
+# ------------------------------------------------------------ the trace
+def load_trace(trace_dir):
+    writers = []
+    for meta_path in sorted(glob.glob(os.path.join(trace_dir, "w*.json"))):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        tl = array("d")
+        with open(meta_path[:-5] + ".bin", "rb") as f:
+            tl.frombytes(f.read())
+        meta["tx"] = [tuple(tl[i:i + 5]) for i in range(0, len(tl), 5)]
+        writers.append(meta)
+    monitor = {}
+    path = os.path.join(trace_dir, "monitor.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            monitor = json.load(f)
+    return writers, monitor
+
+
+def union_length(intervals, lo, hi):
+    """Length of the union of `intervals` clipped to [lo, hi], and the
+    longest uncovered stretch (start, end)."""
+    clipped = sorted((max(a, lo), min(b, hi)) for a, b in intervals if b > lo and a < hi)
+    covered, cursor, gap = 0.0, lo, (lo, lo)
+    for a, b in clipped:
+        if a > cursor and a - cursor > gap[1] - gap[0]:
+            gap = (cursor, a)
+        if b > cursor:
+            covered += b - max(a, cursor)
+            cursor = b
+    if hi - cursor > gap[1] - gap[0]:
+        gap = (cursor, hi)
+    return covered, gap
+
+
+def explain(writers, monitor, w, i, threshold_ms):
+    """The evidence and class of writer `w`'s transaction `i` wait."""
+    me = writers[w]
+    t0, t1 = me["tx"][i][0], me["tx"][i][1]
+    wait_ms = (t1 - t0) * 1000
+    pid_of = {x["pid"]: x["writer"] for x in writers}
+    holds = []  # (start, end, writer, cpu during the hold)
+    for other in writers:
+        if other is me:
+            continue
+        for (a0, a1, a2, c1, c2) in other["tx"]:
+            if a2 > t0 and a1 < t1:
+                holds.append((a1, a2, other["writer"], c2 - c1))
+    holds.sort()
+    covered, gap = union_length([(a, b) for a, b, _, _ in holds], t0, t1)
+    per_writer = {}
+    for a, b, k, _ in holds:
+        per_writer[k] = per_writer.get(k, 0) + 1
+    longest = max(holds, key=lambda h: h[1] - h[0]) if holds else None
+    # holder changes: turns taken while we waited
+    turns, last = 0, None
+    for _, _, k, _ in holds:
+        if k != last:
+            turns += 1
+            last = k
+    gaps = [(cpu, a, b) for cpu, a, b in monitor.get("gaps", []) if b > t0 and a < t1]
+    stalled = union_length([(a, b) for _, a, b in gaps], t0, t1)[0] * 1000
+    # the monitor's samples during the wait, as runs of one state
+    my_pid = me["pid"]
+    states, stale_seen = [], False
+    for t, holder, waiting in monitor.get("samples", []):
+        if t < t0 or t > t1:
+            continue
+        if holder and holder[0] is None:
+            holder = None  # free, or held by a connection without the extension
+        head = next((x for x in waiting if x[2]), None)
+        mine = next((x for x in waiting if x[0] == my_pid), None)
+        stale_seen |= bool(mine and mine[4])
+        state = (pid_of.get(holder[0], holder[0]) if holder else None,
+                 pid_of.get(head[0], head[0]) if head else None,
+                 mine[1] if mine else None, bool(mine and mine[4]), len(waiting))
+        held = holder[1] if holder and holder[1] is not None else 0
+        at = round((t - t0) * 1000, 1)
+        if states and tuple(states[-1][1:6]) == state:
+            states[-1][0][1] = at
+            states[-1][6] = max(states[-1][6], held)
+        else:
+            states.append([[at, at], *state, held])
+    wait_cpu_ms = None
+    if i > 0:
+        wait_cpu_ms = (me["tx"][i][3] - me["tx"][i - 1][4]) * 1000
+    evidence = {
+        "writer": w, "pid": my_pid, "wait_ms": round(wait_ms, 1),
+        "at_s": round(t0 - min(x["tx"][0][0] for x in writers if x["tx"]), 3),
+        "waiter_cpu_ms": None if wait_cpu_ms is None else round(wait_cpu_ms, 2),
+        "holds": len(holds), "held_ms": round(covered * 1000, 1),
+        "idle_ms": round(wait_ms - covered * 1000, 1),
+        "longest_idle_ms": round((gap[1] - gap[0]) * 1000, 1),
+        "longest_idle_at_ms": round((gap[0] - t0) * 1000, 1),
+        "turns": turns, "tx_per_writer": per_writer,
+        "longest_hold": None if not longest else {
+            "writer": longest[2], "ms": round((longest[1] - longest[0]) * 1000, 1),
+            "cpu_ms": round(longest[3] * 1000, 2),
+            "at_ms": round((longest[0] - t0) * 1000, 1)},
+        "stall_ms": round(stalled, 1),
+        "stall_gaps": [(cpu, round((a - t0) * 1000, 1), round((b - a) * 1000, 1))
+                       for cpu, a, b in gaps],
+        "waiter_stale": stale_seen,
+        # [from_ms, to_ms] into the wait, holder writer, head writer, the
+        # waiter's position, waiter stale, queue length, longest held_ms seen
+        "samples": states[:40],
+    }
+    evidence["class"] = classify(evidence, threshold_ms, len(writers))
+    return evidence
+
+
+def classify(e, threshold_ms, writers):
+    wait = e["wait_ms"]
+    if e["stall_ms"] > 0 and wait - e["stall_ms"] < threshold_ms:
+        return "machine stall"
+    hold = e["longest_hold"]
+    if hold and wait - hold["ms"] < threshold_ms:
+        if hold["cpu_ms"] < 0.5 * hold["ms"]:
+            return "holder off CPU"
+        return "holder slow on CPU"
+    if e["turns"] > 2 * writers:
+        return "waiter off CPU" if e["waiter_stale"] else "queue: passed over"
+    if e["longest_idle_ms"] > wait / 2:
+        return "queue: lock idle"
+    return "unexplained"
+
+
+# ------------------------------------------------------------- commands
+def run(args):
+    os.makedirs(args.out, exist_ok=True)
+    ext = os.path.abspath(args.ext)
+    ext = ext[:-3] if ext.endswith(".so") else ext
+    sc = cb.scenario(f"8 writers, hold {args.hold_ms:g} ms, NORMAL", writers=args.writers,
+                     hold_ms=args.hold_ms, duration=args.duration)
+    import tempfile
+    with tempfile.TemporaryDirectory() as workdir:
+        for n in range(args.runs):
+            tag = f"h{args.hold_ms:g}-{time.strftime('%H%M%S')}-{n}"
+            trace_dir = os.path.join(args.out, tag)
+            r = cb.run_once(sc, "hybrid", ext, workdir, tag, None, trace_dir, args.sample_ms)
+            writers, monitor = load_trace(trace_dir)
+            long_waits = []
+            for w, meta in enumerate(writers):
+                for i, tx in enumerate(meta["tx"]):
+                    if (tx[1] - tx[0]) * 1000 > args.threshold_ms:
+                        long_waits.append(explain(writers, monitor, w, i, args.threshold_ms))
+            gaps = monitor.get("gaps", [])
+            record = {
+                "tag": tag, "hold_ms": args.hold_ms, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                         time.gmtime()),
+                "tx_s": round(r["tx_s"]), "wait_max_ms": round(r["wait_max_ms"], 1),
+                "wait_p99_ms": round(r["wait_p99_ms"], 2), "errors": r["errors"],
+                "loadavg": r["loadavg"], "steal_share": round(r["steal_share"], 4),
+                "handoffs_s": r["handoffs_s"], "jain": round(r["jain"], 4),
+                "stall_gaps": len(gaps), "detectors_fifo": monitor.get("fifo"),
+                "longest_stall_ms": round(max(((b - a) * 1000 for _, a, b in gaps), default=0), 1),
+                "slow_events": [e for x in writers for e in x["slow_events"]],
+                "nivcsw": [x["nivcsw"] for x in writers],
+                "long_waits": long_waits,
+            }
+            with open(os.path.join(args.out, "runs.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"{tag}: {record['tx_s']} tx/s, max wait {record['wait_max_ms']} ms, "
+                  f"load {r['loadavg'][0] if r['loadavg'] else '?'}, steal "
+                  f"{record['steal_share']:.1%}, stall gaps {len(gaps)} (longest "
+                  f"{record['longest_stall_ms']} ms), waits > {args.threshold_ms:g} ms: "
+                  + (", ".join(f"{e['wait_ms']} ms [{e['class']}]" for e in long_waits)
+                     or "none"), flush=True)
+            if not long_waits and not args.keep:
+                shutil.rmtree(trace_dir)  # the timelines are large; keep the explained ones
+
+
+def report(args):
+    with open(os.path.join(args.dir, "runs.jsonl")) as f:
+        runs = [json.loads(line) for line in f if line.strip()]
+    for hold in sorted({r["hold_ms"] for r in runs}):
+        rs = [r for r in runs if r["hold_ms"] == hold]
+        waits = [e for r in rs for e in r["long_waits"]]
+        classes = {}
+        for e in waits:
+            classes[e["class"]] = classes.get(e["class"], 0) + 1
+        maxima = sorted(r["wait_max_ms"] for r in rs)
+        tx = sorted(r["tx_s"] for r in rs)
+        loads = sorted(r["loadavg"][0] for r in rs if r["loadavg"])
+        print(f"hold {hold:g} ms: {len(rs)} runs; tx/s {tx[0]}–{tx[-1]} (median "
+              f"{tx[len(tx) // 2]}); longest wait per run {maxima[0]}–{maxima[-1]} ms (median "
+              f"{maxima[len(maxima) // 2]}); load average {loads[0]}–{loads[-1]}; runs with a "
+              f"detector gap: {sum(1 for r in rs if r['stall_gaps'])} (longest "
+              f"{max(r['longest_stall_ms'] for r in rs)} ms); runs with a wait over the "
+              f"threshold: {sum(1 for r in rs if r['long_waits'])}; waits over it: {len(waits)}")
+        for cls, n in sorted(classes.items(), key=lambda kv: -kv[1]):
+            over = sum(1 for e in waits if e["class"] == cls and e["wait_ms"] > args.over_ms)
+            print(f"  {n:4}  {cls}  ({over} of them over {args.over_ms:g} ms)")
+        for e in sorted(waits, key=lambda e: -e["wait_ms"])[:args.examples]:
+            run_tag = next(r["tag"] for r in rs if e in r["long_waits"])
+            print(f"  example {run_tag}: {json.dumps(e)}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--ext", default="dist/libhybrid.so")
+    r.add_argument("--out", required=True)
+    r.add_argument("--hold-ms", type=float, default=0.0)
+    r.add_argument("--writers", type=int, default=8)
+    r.add_argument("--runs", type=int, default=10)
+    r.add_argument("--duration", type=float, default=3.0)
+    r.add_argument("--threshold-ms", type=float, default=200.0)
+    r.add_argument("--sample-ms", type=float, default=5.0)
+    r.add_argument("--keep", action="store_true", help="keep every run's timelines")
+    q = sub.add_parser("report")
+    q.add_argument("dir")
+    q.add_argument("--examples", type=int, default=5)
+    q.add_argument("--over-ms", type=float, default=200.0,
+                   help="also count the waits of each class over this")
+    args = p.parse_args()
+    return run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
