@@ -135,6 +135,7 @@ def explain(writers, monitor, w, i, threshold_ms):
             states[-1][6] = max(states[-1][6], held)
         else:
             states.append([[at, at], *state, held])
+    barged_ms, barge_heads = barge_stretches(writers, monitor, holds, t0, t1)
     wait_cpu_ms = None
     if i > 0:
         wait_cpu_ms = (me["tx"][i][3] - me["tx"][i - 1][4]) * 1000
@@ -155,6 +156,12 @@ def explain(writers, monitor, w, i, threshold_ms):
         "stall_gaps": [(cpu, round((a - t0) * 1000, 1), round((b - a) * 1000, 1))
                        for cpu, a, b in gaps],
         "waiter_stale": stale_seen,
+        # time the lock went round as single transactions of a writer that
+        # had yielded in vain (YIELD_MAX) to a head that did not take it
+        "barged_ms": round(barged_ms, 1),
+        # the heads of those stretches: writer, its wait, its CPU in that
+        # wait, and the extension's CPU budget for a wait that long
+        "barge_heads": barge_heads,
         # [from_ms, to_ms] into the wait, holder writer, head writer, the
         # waiter's position, waiter stale, queue length, longest held_ms seen
         "samples": states[:40],
@@ -163,10 +170,60 @@ def explain(writers, monitor, w, i, threshold_ms):
     return evidence
 
 
+BURST_MS, RATE = 2.0, 0.01  # the extension's CPU budget of one wait (ext/src/budget.rs)
+YIELD_MS = (1.9, 3.5)  # a yield in vain lasts YIELD_MAX (2 ms) plus scheduling
+
+
+def barge_stretches(writers, monitor, holds, t0, t1):
+    """Stretches of the wait in which the lock was free for a head that did
+    not take it: one writer's single transactions, each after a wait of
+    about YIELD_MAX (it yielded to the head in vain, then took the lock for
+    one transaction). Returns their total length (ms) and the heads of
+    those stretches (from the monitor) with their CPU against the budget."""
+    by_writer = {x["writer"]: x for x in writers}
+    singles = []
+    for a, b, k, _ in holds:
+        tx = next((t for t in by_writer[k]["tx"] if t[1] == a), None)
+        if tx and YIELD_MS[0] <= (tx[1] - tx[0]) * 1000 <= YIELD_MS[1]:
+            singles.append((tx[0], tx[2], k))
+    total, spans = 0.0, []
+    for start, end, k in singles:
+        if spans and spans[-1][2] == k and start - spans[-1][1] < 0.001:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end, k])
+    pid_of = {x["pid"]: x["writer"] for x in writers}
+    heads = {}
+    for start, end, _ in spans:
+        if end - start < 0.010:
+            continue  # one or two yields: scheduling noise
+        total += min(end, t1) - max(start, t0)
+        for t, _, waiting in monitor.get("samples", []):
+            if start <= t <= end:
+                head = next((x for x in waiting if x[2]), None)
+                if head and head[0] in pid_of:
+                    heads.setdefault(pid_of[head[0]], (start, end))
+    out = []
+    for k, (start, end) in heads.items():
+        tx = by_writer[k]["tx"]
+        for j in range(1, len(tx)):
+            if tx[j][0] <= start and tx[j][1] >= start:
+                wait = (tx[j][1] - tx[j][0]) * 1000
+                cpu = (tx[j][3] - tx[j - 1][4]) * 1000
+                out.append({"writer": k, "wait_ms": round(wait, 1), "cpu_ms": round(cpu, 2),
+                            "budget_ms": round(BURST_MS + RATE * wait, 2)})
+                break
+    return total * 1000, out
+
+
 def classify(e, threshold_ms, writers):
     wait = e["wait_ms"]
     if e["stall_ms"] > 0 and wait - e["stall_ms"] < threshold_ms:
         return "machine stall"
+    if e.get("barged_ms", 0) > wait / 3:
+        if any(h["cpu_ms"] > h["budget_ms"] for h in e["barge_heads"]):
+            return "queue: head paused by its CPU budget, lock free"
+        return "queue: head did not take the free lock"
     hold = e["longest_hold"]
     if hold and wait - hold["ms"] < threshold_ms:
         if hold["cpu_ms"] < 0.5 * hold["ms"]:
@@ -177,6 +234,14 @@ def classify(e, threshold_ms, writers):
     if e["longest_idle_ms"] > wait / 2:
         return "queue: lock idle"
     return "unexplained"
+
+
+def wait_index(writer, wait_ms):
+    """The index of `writer`'s transaction whose wait was `wait_ms` (rounded)."""
+    for i, tx in enumerate(writer["tx"]):
+        if abs((tx[1] - tx[0]) * 1000 - wait_ms) < 0.06:
+            return i
+    return None
 
 
 # ------------------------------------------------------------- commands
@@ -227,6 +292,14 @@ def run(args):
 def report(args):
     with open(os.path.join(args.dir, "runs.jsonl")) as f:
         runs = [json.loads(line) for line in f if line.strip()]
+    for r in runs:
+        trace_dir = os.path.join(args.dir, r["tag"])
+        if r["long_waits"] and os.path.isdir(trace_dir):
+            writers, monitor = load_trace(trace_dir)
+            r["long_waits"] = [explain(writers, monitor, e["writer"], i, args.threshold_ms)
+                               for e in r["long_waits"]
+                               for i in [wait_index(writers[e["writer"]], e["wait_ms"])]
+                               if i is not None]
     for hold in sorted({r["hold_ms"] for r in runs}):
         rs = [r for r in runs if r["hold_ms"] == hold]
         waits = [e for r in rs for e in r["long_waits"]]
@@ -266,6 +339,7 @@ def main():
     q = sub.add_parser("report")
     q.add_argument("dir")
     q.add_argument("--examples", type=int, default=5)
+    q.add_argument("--threshold-ms", type=float, default=100.0)
     q.add_argument("--over-ms", type=float, default=200.0,
                    help="also count the waits of each class over this")
     args = p.parse_args()
