@@ -42,10 +42,11 @@ its worst round). --pick 0,3,5 runs only those scenarios of a suite (to
 split a long suite into short runs).
 
 Frontier (--frontier): for 8 and 32 writers (--frontier-writers), hold 0,
-NORMAL, the extension under each policy of --policies (a JSON list of
-hybrid_busy_config() objects) beside the default handler and poll1ms, the
-throughput ratio against the longest wait, as a chart (--chart, SVG or
-PNG by the file name).
+NORMAL, the extension with its defaults and under each policy of
+--policies (a JSON list of hybrid_busy_config() objects; default: handoff_ms
+1, 2, 3.5 and 5, and max_wait_ms 25, 50 and 100 if the extension has that
+key) beside the default handler and poll1ms, the throughput ratio against
+the longest wait, as a chart (--chart, SVG or PNG by the file name).
 
 Tracing (--trace-dir DIR, used by scripts/contention_stalls.py): every
 writer keeps a timeline of its transactions (when its BEGIN IMMEDIATE
@@ -650,6 +651,29 @@ def draw_chart(results, modes, path):
 
 DEFAULT_POLICIES = ['{"handoff_ms":1}', '{"handoff_ms":2}', '{"handoff_ms":3.5}',
                     '{"handoff_ms":5}']
+# Added to the default list when the extension's policy has the key.
+MAX_WAIT_POLICIES = ['{"max_wait_ms":25}', '{"max_wait_ms":50}', '{"max_wait_ms":100}']
+
+
+def policy_keys(ext):
+    """The keys of the extension's policy (hybrid_busy_config() of a fresh
+    connection), read in a child process: loading the extension here would
+    register this process's later connections too (the auto-extension)."""
+    code = ("import sqlite3, sys; c = sqlite3.connect(':memory:'); "
+            "c.enable_load_extension(True); c.load_extension(sys.argv[1]); "
+            "print(c.execute('SELECT hybrid_busy_config()').fetchone()[0])")
+    out = subprocess.run([sys.executable, "-c", code, ext], capture_output=True, text=True)
+    try:
+        return set(json.loads(out.stdout))
+    except ValueError:
+        return set()
+
+
+def frontier_policies(args, ext):
+    if args.policies:
+        return [p if isinstance(p, str) else json.dumps(p, separators=(",", ":"))
+                for p in json.loads(args.policies)]
+    return DEFAULT_POLICIES + (MAX_WAIT_POLICIES if "max_wait_ms" in policy_keys(ext) else [])
 
 
 def run_frontier(args, ext):
@@ -658,9 +682,7 @@ def run_frontier(args, ext):
     all of them in turn in every round. Returns one entry per writer count:
     per setting, the tx/s ratio to the default of the same round and the
     longest wait, each round."""
-    policies = json.loads(args.policies) if args.policies else DEFAULT_POLICIES
-    policies = [p if isinstance(p, str) else json.dumps(p, separators=(",", ":"))
-                for p in policies]
+    policies = frontier_policies(args, ext)
     settings = ([("default", "default", None), ("poll1ms", "poll1ms", None),
                  ("hybrid (defaults)", "hybrid", None)]
                 + [(f"hybrid {p}", "hybrid", p) for p in policies])

@@ -38,6 +38,7 @@ Usage (each invocation appends to DIR/runs.jsonl, so a long hunt can be
 split into short runs):
   contention_stalls.py run --ext dist/libhybrid.so --out DIR --hold-ms 0 --runs 10
   contention_stalls.py report DIR
+  contention_stalls.py timeline TRACE_DIR   (commits per 500 ms over one run)
 """
 import argparse
 import glob
@@ -323,6 +324,25 @@ def report(args):
             print(f"  example {run_tag}: {json.dumps(e)}")
 
 
+def timeline(args):
+    """Commits per window over one traced run (a --trace-dir of a run):
+    how throughput moves within a run (a fresh file's WAL growing, the
+    first checkpoints), and the slowest COMMITs (a checkpoint runs inside
+    the COMMIT that crosses wal_autocheckpoint)."""
+    writers, _ = load_trace(args.trace_dir)
+    txs = sorted(t for x in writers for t in x["tx"])
+    if not txs:
+        return
+    start, window = txs[0][0], args.window_ms / 1000
+    counts = {}
+    for t in txs:
+        counts[int((t[2] - start) / window)] = counts.get(int((t[2] - start) / window), 0) + 1
+    print(" ".join(f"{counts.get(k, 0) / window:.0f}" for k in range(max(counts) + 1)))
+    slow = sorted(((t[2] - t[1]) * 1000, (t[1] - start)) for t in txs)[-args.slowest:]
+    print("slowest transactions (ms held, at s): "
+          + ", ".join(f"{ms:.1f}@{at:.2f}" for ms, at in reversed(slow)))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -342,8 +362,12 @@ def main():
     q.add_argument("--threshold-ms", type=float, default=100.0)
     q.add_argument("--over-ms", type=float, default=200.0,
                    help="also count the waits of each class over this")
+    t = sub.add_parser("timeline")
+    t.add_argument("trace_dir")
+    t.add_argument("--window-ms", type=float, default=500.0)
+    t.add_argument("--slowest", type=int, default=5)
     args = p.parse_args()
-    return run(args) if args.command == "run" else report(args)
+    return {"run": run, "report": report, "timeline": timeline}[args.command](args)
 
 
 if __name__ == "__main__":
