@@ -273,7 +273,7 @@ def monitor_main(args):
         detectors.append((out, subprocess.Popen(
             me + ["--detector", str(cpu), str(until_wall), out]
             + (["--no-fifo"] if args.no_fifo else []))))
-    samples = []
+    samples, sched = [], {}
     if args.mode == "hybrid":
         conn = open_connection(args.db, "hybrid", args.ext, "NORMAL")
         time.sleep(max(0.0, args.start_at - time.time()))
@@ -285,6 +285,20 @@ def monitor_main(args):
             waiting = conn.execute("SELECT pid, position, is_head, waited_ms, stale "
                                    "FROM hybrid_lock_waiters").fetchall()
             samples.append((t, list(holder) if holder else None, [list(w) for w in waiting]))
+            # Every writer process seen so far: its CPU time and its time
+            # runnable but not running (/proc/PID/schedstat, ns), to tell a
+            # waiter that slept from one the machine did not run.
+            for w in waiting:
+                sched.setdefault(w[0], [])
+            if holder and holder[0]:
+                sched.setdefault(holder[0], [])
+            for pid, series in sched.items():
+                try:
+                    with open(f"/proc/{pid}/schedstat") as f:
+                        cpu_ns, runq_ns = f.read().split()[:2]
+                    series.append((t, int(cpu_ns), int(runq_ns)))
+                except (OSError, ValueError):
+                    pass
             time.sleep(max(0.0, interval - (time.perf_counter() - t)))
         conn.close()
     gaps, fifo = [], True
@@ -299,7 +313,8 @@ def monitor_main(args):
             fifo = False
     with open(os.path.join(args.trace_dir, "monitor.json"), "w") as f:
         json.dump({"pid": os.getpid(), "fifo": fifo, "stall_ms": STALL_MS,
-                   "gaps": sorted(gaps, key=lambda g: g[1]), "samples": samples}, f)
+                   "gaps": sorted(gaps, key=lambda g: g[1]), "samples": samples,
+                   "schedstat": sched}, f)
 
 
 def steal_jiffies():

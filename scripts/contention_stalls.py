@@ -137,6 +137,16 @@ def explain(writers, monitor, w, i, threshold_ms):
         else:
             states.append([[at, at], *state, held])
     barged_ms, barge_heads = barge_stretches(writers, monitor, holds, t0, t1)
+    longest_sched = {}
+    if longest:
+        k = longest[2]
+        series = monitor.get("schedstat", {}).get(str(writers[k]["pid"]), [])
+        inside = [x for x in series if longest[0] - 0.003 <= x[0] <= longest[1] + 0.003]
+        if len(inside) >= 2:
+            longest_sched = {
+                "sampled_ms": round((inside[-1][0] - inside[0][0]) * 1000, 1),
+                "ran_ms": round((inside[-1][1] - inside[0][1]) / 1e6, 2),
+                "runnable_not_running_ms": round((inside[-1][2] - inside[0][2]) / 1e6, 1)}
     wait_cpu_ms = None
     if i > 0:
         wait_cpu_ms = (me["tx"][i][3] - me["tx"][i - 1][4]) * 1000
@@ -152,7 +162,7 @@ def explain(writers, monitor, w, i, threshold_ms):
         "longest_hold": None if not longest else {
             "writer": longest[2], "ms": round((longest[1] - longest[0]) * 1000, 1),
             "cpu_ms": round(longest[3] * 1000, 2),
-            "at_ms": round((longest[0] - t0) * 1000, 1)},
+            "at_ms": round((longest[0] - t0) * 1000, 1), **longest_sched},
         "stall_ms": round(stalled, 1),
         "stall_gaps": [(cpu, round((a - t0) * 1000, 1), round((b - a) * 1000, 1))
                        for cpu, a, b in gaps],
@@ -211,8 +221,16 @@ def barge_stretches(writers, monitor, holds, t0, t1):
             if tx[j][0] <= start and tx[j][1] >= start:
                 wait = (tx[j][1] - tx[j][0]) * 1000
                 cpu = (tx[j][3] - tx[j - 1][4]) * 1000
-                out.append({"writer": k, "wait_ms": round(wait, 1), "cpu_ms": round(cpu, 2),
-                            "budget_ms": round(BURST_MS + RATE * wait, 2)})
+                head = {"writer": k, "wait_ms": round(wait, 1), "cpu_ms": round(cpu, 2),
+                        "budget_ms": round(BURST_MS + RATE * wait, 2)}
+                # over its wait: time on a CPU and time runnable but not run
+                series = monitor.get("schedstat", {}).get(str(by_writer[k]["pid"]), [])
+                inside = [x for x in series if tx[j][0] <= x[0] <= tx[j][1]]
+                if len(inside) >= 2:
+                    head["sampled_ms"] = round((inside[-1][0] - inside[0][0]) * 1000, 1)
+                    head["ran_ms"] = round((inside[-1][1] - inside[0][1]) / 1e6, 2)
+                    head["runnable_not_running_ms"] = round((inside[-1][2] - inside[0][2]) / 1e6, 1)
+                out.append(head)
                 break
     return total * 1000, out
 
@@ -222,8 +240,12 @@ def classify(e, threshold_ms, writers):
     if e["stall_ms"] > 0 and wait - e["stall_ms"] < threshold_ms:
         return "machine stall"
     if e.get("barged_ms", 0) > wait / 3:
-        if any(h["cpu_ms"] > h["budget_ms"] for h in e["barge_heads"]):
+        heads = e["barge_heads"]
+        if any(h["cpu_ms"] > h["budget_ms"] for h in heads):
             return "queue: head paused by its CPU budget, lock free"
+        if any(h.get("runnable_not_running_ms", 0) > 0.5 * h.get("sampled_ms", 1e9)
+               for h in heads):
+            return "head runnable but not run (machine), lock free meanwhile"
         return "queue: head did not take the free lock"
     hold = e["longest_hold"]
     if hold and wait - hold["ms"] < threshold_ms:
