@@ -64,6 +64,7 @@ def load_trace(trace_dir):
             tl.frombytes(f.read())
         meta["tx"] = [tuple(tl[i:i + 5]) for i in range(0, len(tl), 5)]
         writers.append(meta)
+    writers.sort(key=lambda x: x["writer"])  # list index = writer id
     monitor = {}
     path = os.path.join(trace_dir, "monitor.json")
     if os.path.exists(path):
