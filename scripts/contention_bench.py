@@ -182,6 +182,16 @@ def run_writer(args, writer_id, cpu_clock):
     result = write_loop(conn, writer_id, args.hold_ms / 1000, args.think_ms / 1000,
                         args.start_at, args.duration, cpu_clock,
                         poll=args.mode == "poll1ms", trace=trace)
+    # The WAL as the run leaves it (the last connection to close deletes
+    # it): its size, and the checkpoint sequence of its header, which
+    # counts how often a writer restarted it from the beginning.
+    try:
+        result["wal_bytes"] = os.path.getsize(args.db + "-wal")
+        with open(args.db + "-wal", "rb") as f:
+            header = f.read(16)
+        result["wal_restarts"] = int.from_bytes(header[12:16], "big") if len(header) == 16 else 0
+    except OSError:
+        result["wal_bytes"], result["wal_restarts"] = 0, 0
     if tracing:
         base = os.path.join(args.trace_dir, f"w{writer_id}")
         with open(base + ".bin", "wb") as f:
@@ -435,7 +445,8 @@ def run_once(scenario, mode, ext, workdir, tag, policy=None, trace_dir=None, sam
         "loadavg": load_before,
         # share of the machine's CPU time stolen by the hypervisor during the run
         "steal_share": ((steal_after[0] - steal_before[0]) / steal_total) if steal_total else 0.0,
-        "wal_bytes": os.path.getsize(db + "-wal") if os.path.exists(db + "-wal") else 0,
+        "wal_bytes": max((r.get("wal_bytes", 0) for r in results), default=0),
+        "wal_restarts": max((r.get("wal_restarts", 0) for r in results), default=0),
         "waits_ms": sorted(waits),
     }
 
