@@ -142,7 +142,8 @@ def explain(writers, monitor, w, i, threshold_ms):
     if longest:
         k = longest[2]
         series = monitor.get("schedstat", {}).get(str(writers[k]["pid"]), [])
-        inside = [x for x in series if longest[0] - 0.003 <= x[0] <= longest[1] + 0.003]
+        inside = [x for x in series
+                  if longest[0] - 0.003 <= x[0] <= longest[1] + SCHED_TAIL_S]
         if len(inside) >= 2:
             longest_sched = {
                 "sampled_ms": round((inside[-1][0] - inside[0][0]) * 1000, 1),
@@ -151,6 +152,15 @@ def explain(writers, monitor, w, i, threshold_ms):
     wait_cpu_ms = None
     if i > 0:
         wait_cpu_ms = (me["tx"][i][3] - me["tx"][i - 1][4]) * 1000
+    # time the writers that held the lock during the wait spent runnable
+    # but not running over it (scheduler delay, summed over them)
+    held_by = {k for _, _, k, _ in holds}
+    holders_runnable_ms = 0.0
+    for k in held_by:
+        series = monitor.get("schedstat", {}).get(str(writers[k]["pid"]), [])
+        inside = [x for x in series if t0 <= x[0] <= t1 + SCHED_TAIL_S]
+        if len(inside) >= 2:
+            holders_runnable_ms += (inside[-1][2] - inside[0][2]) / 1e6
     evidence = {
         "writer": w, "pid": my_pid, "wait_ms": round(wait_ms, 1),
         "at_s": round(t0 - min(x["tx"][0][0] for x in writers if x["tx"]), 3),
@@ -165,6 +175,7 @@ def explain(writers, monitor, w, i, threshold_ms):
             "cpu_ms": round(longest[3] * 1000, 2),
             "at_ms": round((longest[0] - t0) * 1000, 1), **longest_sched},
         "stall_ms": round(stalled, 1),
+        "holders_runnable_ms": round(holders_runnable_ms, 1),
         "stall_gaps": [(cpu, round((a - t0) * 1000, 1), round((b - a) * 1000, 1))
                        for cpu, a, b in gaps],
         "waiter_stale": stale_seen,
@@ -182,6 +193,9 @@ def explain(writers, monitor, w, i, threshold_ms):
     return evidence
 
 
+# /proc/PID/schedstat adds a task's time runnable but not running when it
+# next gets a CPU: a window over a wait reaches this far past its end.
+SCHED_TAIL_S = 0.015
 BURST_MS, RATE = 2.0, 0.01  # the extension's CPU budget of one wait (ext/src/budget.rs)
 YIELD_MS = (1.9, 3.5)  # a yield in vain lasts YIELD_MAX (2 ms) plus scheduling
 
@@ -226,7 +240,9 @@ def barge_stretches(writers, monitor, holds, t0, t1):
                         "budget_ms": round(BURST_MS + RATE * wait, 2)}
                 # over its wait: time on a CPU and time runnable but not run
                 series = monitor.get("schedstat", {}).get(str(by_writer[k]["pid"]), [])
-                inside = [x for x in series if tx[j][0] <= x[0] <= tx[j][1]]
+                # run_delay is added when the task next gets a CPU: take
+                # the samples up to a little after the wait ended
+                inside = [x for x in series if tx[j][0] <= x[0] <= tx[j][1] + SCHED_TAIL_S]
                 if len(inside) >= 2:
                     head["sampled_ms"] = round((inside[-1][0] - inside[0][0]) * 1000, 1)
                     head["ran_ms"] = round((inside[-1][1] - inside[0][1]) / 1e6, 2)
@@ -242,17 +258,20 @@ def classify(e, threshold_ms, writers):
         return "machine stall"
     if e.get("barged_ms", 0) > wait / 3:
         heads = e["barge_heads"]
+        if any(h.get("runnable_not_running_ms", 0) > 0.5 * h["wait_ms"] for h in heads):
+            return "head runnable but not run (machine), lock free meanwhile"
         if any(h["cpu_ms"] > h["budget_ms"] for h in heads):
             return "queue: head paused by its CPU budget, lock free"
-        if any(h.get("runnable_not_running_ms", 0) > 0.5 * h.get("sampled_ms", 1e9)
-               for h in heads):
-            return "head runnable but not run (machine), lock free meanwhile"
         return "queue: head did not take the free lock"
     hold = e["longest_hold"]
     if hold and wait - hold["ms"] < threshold_ms:
+        if hold.get("runnable_not_running_ms", 0) > 0.5 * hold["ms"]:
+            return "holder runnable but not run (machine)"
         if hold["cpu_ms"] < 0.5 * hold["ms"]:
             return "holder off CPU"
         return "holder slow on CPU"
+    if e.get("holders_runnable_ms", 0) > wait / 2:
+        return "holders runnable but not run (machine)"
     if e["turns"] > 2 * writers:
         return "waiter off CPU" if e["waiter_stale"] else "queue: passed over"
     if e["longest_idle_ms"] > wait / 2:
