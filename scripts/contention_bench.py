@@ -64,6 +64,7 @@ Usage:
   contention_bench.py --frontier [--frontier-writers 8,32] [--policies JSON]
                       [--rounds 3] [--duration 3] [--json f.json] [--chart f.svg]
   contention_bench.py --report out.json
+  contention_bench.py --frontier-chart f8.json [f32.json ...] out.svg
 """
 import argparse
 import json
@@ -928,6 +929,13 @@ def main():
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--report":
         report(sys.argv[2])
+    elif len(sys.argv) > 3 and sys.argv[1] == "--frontier-chart":
+        # redraw the frontier from --json files (several: their writer counts side by side)
+        frontier = []
+        for path in sys.argv[2:-1]:
+            with open(path) as f:
+                frontier += json.load(f)["frontier"]
+        draw_frontier(frontier, sys.argv[-1])
     elif len(sys.argv) > 1 and sys.argv[1] == "--handoffs":
         print(handoffs_main(sys.argv[2], sys.argv[sys.argv.index("--ext") + 1]))
     elif len(sys.argv) > 4 and sys.argv[1] == "--detector":
