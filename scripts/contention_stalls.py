@@ -161,6 +161,10 @@ def explain(writers, monitor, w, i, threshold_ms):
         inside = [x for x in series if t0 <= x[0] <= t1 + SCHED_TAIL_S]
         if len(inside) >= 2:
             holders_runnable_ms += (inside[-1][2] - inside[0][2]) / 1e6
+    # the monitor (a process at normal priority) not sampling for long: the
+    # machine ran none of its processes then
+    times = [t for t, _, _ in monitor.get("samples", []) if t0 - 0.01 <= t <= t1 + 0.01]
+    monitor_gap_ms = max((b - a for a, b in zip(times, times[1:])), default=0.0) * 1000
     evidence = {
         "writer": w, "pid": my_pid, "wait_ms": round(wait_ms, 1),
         "at_s": round(t0 - min(x["tx"][0][0] for x in writers if x["tx"]), 3),
@@ -176,6 +180,7 @@ def explain(writers, monitor, w, i, threshold_ms):
             "at_ms": round((longest[0] - t0) * 1000, 1), **longest_sched},
         "stall_ms": round(stalled, 1),
         "holders_runnable_ms": round(holders_runnable_ms, 1),
+        "monitor_gap_ms": round(monitor_gap_ms, 1),
         "stall_gaps": [(cpu, round((a - t0) * 1000, 1), round((b - a) * 1000, 1))
                        for cpu, a, b in gaps],
         "waiter_stale": stale_seen,
@@ -256,12 +261,19 @@ def classify(e, threshold_ms, writers):
     wait = e["wait_ms"]
     if e["stall_ms"] > 0 and wait - e["stall_ms"] < threshold_ms:
         return "machine stall"
+    starved = (e.get("monitor_gap_ms", 0) > wait / 3
+               or e.get("holders_runnable_ms", 0) > wait / 2)
+    hold = e["longest_hold"]
+    if hold and hold["ms"] > wait / 3 and hold.get("runnable_not_running_ms", 0) > hold["ms"] / 2:
+        return "holder runnable but not run (machine)"
     if e.get("barged_ms", 0) > wait / 3:
         heads = e["barge_heads"]
         if any(h.get("runnable_not_running_ms", 0) > 0.5 * h["wait_ms"] for h in heads):
             return "head runnable but not run (machine), lock free meanwhile"
         if any(h["cpu_ms"] > h["budget_ms"] for h in heads):
             return "queue: head paused by its CPU budget, lock free"
+        if not heads and starved:
+            return "processes runnable but not run (machine; the monitor too)"
         return "queue: head did not take the free lock"
     hold = e["longest_hold"]
     if hold and wait - hold["ms"] < threshold_ms:
@@ -270,8 +282,8 @@ def classify(e, threshold_ms, writers):
         if hold["cpu_ms"] < 0.5 * hold["ms"]:
             return "holder off CPU"
         return "holder slow on CPU"
-    if e.get("holders_runnable_ms", 0) > wait / 2:
-        return "holders runnable but not run (machine)"
+    if starved:
+        return "processes runnable but not run (machine; the monitor too)"
     if e["turns"] > 2 * writers:
         return "waiter off CPU" if e["waiter_stale"] else "queue: passed over"
     if e["longest_idle_ms"] > wait / 2:
