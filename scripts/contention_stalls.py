@@ -163,8 +163,13 @@ def explain(writers, monitor, w, i, threshold_ms):
             holders_runnable_ms += (inside[-1][2] - inside[0][2]) / 1e6
     # the monitor (a process at normal priority) not sampling for long: the
     # machine ran none of its processes then
-    times = [t for t, _, _ in monitor.get("samples", []) if t0 - 0.01 <= t <= t1 + 0.01]
-    monitor_gap_ms = max((b - a for a, b in zip(times, times[1:])), default=0.0) * 1000
+    all_times = [t for t, _, _ in monitor.get("samples", [])]
+    before = [t for t in all_times if t <= t0]
+    after = [t for t in all_times if t >= t1]
+    times = (before[-1:] + [t for t in all_times if t0 < t < t1] + after[:1])
+    # clipped to the wait: a gap that covers the wait counts as the wait
+    monitor_gap_ms = max((min(b, t1) - max(a, t0) for a, b in zip(times, times[1:])),
+                         default=0.0) * 1000 if all_times else 0.0
     evidence = {
         "writer": w, "pid": my_pid, "wait_ms": round(wait_ms, 1),
         "at_s": round(t0 - min(x["tx"][0][0] for x in writers if x["tx"]), 3),
