@@ -83,7 +83,7 @@ demo: ext
 # alternating; about 15 minutes on 2 cores). Writes the table and the
 # targets met or missed to stdout, the figures to target/bench/contention.json
 # and the chart docs/benchmarks.md shows to docs/bench/contention.png.
-# Then the frontier (about 5 minutes): throughput ratio against longest wait
+# Then the frontier (about 5-7 minutes): throughput ratio against longest wait
 # for 8 and 32 writers under the policies of BENCH_FRONTIER_POLICIES (empty:
 # the script's default list), with the default handler and the 1 ms poll as
 # reference points, to docs/bench/frontier.svg.
