@@ -13,9 +13,14 @@ the same machine under the same load.
 
 Modes:
   default  sqlite3.connect(timeout=30): SQLite's own busy handler.
-  hybrid   the extension loaded (its defaults), deadline 30 s: futex mode.
+  hybrid   the extension loaded (its defaults, or --policy), deadline 30 s:
+           futex mode.
   backoff  the extension with its side file made unusable (a directory in
            its place): its jittered backoff with aging.
+  poll1ms  no busy handler (connect(timeout=0)); the app retries BEGIN
+           IMMEDIATE after sleeping 1 ms on every SQLITE_BUSY, to the same
+           30 s deadline: the constant 1 ms poll of Rails 8 and several
+           drivers, a reference point.
 
 Scenario knobs: --writers N, --hold-ms H, --think-ms T (paced, request-like
 writers), --sync NORMAL|FULL, --hog (one CPU-bound process runs beside the
@@ -29,10 +34,37 @@ per committed transaction (user + system, measured inside the writers from
 their first transaction to their last). Ratios are extension / default of
 the same round; the summary gives the median and range over rounds.
 
+Suites: --suite issue12 (the scenarios and targets of issue 12) and
+--suite issue26 (the 8-writer matrix, NORMAL and FULL x hold 0 and 1 ms x
+with and without a CPU hog x processes and threads, then 32 and 64
+writers, each with issue 26's targets; the verdict of each scenario is
+its worst round). --pick 0,3,5 runs only those scenarios of a suite (to
+split a long suite into short runs).
+
+Frontier (--frontier): for 8 and 32 writers (--frontier-writers), hold 0,
+NORMAL, the extension with its defaults and under each policy of
+--policies (a JSON list of hybrid_busy_config() objects; default: handoff_ms
+1, 2, 3.5 and 5, and max_wait_ms 25, 50 and 100 if the extension has that
+key) beside the default handler and poll1ms, the throughput ratio against
+the longest wait, as a chart (--chart, SVG or PNG by the file name).
+
+Tracing (--trace-dir DIR, used by scripts/contention_stalls.py): every
+writer keeps a timeline of its transactions (when its BEGIN IMMEDIATE
+started and returned, when its COMMIT returned, its CPU clock at both) and
+its hybrid_lock_events rows; a monitor process samples hybrid_lock_holder
+and hybrid_lock_waiters every --sample-ms, and runs one thread per CPU at
+SCHED_FIFO (when permitted) that sleeps 1 ms in a loop and records every
+oversleep over 20 ms: a stall of the machine, not of the queue.
+
 Usage:
   contention_bench.py --ext dist/libhybrid.so [scenario knobs] [--rounds 3]
-                      [--duration 4] [--modes default,hybrid,backoff]
-                      [--suite issue12] [--json out.json] [--chart out.svg]
+                      [--duration 4] [--modes default,hybrid,backoff,poll1ms]
+                      [--suite issue12|issue26] [--pick 0,1] [--json out.json]
+                      [--chart out.svg]
+  contention_bench.py --frontier [--frontier-writers 8,32] [--policies JSON]
+                      [--rounds 3] [--duration 3] [--json f.json] [--chart f.svg]
+  contention_bench.py --report out.json
+  contention_bench.py --frontier-chart f8.json [f32.json ...] out.svg
 """
 import argparse
 import json
@@ -49,9 +81,13 @@ TIMEOUT_S = 30.0  # both modes: long enough that an error means starvation
 
 
 # --------------------------------------------------------------- writers
+POLL_S = 0.001  # poll1ms: the sleep between two BEGIN IMMEDIATE attempts
+
+
 def open_connection(db, mode, ext, sync, policy=None):
     import sqlite3
-    conn = sqlite3.connect(db, isolation_level=None, timeout=TIMEOUT_S,
+    timeout = 0 if mode == "poll1ms" else TIMEOUT_S
+    conn = sqlite3.connect(db, isolation_level=None, timeout=timeout,
                            check_same_thread=False)
     if mode in ("hybrid", "backoff"):
         conn.enable_load_extension(True)
@@ -65,8 +101,27 @@ def open_connection(db, mode, ext, sync, policy=None):
     return conn
 
 
-def write_loop(conn, writer_id, hold_s, think_s, start_at, duration, cpu_clock):
-    """One writer's loop; returns its results."""
+def begin_polling(conn):
+    """poll1ms: BEGIN IMMEDIATE, retried after a 1 ms sleep on every
+    SQLITE_BUSY until the deadline. Returns whether it got the lock."""
+    import sqlite3
+    deadline = time.perf_counter() + TIMEOUT_S
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return True
+        except sqlite3.OperationalError:
+            if time.perf_counter() >= deadline:
+                return False
+            time.sleep(POLL_S)
+
+
+def write_loop(conn, writer_id, hold_s, think_s, start_at, duration, cpu_clock,
+               poll=False, trace=None):
+    """One writer's loop; returns its results. With `trace` (an
+    array('d')), appends (begin start, begin returned, commit returned,
+    CPU clock at begin returned, CPU clock at commit returned) per
+    transaction, on the monotonic clock every process shares."""
     import sqlite3
     payload = "x" * 100
     time.sleep(max(0.0, start_at - time.time()))
@@ -78,17 +133,26 @@ def write_loop(conn, writer_id, hold_s, think_s, start_at, duration, cpu_clock):
         t0 = time.perf_counter()
         if t0 >= end:
             break
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError:
-            errors += 1
-            continue
+        if poll:
+            if not begin_polling(conn):
+                errors += 1
+                continue
+        else:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                errors += 1
+                continue
         t1 = time.perf_counter()
+        if trace is not None:
+            c1 = cpu_clock()
         conn.execute("INSERT INTO t(writer, payload) VALUES (?, ?)", (writer_id, payload))
         if hold_s > 0:
             time.sleep(hold_s)
         conn.execute("COMMIT")
         t2 = time.perf_counter()
+        if trace is not None:
+            trace.extend((t0, t1, t2, c1, cpu_clock()))
         # Every wait counts, the last one too: a writer starved until the
         # others stopped must show its wait even though its commit came late.
         waits.append((t1 - t0) * 1000)
@@ -102,8 +166,51 @@ def write_loop(conn, writer_id, hold_s, think_s, start_at, duration, cpu_clock):
 
 
 def process_cpu():
-    t = os.times()
-    return t.user + t.system
+    # user + system of the process, at the clock's resolution (os.times()
+    # counts in 10 ms ticks: too coarse for one transaction in a trace)
+    return time.process_time()
+
+
+def run_writer(args, writer_id, cpu_clock):
+    """Opens a connection and runs one writer; with --trace-dir, saves its
+    timeline and its hybrid_lock_events next to the run's files."""
+    from array import array
+    conn = open_connection(args.db, args.mode, args.ext, args.sync, args.policy)
+    tracing = bool(args.trace_dir)
+    if tracing and args.mode == "hybrid":
+        conn.execute("SELECT hybrid_lock_events_capacity(65536)")
+    trace = array("d") if tracing else None
+    result = write_loop(conn, writer_id, args.hold_ms / 1000, args.think_ms / 1000,
+                        args.start_at, args.duration, cpu_clock,
+                        poll=args.mode == "poll1ms", trace=trace)
+    # The WAL as the run leaves it (the last connection to close deletes
+    # it): its size, and the checkpoint sequence of its header, which
+    # counts how often a writer restarted it from the beginning.
+    try:
+        result["wal_bytes"] = os.path.getsize(args.db + "-wal")
+        with open(args.db + "-wal", "rb") as f:
+            header = f.read(16)
+        result["wal_restarts"] = int.from_bytes(header[12:16], "big") if len(header) == 16 else 0
+    except OSError:
+        result["wal_bytes"], result["wal_restarts"] = 0, 0
+    if tracing:
+        base = os.path.join(args.trace_dir, f"w{writer_id}")
+        with open(base + ".bin", "wb") as f:
+            trace.tofile(f)
+        events = []
+        if args.mode == "hybrid":
+            events = conn.execute(
+                "SELECT at, outcome, wait_ms, retries FROM hybrid_lock_events "
+                "WHERE wait_ms >= 50").fetchall()
+        usage = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
+        with open(base + ".json", "w") as f:
+            json.dump({"writer": writer_id, "pid": os.getpid(),
+                       "native_tid": threading.get_native_id(),
+                       # to place the events' wall-clock `at` on the monotonic clock
+                       "wall_minus_mono": time.time() - time.perf_counter(),
+                       "slow_events": events, "nivcsw": usage.ru_nivcsw}, f)
+    conn.close()
+    return result
 
 
 def worker_main(args):
@@ -111,9 +218,7 @@ def worker_main(args):
     if args.threads_in_process:
         results = [None] * args.writers
         def run(i):
-            conn = open_connection(args.db, args.mode, args.ext, args.sync, args.policy)
-            results[i] = write_loop(conn, i, args.hold_ms / 1000, args.think_ms / 1000,
-                                    args.start_at, args.duration, time.thread_time)
+            results[i] = run_writer(args, i, time.thread_time)
         threads = [threading.Thread(target=run, args=(i,)) for i in range(args.writers)]
         for t in threads:
             t.start()
@@ -122,9 +227,7 @@ def worker_main(args):
         for r in results:
             print(json.dumps(r))
         return
-    conn = open_connection(args.db, args.mode, args.ext, args.sync, args.policy)
-    print(json.dumps(write_loop(conn, args.writer_id, args.hold_ms / 1000, args.think_ms / 1000,
-                                args.start_at, args.duration, process_cpu)))
+    print(json.dumps(run_writer(args, args.writer_id, process_cpu)))
 
 
 def hog_main(args):
@@ -134,6 +237,113 @@ def hog_main(args):
     while time.time() < end:
         for i in range(10000):
             x = (x * 31 + i) % 1000003
+
+
+STALL_MS = 20.0  # a 1 ms sleep that overslept by more than this: a machine stall
+
+
+def detector_main(cpu, until_wall, out_path, fifo):
+    """A stall detector: a process of one thread, pinned to CPU `cpu` and
+    at SCHED_FIFO when allowed (so no process of this machine's users can
+    delay it, and no lock of its own can either), that sleeps 1 ms in a
+    loop and records every oversleep over STALL_MS as (cpu, start, end) on
+    the monotonic clock: that CPU ran nothing of the guest's for that long
+    (the hypervisor stole it) or ran the kernel with preemption off."""
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        pass
+    if fifo:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        except (OSError, AttributeError):
+            fifo = False
+    until = time.perf_counter() + (until_wall - time.time())
+    gaps = []
+    last = time.perf_counter()
+    while last < until:
+        time.sleep(0.001)
+        now = time.perf_counter()
+        if (now - last) * 1000 - 1.0 > STALL_MS:
+            gaps.append((cpu, last, now))
+        last = now
+    with open(out_path, "w") as f:
+        json.dump({"cpu": cpu, "fifo": fifo, "gaps": gaps}, f)
+
+
+def monitor_main(args):
+    """The tracing monitor of one run: a stall detector process per CPU,
+    and (futex mode) samples of who holds the lock and who waits, every
+    --sample-ms, from start to end of the writers; saved as monitor.json."""
+    until_wall = args.start_at + args.duration + 0.5
+    until = time.perf_counter() + (until_wall - time.time())
+    me = [sys.executable, os.path.abspath(__file__)]
+    detectors = []
+    for cpu in sorted(os.sched_getaffinity(0)):
+        out = os.path.join(args.trace_dir, f"stalls-cpu{cpu}.json")
+        detectors.append((out, subprocess.Popen(
+            me + ["--detector", str(cpu), str(until_wall), out]
+            + (["--no-fifo"] if args.no_fifo else []))))
+    samples, sched = [], {}
+    if args.mode == "hybrid":
+        conn = open_connection(args.db, "hybrid", args.ext, "NORMAL")
+        time.sleep(max(0.0, args.start_at - time.time()))
+        interval = args.sample_ms / 1000
+        while time.perf_counter() < until:
+            t = time.perf_counter()
+            holder = conn.execute("SELECT pid, held_ms, tenure_ms, tenure_elapsed_ms, queued "
+                                  "FROM hybrid_lock_holder").fetchone()
+            waiting = conn.execute("SELECT pid, position, is_head, waited_ms, stale "
+                                   "FROM hybrid_lock_waiters").fetchall()
+            samples.append((t, list(holder) if holder else None, [list(w) for w in waiting]))
+            # Every writer process seen so far: its CPU time and its time
+            # runnable but not running (/proc/PID/schedstat, ns), to tell a
+            # waiter that slept from one the machine did not run.
+            for w in waiting:
+                sched.setdefault(w[0], [])
+            if holder and holder[0]:
+                sched.setdefault(holder[0], [])
+            for pid, series in sched.items():
+                try:
+                    with open(f"/proc/{pid}/schedstat") as f:
+                        cpu_ns, runq_ns = f.read().split()[:2]
+                    series.append((t, int(cpu_ns), int(runq_ns)))
+                except (OSError, ValueError):
+                    pass
+            time.sleep(max(0.0, interval - (time.perf_counter() - t)))
+        conn.close()
+    gaps, fifo = [], True
+    for out, proc in detectors:
+        proc.wait()
+        try:
+            with open(out) as f:
+                found = json.load(f)
+            gaps += [tuple(g) for g in found["gaps"]]
+            fifo &= found["fifo"]
+        except (OSError, ValueError):
+            fifo = False
+    with open(os.path.join(args.trace_dir, "monitor.json"), "w") as f:
+        json.dump({"pid": os.getpid(), "fifo": fifo, "stall_ms": STALL_MS,
+                   "gaps": sorted(gaps, key=lambda g: g[1]), "samples": samples,
+                   "schedstat": sched}, f)
+
+
+def steal_jiffies():
+    """The machine's steal and total CPU time so far (jiffies, /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except (OSError, ValueError):
+        return None
 
 
 def handoffs_main(db, ext):
@@ -157,7 +367,9 @@ def jain(counts):
     return sum(counts) ** 2 / (len(counts) * squares) if squares else 0.0
 
 
-def run_once(scenario, mode, ext, workdir, tag, policy=None):
+def run_once(scenario, mode, ext, workdir, tag, policy=None, trace_dir=None, sample_ms=5.0):
+    """One run of one mode on a fresh file. With `trace_dir`, the writers'
+    timelines and the monitor's samples are left there (see --trace-dir)."""
     import sqlite3
     db = os.path.join(workdir, f"{tag}-{mode}.db")
     init = sqlite3.connect(db, isolation_level=None)
@@ -173,7 +385,13 @@ def run_once(scenario, mode, ext, workdir, tag, policy=None):
               "--duration", str(scenario["duration"]), "--start-at", str(start_at)]
     if policy:
         common += ["--policy", policy]
+    if trace_dir:
+        os.makedirs(trace_dir, exist_ok=True)
+        common += ["--trace-dir", trace_dir]
     me = [sys.executable, os.path.abspath(__file__)]
+    monitor = None
+    if trace_dir:
+        monitor = subprocess.Popen(me + ["--monitor", "--sample-ms", str(sample_ms)] + common)
     if scenario["threads"]:
         procs = [subprocess.Popen(me + ["--worker", "--threads-in-process",
                                         "--writers", str(writers)] + common,
@@ -185,15 +403,20 @@ def run_once(scenario, mode, ext, workdir, tag, policy=None):
     hog = None
     if scenario["hog"]:
         hog = subprocess.Popen(me + ["--hog", "--duration", str(scenario["duration"] + 1)])
+    time.sleep(max(0.0, start_at - time.time()))
+    load_before, steal_before = loadavg(), steal_jiffies()
     results = []
     for p in procs:
         out, _ = p.communicate()
         if p.returncode != 0:
             raise SystemExit(f"writer failed ({mode}): exit {p.returncode}")
         results.extend(json.loads(line) for line in out.strip().splitlines())
+    steal_after = steal_jiffies()
     if hog:
         hog.kill()
         hog.wait()
+    if monitor:
+        monitor.wait()
     duration = scenario["duration"]
     handoffs = None
     if mode == "hybrid":
@@ -207,6 +430,7 @@ def run_once(scenario, mode, ext, workdir, tag, policy=None):
     waits = [w for r in results for w in r["waits_ms"]]
     latencies = [x for r in results for x in r["latencies_ms"]]
     total = sum(commits)
+    steal_total = steal_after[1] - steal_before[1]
     return {
         "mode": mode,
         "tx_s": total / duration,
@@ -219,6 +443,11 @@ def run_once(scenario, mode, ext, workdir, tag, policy=None):
         "min_max": f"{min(commits)}/{max(commits)}",
         "cpu_us_per_tx": sum(r["cpu_s"] for r in results) / max(total, 1) * 1e6,
         "handoffs_s": handoffs,
+        "loadavg": load_before,
+        # share of the machine's CPU time stolen by the hypervisor during the run
+        "steal_share": ((steal_after[0] - steal_before[0]) / steal_total) if steal_total else 0.0,
+        "wal_bytes": max((r.get("wal_bytes", 0) for r in results), default=0),
+        "wal_restarts": max((r.get("wal_restarts", 0) for r in results), default=0),
         "waits_ms": sorted(waits),
     }
 
@@ -260,6 +489,41 @@ def issue12_suite(duration):
                         targets={"tx_p99_ratio": 1.0, "errors": 0, "cpu_ratio": 1.1}))
     out.append(scenario("1 writer alone, hold 0, NORMAL", writers=1, duration=duration))
     return out
+
+
+def issue26_suite(duration):
+    """Every scenario with a target in issue 26, with its targets (ratios:
+    extension/default; the verdict is the worst round): the 8-writer matrix
+    (NORMAL and FULL, hold 0 and 1 ms, with and without a CPU-bound process,
+    processes and threads): tx/s >= 0.97x, longest wait <= 50 ms at hold 0
+    and <= 80 ms at hold 1 ms, CPU/tx <= 1.5x at hold 1 ms; 32 and 64
+    writers: tx/s >= 0.95x, longest wait <= 100 / 200 ms. Then two
+    scenarios without targets that docs/benchmarks.md quotes (paced
+    writers, one writer alone)."""
+    out = []
+    for threads in (False, True):
+        for sync in ("NORMAL", "FULL"):
+            for hog in (False, True):
+                for hold in (0.0, 1.0):
+                    who = "8 threads of one process" if threads else "8 writers"
+                    name = f"{who}, hold {hold:g} ms, {sync}" + (", CPU hog" if hog else "")
+                    targets = {"tx_ratio": 0.97, "wait_max_ms": 50.0 if hold == 0 else 80.0,
+                               "errors": 0}
+                    if hold > 0:
+                        targets["cpu_ratio"] = 1.5
+                    out.append(scenario(name, hold_ms=hold, sync=sync, hog=hog, threads=threads,
+                                        duration=duration, targets=targets))
+    for writers, max_wait in ((32, 100.0), (64, 200.0)):
+        out.append(scenario(f"{writers} writers, hold 0 ms, NORMAL", writers=writers,
+                            duration=duration,
+                            targets={"tx_ratio": 0.95, "wait_max_ms": max_wait, "errors": 0}))
+    out.append(scenario("8 paced writers (2 ms think, hold 0.2 ms), NORMAL", hold_ms=0.2,
+                        think_ms=2.0, duration=duration))
+    out.append(scenario("1 writer alone, hold 0 ms, NORMAL", writers=1, duration=duration))
+    return out
+
+
+SUITES = {"issue12": issue12_suite, "issue26": issue26_suite}
 
 
 # --------------------------------------------------------------- report
@@ -324,6 +588,16 @@ def print_table(results, modes):
                   f"{fmt(e['jain'], 3)} | {fmt(e['cpu_us_per_tx'], 0)} | "
                   f"{fmt(e['cpu_ratio']) if 'cpu_ratio' in e else ''} | "
                   f"{fmt(e['errors'], 0)} | {verdict(targets, e) if targets else ''} |")
+    targeted = [r for r in results if r["scenario"]["targets"] and "hybrid" in r["summary"]]
+    if targeted:
+        print("\nTargets, hybrid mode, worst round:")
+        met = 0
+        for item in targeted:
+            v = verdict(item["scenario"]["targets"], item["summary"]["hybrid"])
+            met += v == "all met"
+            print(f"  {'met   ' if v == 'all met' else 'MISSED'}  {item['scenario']['name']}"
+                  + ("" if v == "all met" else f": {v[len('missed: '):]}"))
+        print(f"  {met} of {len(targeted)} scenarios meet every target")
     alone = next((r for r in results if r["scenario"]["writers"] == 1), None)
     eight = next((r for r in results if r["scenario"]["name"].startswith("8 writers, hold 0 ms, NORMAL")
                   and "hog" not in r["scenario"]["name"]), None)
@@ -402,6 +676,111 @@ def draw_chart(results, modes, path):
     print(f"chart: {path}")
 
 
+DEFAULT_POLICIES = ['{"handoff_ms":1}', '{"handoff_ms":2}', '{"handoff_ms":3.5}',
+                    '{"handoff_ms":5}']
+# Added to the default list when the extension's policy has the key.
+MAX_WAIT_POLICIES = ['{"max_wait_ms":25}', '{"max_wait_ms":50}', '{"max_wait_ms":100}']
+
+
+def policy_keys(ext):
+    """The keys of the extension's policy (hybrid_busy_config() of a fresh
+    connection), read in a child process: loading the extension here would
+    register this process's later connections too (the auto-extension)."""
+    code = ("import sqlite3, sys; c = sqlite3.connect(':memory:'); "
+            "c.enable_load_extension(True); c.load_extension(sys.argv[1]); "
+            "print(c.execute('SELECT hybrid_busy_config()').fetchone()[0])")
+    out = subprocess.run([sys.executable, "-c", code, ext], capture_output=True, text=True)
+    try:
+        return set(json.loads(out.stdout))
+    except ValueError:
+        return set()
+
+
+def frontier_policies(args, ext):
+    if args.policies:
+        return [p if isinstance(p, str) else json.dumps(p, separators=(",", ":"))
+                for p in json.loads(args.policies)]
+    return DEFAULT_POLICIES + (MAX_WAIT_POLICIES if "max_wait_ms" in policy_keys(ext) else [])
+
+
+def run_frontier(args, ext):
+    """For each writer count: the default handler, poll1ms, the extension
+    with its defaults and under each policy, hold 0, NORMAL, fresh files,
+    all of them in turn in every round. Returns one entry per writer count:
+    per setting, the tx/s ratio to the default of the same round and the
+    longest wait, each round."""
+    policies = frontier_policies(args, ext)
+    settings = ([("default", "default", None), ("poll1ms", "poll1ms", None),
+                 ("hybrid (defaults)", "hybrid", None)]
+                + [(f"hybrid {p}", "hybrid", p) for p in policies])
+    out = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for writers in [int(w) for w in args.frontier_writers.split(",")]:
+            sc = scenario(f"{writers} writers, hold 0 ms, NORMAL", writers=writers,
+                          duration=args.duration)
+            points = {label: [] for label, _, _ in settings}
+            for rnd in range(args.rounds):
+                base = None
+                for k, (label, mode, policy) in enumerate(settings):
+                    r = run_once(sc, mode, ext, workdir, f"f{writers}r{rnd}s{k}", policy)
+                    if mode == "default":
+                        base = r["tx_s"]
+                    points[label].append({"tx_s": r["tx_s"], "tx_ratio": ratio(r["tx_s"], base),
+                                          "wait_max_ms": r["wait_max_ms"],
+                                          "wait_p99_ms": r["wait_p99_ms"],
+                                          "cpu_us_per_tx": r["cpu_us_per_tx"],
+                                          "errors": r["errors"], "loadavg": r["loadavg"]})
+                    print(f"  frontier {writers} writers | round {rnd + 1} | {label:28} "
+                          f"{r['tx_s']:8.0f} tx/s  ratio {ratio(r['tx_s'], base):5.2f}  "
+                          f"max wait {r['wait_max_ms']:8.1f} ms  errors {r['errors']}",
+                          flush=True)
+            out.append({"writers": writers, "scenario": sc, "points": points})
+    print()
+    print("| writers | setting | tx/s ratio | longest wait ms | CPU µs/tx |")
+    print("|---|---|---|---|---|")
+    for item in out:
+        for label, runs in item["points"].items():
+            def triple(key):
+                v = [r[key] for r in runs]
+                return statistics.median(v), min(v), max(v)
+            print(f"| {item['writers']} | `{label}` | {fmt(triple('tx_ratio'))} | "
+                  f"{fmt(triple('wait_max_ms'), 1)} | {fmt(triple('cpu_us_per_tx'), 0)} |")
+    return out
+
+
+def draw_frontier(frontier, path):
+    """Throughput ratio against longest wait, one panel per writer count:
+    a point per setting at the medians, bars for the range over rounds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(frontier), figsize=(7 * len(frontier), 5.5), squeeze=False)
+    for ax, item in zip(axes[0], frontier):
+        for label, runs in item["points"].items():
+            xs = [r["wait_max_ms"] for r in runs]
+            ys = [r["tx_ratio"] for r in runs]
+            x, y = statistics.median(xs), statistics.median(ys)
+            style = ({"marker": "s", "color": "black"} if label == "default" else
+                     {"marker": "^", "color": "tab:red"} if label == "poll1ms" else
+                     {"marker": "o"})
+            ax.errorbar([x], [y], xerr=[[x - min(xs)], [max(xs) - x]],
+                        yerr=[[y - min(ys)], [max(ys) - y]], capsize=3, linestyle="none",
+                        label=label, **style)
+            ax.annotate(label.replace("hybrid ", ""), (x, y), textcoords="offset points",
+                        xytext=(5, 5), fontsize=7)
+        ax.set_xscale("log")
+        ax.axhline(1.0, color="black", linewidth=0.6)
+        ax.set_xlabel("longest wait for the lock, ms (log; median, range over rounds)")
+        ax.set_ylabel("tx/s ÷ SQLite's default handler, same round")
+        ax.set_title(f"{item['writers']} writer processes, hold 0, synchronous=NORMAL",
+                     fontsize=10)
+        ax.grid(True, which="both", linewidth=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"chart: {path}")
+
+
 def report(path):
     """The tables of docs/benchmarks.md from a --json file: the headline
     (synchronous=NORMAL) and every other scenario, extension and backoff mode
@@ -458,12 +837,22 @@ def main():
     p.add_argument("--threads", action="store_true")
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--suite", choices=["issue12"])
+    p.add_argument("--suite", choices=sorted(SUITES))
+    p.add_argument("--pick", help="run only these scenarios of the suite (indices: 0,3,5)")
     p.add_argument("--only", help="run only scenarios whose name contains this text")
     p.add_argument("--json")
     p.add_argument("--chart")
+    p.add_argument("--frontier", action="store_true",
+                   help="throughput ratio against longest wait, for several policies")
+    p.add_argument("--frontier-writers", default="8,32")
+    p.add_argument("--policies", help="JSON list of hybrid_busy_config() objects (--frontier)")
+    p.add_argument("--trace-dir", help="keep writer timelines and monitor samples here")
+    p.add_argument("--sample-ms", type=float, default=5.0)
+    p.add_argument("--no-fifo", action="store_true",
+                   help="stall detectors at normal priority (no SCHED_FIFO)")
     # internal
     p.add_argument("--worker", action="store_true")
+    p.add_argument("--monitor", action="store_true")
     p.add_argument("--threads-in-process", action="store_true")
     p.add_argument("--writer-id", type=int, default=0)
     p.add_argument("--db")
@@ -472,39 +861,61 @@ def main():
     args = p.parse_args()
     if args.worker:
         return worker_main(args)
+    if args.monitor:
+        return monitor_main(args)
     ext = os.path.abspath(args.ext)
     ext = ext[:-3] if ext.endswith(".so") else ext
+    if args.frontier:
+        started = time.time()
+        print(f"# contention_bench --frontier: {machine()}; {args.rounds} rounds of "
+              f"{args.duration:g} s per setting", flush=True)
+        frontier = run_frontier(args, ext)
+        print(f"\nfrontier run time: {time.time() - started:.0f} s")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"machine": machine(), "frontier": frontier}, f, indent=1)
+        if args.chart:
+            draw_frontier(frontier, args.chart)
+        return None
     modes = args.modes.split(",")
     if modes[0] != "default":
         raise SystemExit("--modes must start with default (ratios are against it)")
-    scenarios = (issue12_suite(args.duration) if args.suite else
+    scenarios = (SUITES[args.suite](args.duration) if args.suite else
                  [scenario(f"{args.writers} {'threads' if args.threads else 'writers'}, "
                            f"hold {args.hold_ms:g} ms, think {args.think_ms:g} ms, {args.sync}"
                            + (", CPU hog" if args.hog else ""),
                            writers=args.writers, hold_ms=args.hold_ms, think_ms=args.think_ms,
                            sync=args.sync, hog=args.hog, threads=args.threads,
                            duration=args.duration)])
+    if args.pick:
+        scenarios = [scenarios[int(i)] for i in args.pick.split(",")]
     if args.only:
         scenarios = [s for s in scenarios if args.only in s["name"]]
     print(f"# contention_bench: {machine()}; {args.rounds} rounds of {args.duration:g} s per mode, "
           f"modes alternating ({', '.join(modes)})", flush=True)
     results = []
+    started = time.time()
     with tempfile.TemporaryDirectory() as workdir:
         for n, sc in enumerate(scenarios):
             runs = []
             for rnd in range(args.rounds):
                 run = {}
                 for mode in modes:
-                    run[mode] = run_once(sc, mode, ext, workdir, f"s{n}r{rnd}", args.policy)
+                    trace = (os.path.join(args.trace_dir, f"s{n}r{rnd}-{mode}")
+                             if args.trace_dir else None)
+                    run[mode] = run_once(sc, mode, ext, workdir, f"s{n}r{rnd}", args.policy,
+                                         trace, args.sample_ms)
                     r = run[mode]
                     print(f"  {sc['name']} | round {rnd + 1} | {mode:8} {r['tx_s']:8.0f} tx/s  "
                           f"max wait {r['wait_max_ms']:8.1f} ms  Jain {r['jain']:.3f}  "
                           f"{r['cpu_us_per_tx']:6.0f} µs CPU/tx  errors {r['errors']}"
-                          + (f"  hand-offs {r['handoffs_s']:.0f}/s" if r["handoffs_s"] else ""),
+                          + (f"  hand-offs {r['handoffs_s']:.0f}/s" if r["handoffs_s"] else "")
+                          + f"  load {r['loadavg'][0] if r['loadavg'] else '?'}",
                           flush=True)
                 runs.append(run)
             results.append({"scenario": sc, "runs": runs, "summary": summarise(runs, modes)})
     print_table(results, modes)
+    print(f"\nrun time: {time.time() - started:.0f} s for {len(scenarios)} scenarios")
     if args.json:
         slim = [{"scenario": r["scenario"], "summary": r["summary"],
                  "runs": [{m: {k: v for k, v in run[m].items() if k != "waits_ms"}
@@ -518,8 +929,18 @@ def main():
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--report":
         report(sys.argv[2])
+    elif len(sys.argv) > 3 and sys.argv[1] == "--frontier-chart":
+        # redraw the frontier from --json files (several: their writer counts side by side)
+        frontier = []
+        for path in sys.argv[2:-1]:
+            with open(path) as f:
+                frontier += json.load(f)["frontier"]
+        draw_frontier(frontier, sys.argv[-1])
     elif len(sys.argv) > 1 and sys.argv[1] == "--handoffs":
         print(handoffs_main(sys.argv[2], sys.argv[sys.argv.index("--ext") + 1]))
+    elif len(sys.argv) > 4 and sys.argv[1] == "--detector":
+        detector_main(int(sys.argv[2]), float(sys.argv[3]), sys.argv[4],
+                      "--no-fifo" not in sys.argv)
     elif len(sys.argv) > 1 and sys.argv[1] == "--hog":
         args = argparse.Namespace(duration=float(sys.argv[sys.argv.index("--duration") + 1]))
         hog_main(args)
