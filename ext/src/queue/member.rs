@@ -39,6 +39,8 @@ pub(crate) struct Member {
     pub(super) slot: Mutex<Option<usize>>,
     /// When this connection's current tenure began (our clock; 0: none).
     pub(super) tenure_start_ns: AtomicU64,
+    /// How long that tenure lasts (ns), fixed when it began.
+    pub(super) tenure_len_ns: AtomicU64,
     /// When this connection last acquired the lock (our clock).
     pub(super) acquired_ns: AtomicU64,
     /// The slot's wake word when this connection last went to try the lock.
@@ -69,6 +71,7 @@ impl Member {
             token,
             slot: Mutex::new(None),
             tenure_start_ns: AtomicU64::new(0),
+            tenure_len_ns: AtomicU64::new(0),
             acquired_ns: AtomicU64::new(0),
             last_wake_seen: AtomicU32::new(0),
             last_try_ns: AtomicU64::new(0),
@@ -91,7 +94,7 @@ impl Member {
         let header = self.queue.side.header();
         header.tenure_owner.load(Ordering::Acquire) == self.token
             && now.saturating_sub(self.tenure_start_ns.load(Ordering::Relaxed))
-                < self.settings.handoff_ns()
+                < self.tenure_len_ns.load(Ordering::Relaxed)
     }
 
     /// Records that the last attempt failed (`busy`) or not.
@@ -181,7 +184,8 @@ impl Member {
         }
         // The `waiting` hint, not a scan of the queue: this runs for every
         // transaction, and a wrong hint only starts or keeps a tenure.
-        let contended = header.waiting.load(Ordering::Acquire) > 0;
+        let queued = header.waiting.load(Ordering::Acquire);
+        let contended = queued > 0;
         // (start, length) of the tenure this acquisition begins, if any.
         let new_tenure = if self.barged.swap(false, Ordering::Relaxed) {
             // We took a free lock the head did not take in time: one
@@ -189,12 +193,13 @@ impl Member {
             Some((0, 0))
         } else if header.tenure_owner.load(Ordering::Acquire) != self.token || !contended {
             // A new tenure: we took over, or nobody waited for ours.
-            Some((now, self.settings.handoff_ns()))
+            Some((now, self.settings.tenure_ns(queued)))
         } else {
             None // ours goes on
         };
         if let Some((start_ns, length_ns)) = new_tenure {
             self.tenure_start_ns.store(start_ns, Ordering::Relaxed);
+            self.tenure_len_ns.store(length_ns, Ordering::Relaxed);
             header.tenure_ns.store(length_ns, Ordering::Release);
             header.tenure_owner.store(self.token, Ordering::Release);
             header.tenure_since_unix_ms.store(now_ms, Ordering::Relaxed);
