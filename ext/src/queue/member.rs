@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use crate::budget::CpuBudget;
 use crate::clock::{now_ns, now_unix_ms};
+use crate::shared::layout::MAX_HANDOFF_NS;
 use crate::shared::sys::{futex_wait, futex_wake};
 
 use super::*;
@@ -50,6 +51,9 @@ pub(crate) struct Member {
     /// When this connection last released the lock (0: not since its last
     /// attempt).
     pub(super) last_release_ns: AtomicU64,
+    /// Moving average of how long this connection holds the lock per
+    /// transaction (ns; snapshot bounces excluded).
+    pub(super) hold_ewma_ns: AtomicU64,
     /// Moving average of the gap between this connection's release and its
     /// next attempt: short for a writer in a loop, long for a handler.
     pub(super) regrab_ewma_ns: AtomicU64,
@@ -76,6 +80,7 @@ impl Member {
             last_wake_seen: AtomicU32::new(0),
             last_try_ns: AtomicU64::new(0),
             last_release_ns: AtomicU64::new(0),
+            hold_ewma_ns: AtomicU64::new(0),
             // Unknown at first: assume it does not come straight back.
             regrab_ewma_ns: AtomicU64::new(REGRAB_CLIP_NS),
             attempt_busy: AtomicBool::new(false),
@@ -193,7 +198,8 @@ impl Member {
             Some((0, 0))
         } else if header.tenure_owner.load(Ordering::Acquire) != self.token || !contended {
             // A new tenure: we took over, or nobody waited for ours.
-            Some((now, self.settings.tenure_ns(queued)))
+            let per_turn = self.hold_ewma_ns.load(Ordering::Relaxed) + HANDOFF_ALLOWANCE_NS;
+            Some((now, self.settings.tenure_ns(queued, per_turn)))
         } else {
             None // ours goes on
         };
@@ -232,7 +238,16 @@ impl Member {
         // connection's snapshot is stale (SQLITE_BUSY_SNAPSHOT), then retries
         // at once: such a bounce keeps the tenure, or the connection would
         // lose its turn to the next waiter.
-        let bounce = now.saturating_sub(self.acquired_ns.load(Ordering::Relaxed)) < BOUNCE_NS;
+        let held = now.saturating_sub(self.acquired_ns.load(Ordering::Relaxed));
+        let bounce = held < BOUNCE_NS;
+        if !bounce {
+            // Weight 1/8, clipped: one long transaction must not empty the
+            // next tenure.
+            let held = held.min(MAX_HANDOFF_NS);
+            let average = self.hold_ewma_ns.load(Ordering::Relaxed);
+            self.hold_ewma_ns
+                .store(average - average / 8 + held / 8, Ordering::Relaxed);
+        }
         let coming_back = bounce || self.regrab_ewma_ns.load(Ordering::Relaxed) < REGRAB_LIMIT_NS;
         if mine && (tenure_over || !coming_back) {
             // Hand over now: the head need not wait out our tenure.

@@ -83,17 +83,21 @@ impl Settings {
         self.max_wait_ns.store(ns, Ordering::Relaxed);
     }
 
-    /// The tenure to claim when `queued` connections wait for the lock.
+    /// The tenure to claim when `queued` connections wait for the lock and
+    /// each turn costs `per_turn_ns` on top of its tenure.
     ///
-    /// Each waiter ahead of a newcomer holds one tenure before the newcomer's
-    /// turn, so a newcomer waits about `queued` tenures: `max_wait / (queued
-    /// + 1)` keeps that within `max_wait_ms`. Longer tenures mean fewer
-    /// hand-offs, and every hand-off costs the next holder its warm caches
-    /// (~0.25 ms measured at 8 writers, hold 0): the tenure is as long as
-    /// the wait allows, up to `handoff_ms`.
-    pub(super) fn tenure_ns(&self, queued: u32) -> u64 {
+    /// A newcomer waits for the current holder and every waiter ahead of it:
+    /// about `queued + 1` turns. A turn is the tenure, plus the transaction
+    /// that runs past its end (a tenure ends at a release), plus the
+    /// hand-off; the caller passes the last two as `per_turn_ns`. So
+    /// `max_wait / (queued + 1) - per_turn_ns` keeps the wait within
+    /// `max_wait_ms`. Longer tenures mean fewer hand-offs, and every
+    /// hand-off costs the next holder its warm caches (~0.25 ms measured at
+    /// 8 writers, hold 0): the tenure is as long as the wait allows, up to
+    /// `handoff_ms`.
+    pub(super) fn tenure_ns(&self, queued: u32, per_turn_ns: u64) -> u64 {
         let max_wait = self.max_wait_ns.load(Ordering::Relaxed);
-        let share = max_wait / (u64::from(queued) + 1);
+        let share = (max_wait / (u64::from(queued) + 1)).saturating_sub(per_turn_ns);
         self.handoff_ns
             .load(Ordering::Relaxed)
             .min(MAX_HANDOFF_NS)
