@@ -309,7 +309,7 @@ impl Member {
                     HEARTBEAT
                 } else if word != self.last_wake_seen.load(Ordering::Relaxed) {
                     // Woken by a release (or by becoming the head): try.
-                    match self.throttled(budget) {
+                    match budget.handed_over() {
                         Some(pause) => pause,
                         None => return self.retry(word, now),
                     }
