@@ -90,7 +90,11 @@ impl ConnState {
             ))),
             policy: Mutex::new(policy),
             rng: Mutex::new(SplitMix64::new(seed)),
-            settings: Arc::new(Settings::new(Priority::Interactive, policy.handoff_ms)),
+            settings: Arc::new(Settings::new(
+                Priority::Interactive,
+                policy.handoff_ms,
+                policy.max_wait_ms,
+            )),
             hooks: OnceLock::new(),
             deadline_ns: AtomicU64::new(0),
             budget: Mutex::new(None),
@@ -119,7 +123,8 @@ impl ConnState {
     pub fn set_policy(&self, policy: BackoffPolicy) -> Result<(), crate::policy::PolicyError> {
         let policy = policy.validated()?;
         *self.policy.lock() = policy;
-        self.settings.set_handoff_ms(policy.handoff_ms);
+        self.settings
+            .set_tenure(policy.handoff_ms, policy.max_wait_ms);
         Ok(())
     }
 

@@ -95,7 +95,8 @@ __all__ = [
 
 #: Keys accepted by ``hybrid_busy_config`` (see docs/sql-reference.md).
 POLICY_KEYS = frozenset(
-    {"base_ms", "cap_ms", "jitter", "timeout_ms", "max_retries", "aging_ms", "handoff_ms"}
+    {"base_ms", "cap_ms", "jitter", "timeout_ms", "max_retries", "aging_ms", "handoff_ms",
+     "max_wait_ms"}
 )
 
 _HERE = os.path.dirname(os.path.abspath(__file__))

@@ -112,10 +112,16 @@ pub struct BackoffPolicy {
     /// age)^2`, never below `base_ms / 4`, so the oldest waiter polls
     /// fastest; `None` disables aging.
     pub aging_ms: Option<f64>,
-    /// Futex mode: how long this connection may keep re-taking the lock
-    /// while others wait before it must hand it over (0 to 5 ms: the queue
+    /// Futex mode: the longest this connection may keep re-taking the lock
+    /// while others wait before it must hand it over (0 to 10 ms: the queue
     /// caps every tenure, so one connection cannot starve the others).
     pub handoff_ms: f64,
+    /// Futex mode: the wait for its turn a queued connection should not
+    /// exceed under steady contention. Each holder's tenure is
+    /// `max_wait_ms / (connections queued + 1)`, at most `handoff_ms`: a
+    /// larger value buys throughput (fewer hand-offs) with longer waits.
+    /// Not a deadline: `timeout_ms` is when a wait gives up.
+    pub max_wait_ms: f64,
 }
 
 /// Smallest accepted `base_ms`: one microsecond. Zero would turn every
@@ -126,6 +132,9 @@ pub(crate) const MIN_BASE_MS: f64 = 0.001;
 pub(crate) const MAX_CAP_MS: f64 = 60_000.0;
 /// Largest accepted `timeout_ms`: one day.
 pub(crate) const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
+/// Largest accepted `max_wait_ms`: one minute (a tenure never exceeds
+/// `MAX_HANDOFF_MS` anyway, so more changes nothing).
+pub(crate) const MAX_WAIT_LIMIT_MS: f64 = 60_000.0;
 
 impl Default for BackoffPolicy {
     /// Defaults chosen by measurement (`docs/sql-reference.md`, "How the
@@ -141,7 +150,8 @@ impl Default for BackoffPolicy {
             timeout_ms: 5000.0,
             max_retries: None,
             aging_ms: Some(10.0),
-            handoff_ms: 2.0,
+            handoff_ms: 10.0,
+            max_wait_ms: 50.0,
         }
     }
 }
@@ -185,7 +195,8 @@ impl BackoffPolicy {
     /// Checks every invariant and returns the policy, or the first broken rule.
     ///
     /// Rules: all numbers finite; 0.001 ms <= `base_ms` <= `cap_ms` <=
-    /// 60 000 ms; 0 <= `timeout_ms` <= one day; 0 <= `handoff_ms` <= 5 ms.
+    /// 60 000 ms; 0 <= `timeout_ms` <= one day; 0 <= `handoff_ms` <= 10 ms;
+    /// 0 <= `max_wait_ms` <= 60 000 ms.
     ///
     /// ```
     /// use hybrid::BackoffPolicy;
@@ -200,6 +211,7 @@ impl BackoffPolicy {
             check_ms("aging_ms", aging_ms, 0.0, MAX_TIMEOUT_MS)?;
         }
         check_ms("handoff_ms", self.handoff_ms, 0.0, MAX_HANDOFF_MS)?;
+        check_ms("max_wait_ms", self.max_wait_ms, 0.0, MAX_WAIT_LIMIT_MS)?;
         if self.cap_ms < self.base_ms {
             return Err(PolicyError {
                 field: "cap_ms",
@@ -311,6 +323,7 @@ mod tests {
             max_retries: None,
             aging_ms: None,
             handoff_ms: 2.0,
+            max_wait_ms: 50.0,
         }
     }
 
@@ -602,6 +615,27 @@ mod tests {
                     ..good
                 },
                 "handoff_ms",
+            ),
+            (
+                BackoffPolicy {
+                    max_wait_ms: -1.0,
+                    ..good
+                },
+                "max_wait_ms",
+            ),
+            (
+                BackoffPolicy {
+                    max_wait_ms: f64::NAN,
+                    ..good
+                },
+                "max_wait_ms",
+            ),
+            (
+                BackoffPolicy {
+                    max_wait_ms: 1e9,
+                    ..good
+                },
+                "max_wait_ms",
             ),
         ];
         for (policy, field) in cases {

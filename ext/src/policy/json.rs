@@ -12,7 +12,7 @@ use crate::policy::backoff::{BackoffPolicy, Jitter};
 use crate::text::truncate;
 
 /// The keys `hybrid_busy_config` accepts, in the order they are printed.
-pub(crate) const KEYS: [&str; 7] = [
+pub(crate) const KEYS: [&str; 8] = [
     "base_ms",
     "cap_ms",
     "jitter",
@@ -20,6 +20,7 @@ pub(crate) const KEYS: [&str; 7] = [
     "max_retries",
     "aging_ms",
     "handoff_ms",
+    "max_wait_ms",
 ];
 
 /// Largest accepted `max_retries`.
@@ -36,6 +37,7 @@ pub(crate) fn policy_to_json(policy: &BackoffPolicy) -> String {
         "max_retries": policy.max_retries,
         "aging_ms": policy.aging_ms,
         "handoff_ms": policy.handoff_ms,
+        "max_wait_ms": policy.max_wait_ms,
     })
     .to_string()
 }
@@ -70,6 +72,7 @@ fn apply_fields(
             "cap_ms" => next.cap_ms = number(key, value)?,
             "timeout_ms" => next.timeout_ms = number(key, value)?,
             "handoff_ms" => next.handoff_ms = number(key, value)?,
+            "max_wait_ms" => next.max_wait_ms = number(key, value)?,
             "aging_ms" => {
                 next.aging_ms = match value {
                     Value::Null => None,
@@ -160,7 +163,7 @@ mod tests {
     #[test]
     fn round_trips_every_key() {
         let p = apply(
-            r#"{"base_ms":0.25,"cap_ms":4,"jitter":"equal","timeout_ms":750,"max_retries":9,"aging_ms":30}"#,
+            r#"{"base_ms":0.25,"cap_ms":4,"jitter":"equal","timeout_ms":750,"max_retries":9,"aging_ms":30,"handoff_ms":2,"max_wait_ms":80}"#,
         )
         .unwrap();
         assert_eq!(
@@ -173,6 +176,7 @@ mod tests {
                 max_retries: Some(9),
                 aging_ms: Some(30.0),
                 handoff_ms: 2.0,
+                max_wait_ms: 80.0,
             }
         );
         assert_eq!(apply(&policy_to_json(&p)).unwrap(), p);

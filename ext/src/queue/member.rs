@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use crate::budget::CpuBudget;
 use crate::clock::{now_ns, now_unix_ms};
+use crate::shared::layout::MAX_HANDOFF_NS;
 use crate::shared::sys::{futex_wait, futex_wake};
 
 use super::*;
@@ -39,6 +40,8 @@ pub(crate) struct Member {
     pub(super) slot: Mutex<Option<usize>>,
     /// When this connection's current tenure began (our clock; 0: none).
     pub(super) tenure_start_ns: AtomicU64,
+    /// How long that tenure lasts (ns), fixed when it began.
+    pub(super) tenure_len_ns: AtomicU64,
     /// When this connection last acquired the lock (our clock).
     pub(super) acquired_ns: AtomicU64,
     /// The slot's wake word when this connection last went to try the lock.
@@ -48,6 +51,9 @@ pub(crate) struct Member {
     /// When this connection last released the lock (0: not since its last
     /// attempt).
     pub(super) last_release_ns: AtomicU64,
+    /// Moving average of how long this connection holds the lock per
+    /// transaction (ns; snapshot bounces excluded).
+    pub(super) hold_ewma_ns: AtomicU64,
     /// Moving average of the gap between this connection's release and its
     /// next attempt: short for a writer in a loop, long for a handler.
     pub(super) regrab_ewma_ns: AtomicU64,
@@ -69,10 +75,12 @@ impl Member {
             token,
             slot: Mutex::new(None),
             tenure_start_ns: AtomicU64::new(0),
+            tenure_len_ns: AtomicU64::new(0),
             acquired_ns: AtomicU64::new(0),
             last_wake_seen: AtomicU32::new(0),
             last_try_ns: AtomicU64::new(0),
             last_release_ns: AtomicU64::new(0),
+            hold_ewma_ns: AtomicU64::new(0),
             // Unknown at first: assume it does not come straight back.
             regrab_ewma_ns: AtomicU64::new(REGRAB_CLIP_NS),
             attempt_busy: AtomicBool::new(false),
@@ -91,7 +99,7 @@ impl Member {
         let header = self.queue.side.header();
         header.tenure_owner.load(Ordering::Acquire) == self.token
             && now.saturating_sub(self.tenure_start_ns.load(Ordering::Relaxed))
-                < self.settings.handoff_ns()
+                < self.tenure_len_ns.load(Ordering::Relaxed)
     }
 
     /// Records that the last attempt failed (`busy`) or not.
@@ -181,7 +189,8 @@ impl Member {
         }
         // The `waiting` hint, not a scan of the queue: this runs for every
         // transaction, and a wrong hint only starts or keeps a tenure.
-        let contended = header.waiting.load(Ordering::Acquire) > 0;
+        let queued = header.waiting.load(Ordering::Acquire);
+        let contended = queued > 0;
         // (start, length) of the tenure this acquisition begins, if any.
         let new_tenure = if self.barged.swap(false, Ordering::Relaxed) {
             // We took a free lock the head did not take in time: one
@@ -189,12 +198,14 @@ impl Member {
             Some((0, 0))
         } else if header.tenure_owner.load(Ordering::Acquire) != self.token || !contended {
             // A new tenure: we took over, or nobody waited for ours.
-            Some((now, self.settings.handoff_ns()))
+            let per_turn = self.hold_ewma_ns.load(Ordering::Relaxed) + HANDOFF_ALLOWANCE_NS;
+            Some((now, self.settings.tenure_ns(queued, per_turn)))
         } else {
             None // ours goes on
         };
         if let Some((start_ns, length_ns)) = new_tenure {
             self.tenure_start_ns.store(start_ns, Ordering::Relaxed);
+            self.tenure_len_ns.store(length_ns, Ordering::Relaxed);
             header.tenure_ns.store(length_ns, Ordering::Release);
             header.tenure_owner.store(self.token, Ordering::Release);
             header.tenure_since_unix_ms.store(now_ms, Ordering::Relaxed);
@@ -227,7 +238,16 @@ impl Member {
         // connection's snapshot is stale (SQLITE_BUSY_SNAPSHOT), then retries
         // at once: such a bounce keeps the tenure, or the connection would
         // lose its turn to the next waiter.
-        let bounce = now.saturating_sub(self.acquired_ns.load(Ordering::Relaxed)) < BOUNCE_NS;
+        let held = now.saturating_sub(self.acquired_ns.load(Ordering::Relaxed));
+        let bounce = held < BOUNCE_NS;
+        if !bounce {
+            // Weight 1/8, clipped: one long transaction must not empty the
+            // next tenure.
+            let held = held.min(MAX_HANDOFF_NS);
+            let average = self.hold_ewma_ns.load(Ordering::Relaxed);
+            self.hold_ewma_ns
+                .store(average - average / 8 + held / 8, Ordering::Relaxed);
+        }
         let coming_back = bounce || self.regrab_ewma_ns.load(Ordering::Relaxed) < REGRAB_LIMIT_NS;
         if mine && (tenure_over || !coming_back) {
             // Hand over now: the head need not wait out our tenure.
@@ -289,7 +309,7 @@ impl Member {
                     HEARTBEAT
                 } else if word != self.last_wake_seen.load(Ordering::Relaxed) {
                     // Woken by a release (or by becoming the head): try.
-                    match self.throttled(budget) {
+                    match budget.handed_over() {
                         Some(pause) => pause,
                         None => return self.retry(word, now),
                     }

@@ -40,7 +40,7 @@ impl Fixture {
             FileQueue {
                 side: Arc::clone(side),
             },
-            Arc::new(Settings::new(Priority::Interactive, handoff_ms)),
+            Arc::new(Settings::new(Priority::Interactive, handoff_ms, 1_000.0)),
         )
     }
 }
@@ -92,7 +92,7 @@ fn the_holder_keeps_its_tenure_then_must_yield() {
     );
     holder.before_attempt(); // within its tenure: no yield
     holder.on_acquired();
-    std::thread::sleep(Duration::from_millis(8)); // beyond MAX_HANDOFF_MS
+    std::thread::sleep(Duration::from_millis(8)); // beyond its 2 ms tenure
     assert!(!holder.owns_tenure(now_ns()));
     assert!(!waiter.queue.tenure_running(waiter.token, now_ns()));
     holder.on_released();
@@ -349,4 +349,53 @@ fn waiting_past_the_deadline_leaves_the_queue() {
     assert!(start.elapsed() >= Duration::from_millis(25));
     assert!(!second.is_queued());
     assert_eq!(p1.header().waiting.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn the_tenure_shrinks_with_the_queue_to_keep_the_wait() {
+    let settings = Settings::new(Priority::Interactive, 10.0, 50.0);
+    assert_eq!(settings.tenure_ns(0, 0), 10_000_000, "alone: the longest");
+    assert_eq!(settings.tenure_ns(4, 0), 10_000_000, "50 ms / 5 is 10 ms");
+    assert_eq!(settings.tenure_ns(7, 0), 6_250_000, "8 writers: 50 ms / 8");
+    assert_eq!(
+        settings.tenure_ns(31, 0),
+        1_562_500,
+        "32 writers: 50 ms / 32"
+    );
+    assert_eq!(
+        settings.tenure_ns(7, 1_250_000),
+        5_000_000,
+        "what each turn adds is taken off"
+    );
+    assert_eq!(
+        settings.tenure_ns(63, 1_000_000),
+        0,
+        "a turn each: no tenure"
+    );
+    let capped = Settings::new(Priority::Interactive, 2.0, 50.0);
+    assert_eq!(capped.tenure_ns(7, 0), 2_000_000, "never above handoff_ms");
+    let huge = Settings::new(Priority::Interactive, 1e9, 1e9);
+    assert_eq!(huge.tenure_ns(0, 0), MAX_HANDOFF_NS, "never above the cap");
+}
+
+#[test]
+fn a_new_tenure_is_sized_by_the_queue_it_finds() {
+    let f = Fixture::new();
+    let (p1, p2, p3) = (f.process(), f.process(), f.process());
+    let holder = Member::new(
+        FileQueue {
+            side: Arc::clone(&p1),
+        },
+        Arc::new(Settings::new(Priority::Interactive, 10.0, 9.9)),
+    );
+    let (w1, w2) = (f.member(&p2, 2.0), f.member(&p3, 2.0));
+    enqueue(&w1);
+    enqueue(&w2);
+    holder.on_acquired();
+    assert_eq!(
+        p1.header().tenure_ns.load(Ordering::Relaxed),
+        3_000_000,
+        "9.9 ms for three turns, less the hand-off allowance"
+    );
+    assert_eq!(holder.tenure_len_ns.load(Ordering::Relaxed), 3_000_000);
 }

@@ -39,10 +39,12 @@ pub(crate) const BUCKETS: usize = ((MAX_MSB - SUB_BITS + 2) as usize) * SUB_BUCK
 
 /// Largest tenure any connection may claim, in ms (and the largest
 /// `handoff_ms` a policy accepts): waiters cap the header's `tenure_ns` at
-/// this, whatever a peer wrote.
-pub(crate) const MAX_HANDOFF_MS: f64 = 5.0;
+/// this, whatever a peer wrote. Releases before 0.2 capped at 5 ms; such a
+/// peer only ends a longer tenure early by its own clock (it tries the lock
+/// and queues again), which costs throughput, never correctness.
+pub(crate) const MAX_HANDOFF_MS: f64 = 10.0;
 /// [`MAX_HANDOFF_MS`] in ns.
-pub(crate) const MAX_HANDOFF_NS: u64 = 5_000_000;
+pub(crate) const MAX_HANDOFF_NS: u64 = 10_000_000;
 
 /// Layout version, at offset 0 in every version of the file (version 3,
 /// the first release, had no magic and no participant records).
