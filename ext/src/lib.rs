@@ -74,7 +74,7 @@ pub use policy::{BackoffPolicy, Jitter, PolicyError};
 pub use queue::priority::Priority;
 pub use registration::register;
 pub use slow_waits::{SlowWait, SlowWaitEvent, log_waits, on_slow_wait, set_log_waits};
-pub use stats::{LockMode, LockScope, LockStats};
+pub use stats::{LockMode, LockScope, LockStats, WaitTotals};
 
 #[cfg(feature = "loadable")]
 pub use entry::sqlite3_hybrid_init;

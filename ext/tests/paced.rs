@@ -23,6 +23,22 @@ fn paced_writers_in_one_process_never_wait_long() {
         .unwrap();
     let worst_us = Arc::new(AtomicU64::new(0));
     let start = Instant::now() + Duration::from_millis(100);
+    // The machine's own stalls, measured beside the writers: a thread that
+    // asks for 1 ms sleeps and records how much longer it got. A loaded
+    // 2-core machine leaves runnable threads unscheduled for 100+ ms; such a
+    // stall is not the queue's doing and must not fail the test.
+    let stall_us = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let stall_us = Arc::clone(&stall_us);
+        std::thread::spawn(move || {
+            while start.elapsed() < RUN {
+                let before = Instant::now();
+                std::thread::sleep(Duration::from_millis(1));
+                let over = before.elapsed().saturating_sub(Duration::from_millis(1));
+                stall_us.fetch_max(over.as_micros() as u64, Ordering::Relaxed);
+            }
+        })
+    };
     let threads: Vec<_> = (0..WRITERS)
         .map(|w| {
             let path = path.clone();
@@ -52,12 +68,24 @@ fn paced_writers_in_one_process_never_wait_long() {
         })
         .collect();
     let commits: Vec<i64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    ticker.join().unwrap();
     let worst = Duration::from_micros(worst_us.load(Ordering::Relaxed));
-    eprintln!("paced writers: commits {commits:?}, longest wait {worst:?}");
-    // Normal: a few ms. The bound leaves a loaded 2-core machine's
-    // scheduling room and still catches a head that sleeps through turns.
+    let stall = Duration::from_micros(stall_us.load(Ordering::Relaxed));
+    eprintln!(
+        "paced writers: commits {commits:?}, longest wait {worst:?}, machine stall {stall:?}"
+    );
+    let rows: i64 = setup
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        rows,
+        commits.iter().sum::<i64>(),
+        "every commit is in the file"
+    );
+    // Normal: a few ms. A head sleeping through turns made it 300 ms+;
+    // the bound catches that, beyond whatever the machine itself stalled.
     assert!(
-        worst < Duration::from_millis(150),
-        "a writer waited {worst:?}"
+        worst < Duration::from_millis(150) + stall * 2,
+        "a writer waited {worst:?} (the machine stalled at most {stall:?})"
     );
 }

@@ -1,7 +1,8 @@
 //! [`LockStats`]: one row of lock-wait statistics, and the one place its
 //! derived fields (total, average, quantiles, failure rate, `busy_events`)
-//! are computed. The process row, the file-wide row (from the side file)
-//! and the Rust client all go through [`LockStats::from_counts`].
+//! are computed. The process row and the file-wide row (from the side
+//! file) go through [`LockStats::from_counts`]; the Rust client's waits on
+//! other engines through [`LockStats::from_wait_totals`], which calls it.
 
 use std::fmt;
 
@@ -181,6 +182,26 @@ pub struct LockStats {
     pub standby_lag_ms: Option<f64>,
 }
 
+/// Waits counted outside SQLite's busy handler (the Rust client's
+/// PostgreSQL engine), for [`LockStats::from_wait_totals`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaitTotals {
+    /// Waits that ended with the lock.
+    pub acquired: u64,
+    /// Waits that ended without it.
+    pub gave_up: u64,
+    /// Waits going on now.
+    pub in_flight: u64,
+    /// Retries made while waiting.
+    pub retries: u64,
+    /// Time spent waiting, in µs, finished waits only.
+    pub wait_total_us: u64,
+    /// Longest finished wait, in µs.
+    pub wait_max_us: u64,
+    /// When the last wait began or ended, unix ms.
+    pub last_event_unix_ms: Option<u64>,
+}
+
 /// What identifies a row besides its counters.
 pub(crate) struct RowIdentity {
     pub(crate) db: String,
@@ -192,6 +213,45 @@ pub(crate) struct RowIdentity {
 }
 
 impl LockStats {
+    /// A row for waits counted outside SQLite (no histogram, so no
+    /// quantiles), with the same derived fields as every other row:
+    /// `busy_events`, average and failure rate are computed here, never by
+    /// the caller.
+    ///
+    /// ```
+    /// use hybrid::{LockMode, LockScope, LockStats, WaitTotals};
+    /// let totals = WaitTotals { acquired: 3, gave_up: 1, wait_total_us: 8_000, ..WaitTotals::default() };
+    /// let row = LockStats::from_wait_totals("db".into(), LockScope::Process, LockMode::Postgres, Some(2), &totals);
+    /// assert_eq!((row.busy_events, row.wait_avg_ms, row.failure_rate), (4, Some(2.0), Some(0.25)));
+    /// ```
+    pub fn from_wait_totals(
+        db: String,
+        scope: LockScope,
+        mode: LockMode,
+        connections: Option<u64>,
+        totals: &WaitTotals,
+    ) -> LockStats {
+        let identity = RowIdentity {
+            db,
+            scope,
+            mode,
+            connections,
+            handler_active: None,
+            policy: None,
+        };
+        let counts = Counts {
+            acquired: totals.acquired,
+            gave_up: totals.gave_up,
+            in_flight: totals.in_flight,
+            handler_calls: totals.retries,
+            wait_total_us: totals.wait_total_us,
+            wait_max_us: totals.wait_max_us,
+            last_event_unix_ms: totals.last_event_unix_ms,
+            ..Counts::default()
+        };
+        LockStats::from_counts(identity, &counts)
+    }
+
     /// Computes the derived fields from raw counters.
     pub(crate) fn from_counts(identity: RowIdentity, counts: &Counts) -> LockStats {
         let finished = counts.acquired.saturating_add(counts.gave_up);

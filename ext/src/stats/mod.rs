@@ -20,4 +20,4 @@ mod side_file;
 mod tests;
 pub(crate) mod tracker;
 
-pub use lock_stats::{LockMode, LockScope, LockStats};
+pub use lock_stats::{LockMode, LockScope, LockStats, WaitTotals};

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hybrid::{LockMode, LockScope, LockStats};
+use hybrid::{LockMode, LockScope, LockStats, WaitTotals};
 use parking_lot::{Mutex, MutexGuard};
 use postgres::{Client, Config};
 use rusqlite::types::Value;
@@ -57,19 +57,6 @@ pub(crate) use errors::error;
 use errors::{ClientNote, commit_error};
 use sessions::{connect_reader, connect_writer, redact, with_session};
 
-/// Waits for the lock this handle has seen (for `lock_metrics`).
-#[derive(Debug, Default)]
-struct WaitCounts {
-    busy_events: u64,
-    retries: u64,
-    acquired: u64,
-    gave_up: u64,
-    in_flight: u64,
-    wait_total_us: u64,
-    wait_max_us: u64,
-    last_event_unix_ms: Option<u64>,
-}
-
 /// One PostgreSQL database.
 pub(crate) struct PgEngine {
     config: Config,
@@ -79,7 +66,8 @@ pub(crate) struct PgEngine {
     writer: Mutex<Option<Client>>,
     readers: ReaderPool<Client>,
     retry: RetryPolicy,
-    waits: Mutex<WaitCounts>,
+    /// Waits for the lock this handle has seen (for `lock_metrics`).
+    waits: Mutex<WaitTotals>,
     /// Where `query` runs when there are any (`replicas.rs`).
     standbys: replicas::Standbys,
     /// This handle's newest write, for read-your-writes on standbys.
@@ -129,7 +117,7 @@ impl PgEngine {
             writer: Mutex::new(Some(writer)),
             readers: ReaderPool::new(readers),
             retry: *retry,
-            waits: Mutex::new(WaitCounts::default()),
+            waits: Mutex::new(WaitTotals::default()),
             standbys,
             writes: replicas::ReadYourWrites::new(),
             config,
@@ -227,7 +215,6 @@ impl PgEngine {
         let us = waited.as_micros() as u64;
         let mut w = self.waits.lock();
         w.in_flight = w.in_flight.saturating_sub(1);
-        w.busy_events += 1;
         w.retries += u64::from(attempts.saturating_sub(1));
         if acquired {
             w.acquired += 1;
@@ -311,36 +298,16 @@ impl PgEngine {
 
     /// The lock statistics row, with the standbys' largest lag.
     fn lock_stats(&self, standby_lag: Option<(i64, f64)>) -> LockStats {
-        let w = self.waits.lock();
-        let finished = w.acquired + w.gave_up;
-        let total_ms = w.wait_total_us as f64 / 1000.0;
-        LockStats {
-            db: self.display.clone(),
-            scope: LockScope::Process,
-            mode: LockMode::Postgres,
-            connections: Some(1 + self.readers.size() as u64),
-            handler_active: None,
-            busy_events: finished + w.in_flight,
-            retries: w.retries,
-            acquired: w.acquired,
-            gave_up: w.gave_up,
-            in_flight: w.in_flight,
-            handoffs: 0,
-            busy_in_read_tx: 0,
-            busy_snapshot: 0,
-            app_retries: 0,
-            wait_total_ms: total_ms,
-            wait_avg_ms: (finished > 0).then(|| total_ms / finished as f64),
-            wait_max_ms: w.wait_max_us as f64 / 1000.0,
-            wait_p50_ms: None,
-            wait_p95_ms: None,
-            wait_p99_ms: None,
-            failure_rate: (finished > 0).then(|| w.gave_up as f64 / finished as f64),
-            last_event_unix_ms: w.last_event_unix_ms,
-            policy: None,
-            standby_lag_bytes: standby_lag.map(|(bytes, _)| bytes),
-            standby_lag_ms: standby_lag.map(|(_, ms)| ms),
-        }
+        let mut stats = LockStats::from_wait_totals(
+            self.display.clone(),
+            LockScope::Process,
+            LockMode::Postgres,
+            Some(1 + self.readers.size() as u64),
+            &self.waits.lock(),
+        );
+        stats.standby_lag_bytes = standby_lag.map(|(bytes, _)| bytes);
+        stats.standby_lag_ms = standby_lag.map(|(_, ms)| ms);
+        stats
     }
 
     /// The server's view: version, size, sessions, lock waits.
