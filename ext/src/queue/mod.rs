@@ -71,11 +71,11 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_millis(20);
 /// holder that meant to come back wakes nobody, and without this poll the
 /// head slept through such gaps while non-queued writers took the lock
 /// (`ext/tests/paced.rs`: paced writers in one process waited 300-500 ms).
-/// Only a mispredicted release needs it (the others wake the head), so it
-/// need not be fast: every look costs the head a wake-up (~10 µs of CPU),
-/// and at 0.5 ms the looks doubled the CPU per transaction at hold 1 ms
-/// (2.1x SQLite's own handler, against 1.5x wanted).
+/// This is the longest interval; the head looks faster while the holder's
+/// transactions are short (`Member::tenure_poll`).
 pub(crate) const TENURE_POLL: Duration = Duration::from_millis(2);
+/// The shortest interval between the head's looks during a tenure.
+pub(crate) const TENURE_POLL_MIN: Duration = Duration::from_micros(500);
 /// A waiter whose beat has not moved for this long (observer's clock) is
 /// skipped: its process is alive but not running (stopped, swapped out).
 pub(crate) const STALE_NS: u64 = 100_000_000;
