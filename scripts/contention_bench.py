@@ -44,8 +44,8 @@ split a long suite into short runs).
 Frontier (--frontier): for 8 and 32 writers (--frontier-writers), hold 0,
 NORMAL, the extension with its defaults and under each policy of
 --policies (a JSON list of hybrid_busy_config() objects; default: handoff_ms
-1, 2, 3.5 and 5, and max_wait_ms 25, 50 and 100 if the extension has that
-key) beside the default handler and poll1ms, the throughput ratio against
+1, 2 and 5, and max_wait_ms 25, 100, 200 and 400 if the extension has that
+key; its default, max_wait_ms 50, is the "hybrid" point) beside the default handler and poll1ms, the throughput ratio against
 the longest wait, as a chart (--chart, SVG or PNG by the file name).
 
 Tracing (--trace-dir DIR, used by scripts/contention_stalls.py): every
@@ -676,10 +676,10 @@ def draw_chart(results, modes, path):
     print(f"chart: {path}")
 
 
-DEFAULT_POLICIES = ['{"handoff_ms":1}', '{"handoff_ms":2}', '{"handoff_ms":3.5}',
-                    '{"handoff_ms":5}']
+DEFAULT_POLICIES = ['{"handoff_ms":1}', '{"handoff_ms":2}', '{"handoff_ms":5}']
 # Added to the default list when the extension's policy has the key.
-MAX_WAIT_POLICIES = ['{"max_wait_ms":25}', '{"max_wait_ms":50}', '{"max_wait_ms":100}']
+MAX_WAIT_POLICIES = ['{"max_wait_ms":25}', '{"max_wait_ms":100}', '{"max_wait_ms":200}',
+                     '{"max_wait_ms":400}']
 
 
 def policy_keys(ext):

@@ -358,9 +358,14 @@ fn the_tenure_shrinks_with_the_queue_to_keep_the_wait() {
     assert_eq!(settings.tenure_ns(4, 0), 10_000_000, "50 ms / 5 is 10 ms");
     assert_eq!(settings.tenure_ns(7, 0), 6_250_000, "8 writers: 50 ms / 8");
     assert_eq!(
+        settings.tenure_ns(15, 0),
+        3_125_000,
+        "16 writers: 50 ms / 16"
+    );
+    assert_eq!(
         settings.tenure_ns(31, 0),
-        1_562_500,
-        "32 writers: 50 ms / 32"
+        2_000_000,
+        "32 writers: not below 2 ms"
     );
     assert_eq!(
         settings.tenure_ns(7, 1_250_000),
@@ -369,8 +374,14 @@ fn the_tenure_shrinks_with_the_queue_to_keep_the_wait() {
     );
     assert_eq!(
         settings.tenure_ns(63, 1_000_000),
-        0,
-        "a turn each: no tenure"
+        2_000_000,
+        "never below 2 ms"
+    );
+    let short = Settings::new(Priority::Interactive, 1.0, 50.0);
+    assert_eq!(
+        short.tenure_ns(63, 0),
+        1_000_000,
+        "unless handoff_ms is lower"
     );
     let capped = Settings::new(Priority::Interactive, 2.0, 50.0);
     assert_eq!(capped.tenure_ns(7, 0), 2_000_000, "never above handoff_ms");
