@@ -129,11 +129,9 @@ impl Member {
         if released != 0 {
             // Weight 1/8: one slow cycle (a preemption) must not flip the
             // prediction; a changed habit shows within a dozen cycles.
-            let gap = now.saturating_sub(released).min(REGRAB_CLIP_NS);
             // Never above the clip: it starts there and averages clipped gaps.
-            let average = self.regrab_ewma_ns.load(Ordering::Relaxed);
-            self.regrab_ewma_ns
-                .store(average - average / 8 + gap / 8, Ordering::Relaxed);
+            let gap = now.saturating_sub(released).min(REGRAB_CLIP_NS);
+            add_to_average(&self.regrab_ewma_ns, gap);
         }
         let header = self.queue.side.header();
         if header.waiting.load(Ordering::Acquire) == 0
@@ -245,12 +243,8 @@ impl Member {
         let held = now.saturating_sub(self.acquired_ns.load(Ordering::Relaxed));
         let bounce = held < BOUNCE_NS;
         if !bounce {
-            // Weight 1/8, clipped: one long transaction must not empty the
-            // next tenure.
-            let held = held.min(MAX_HANDOFF_NS);
-            let average = self.hold_ewma_ns.load(Ordering::Relaxed);
-            self.hold_ewma_ns
-                .store(average - average / 8 + held / 8, Ordering::Relaxed);
+            // Clipped: one long transaction must not empty the next tenure.
+            add_to_average(&self.hold_ewma_ns, held.min(MAX_HANDOFF_NS));
         }
         let coming_back = bounce || self.regrab_ewma_ns.load(Ordering::Relaxed) < REGRAB_LIMIT_NS;
         if mine && (tenure_over || !coming_back) {
@@ -331,7 +325,7 @@ impl Member {
                     // not wake us: try at most every HEAD_POLL.
                     let since = now.saturating_sub(self.last_try_ns.load(Ordering::Relaxed));
                     if since >= HEAD_POLL.as_nanos() as u64 {
-                        match self.throttled(budget) {
+                        match budget.retry_or_pause() {
                             Some(pause) => pause,
                             None => return self.retry(word, now),
                         }
@@ -374,12 +368,6 @@ impl Member {
         Duration::from_nanos(per_release.saturating_mul(4)).clamp(TENURE_POLL_MIN, TENURE_POLL)
     }
 
-    /// A pause the CPU budget asks for before the next attempt, if any;
-    /// none: the attempt goes out now, and the budget is told.
-    pub(super) fn throttled(&self, budget: &mut CpuBudget) -> Option<Duration> {
-        budget.retry_or_pause()
-    }
-
     /// This connection's slot: the one it holds if it still owns it, else
     /// a newly claimed one (`None`: the queue is full). Also re-asserts
     /// this process's participant record, in case a peer overwrote it.
@@ -420,6 +408,13 @@ impl Member {
             self.queue.wake(head);
         }
     }
+}
+
+/// Adds `sample` to a moving average with weight 1/8. Only the owning
+/// connection's thread writes either average, so load-then-store is enough.
+fn add_to_average(average: &AtomicU64, sample: u64) {
+    let old = average.load(Ordering::Relaxed);
+    average.store(old - old / 8 + sample / 8, Ordering::Relaxed);
 }
 
 impl Drop for Member {
