@@ -42,6 +42,18 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Sends `n` records, each only once the writer has taken the one before
+/// (so batches form from the writer's pacing, not from a backlog).
+fn send_one_at_a_time(logs: &LogDatabase, target: &str, n: usize) {
+    let sink = logs.sink();
+    for i in 0..n {
+        assert!(sink.send(LogRecord::new(LogLevel::Info, target, format!("{i}"))));
+        wait_until("the writer took the record", || {
+            logs.stats().queue_depth == 0
+        });
+    }
+}
+
 /// Four threads flood a small queue while the writer runs; part of the time
 /// it is stalled, so drops are certain. Every record is either in the file
 /// or counted as dropped, and the ones in the file are exactly those whose
@@ -346,14 +358,7 @@ fn without_a_backlog_batches_are_batch_size() {
     );
     let c = conn(&logs);
     watch_commits(&c);
-    let sink = logs.sink();
-    for i in 0..50 {
-        assert!(sink.send(LogRecord::new(LogLevel::Info, "trickle", format!("{i}"))));
-        // The writer has taken it before the next one comes.
-        wait_until("the writer took the record", || {
-            logs.stats().queue_depth == 0
-        });
-    }
+    send_one_at_a_time(&logs, "trickle", 50);
     wait_until("five batches committed", || logs.stats().written == 50);
     assert_eq!(rows_per_commit(&c), [10; 5]);
 }
@@ -376,14 +381,7 @@ fn commits_wait_for_the_commit_interval_unless_the_batch_is_full() {
     );
     let c = conn(&logs);
     watch_commits(&c);
-    let sink = logs.sink();
-    for i in 0..100 {
-        assert!(sink.send(LogRecord::new(LogLevel::Info, "paced", format!("{i}"))));
-        // The writer has taken it before the next one comes.
-        wait_until("the writer took the record", || {
-            logs.stats().queue_depth == 0
-        });
-    }
+    send_one_at_a_time(&logs, "paced", 100);
     // The first 64 filled a batch and committed without waiting an hour;
     // the other 36 wait for the interval (or a flush).
     wait_until("the full batch committed", || logs.stats().written == 64);

@@ -317,6 +317,15 @@ def background_writer_chunked(worker: int, seconds: float) -> None:
         progress_batch.clear()
         log_batch.clear()
 
+    def tally(at: float, ticket: Any, now: float) -> None:
+        # Acknowledged = the ticket says committed.
+        nonlocal acked, errors
+        if ticket.status == "committed":
+            acked += 1
+            waits.append((now - at) * 1000)
+        else:
+            errors += 1
+
     from sqlite_hybrid._errors import is_lock_error
 
     end = time.monotonic() + seconds
@@ -328,14 +337,9 @@ def background_writer_chunked(worker: int, seconds: float) -> None:
         if buffered:
             buffer.upsert("downloads", {"id": download, "progress": (progress + 1) % 100}, key="id")
             tickets.append((now, buffer.insert("bg_log", {"worker": worker, "seq": seq})))
-            # Acknowledged = the ticket says committed (polled: waiting would flush at once).
+            # Polled: waiting would flush at once.
             while tickets and tickets[0][1].done():
-                at, ticket = tickets.popleft()
-                if ticket.status == "committed":
-                    acked += 1
-                    waits.append((now - at) * 1000)
-                else:
-                    errors += 1
+                tally(*tickets.popleft(), now)
         else:
             progress_batch[download] = (progress + 1) % 100
             log_batch.append((worker, seq, now))
@@ -350,11 +354,7 @@ def background_writer_chunked(worker: int, seconds: float) -> None:
             pass  # the failed entries' tickets say so below
         now = time.monotonic()
         for at, ticket in tickets:
-            if ticket.status == "committed":
-                acked += 1
-                waits.append((now - at) * 1000)
-            else:
-                errors += 1
+            tally(at, ticket, now)
     else:
         for _ in range(20):
             if not log_batch:
