@@ -206,6 +206,40 @@ fn logging_calls_return_while_the_writer_is_stalled() {
     );
 }
 
+/// At the defaults, the writer stalled for a whole second of a 100,000
+/// lines/s burst (here: 100,000 lines sent while another connection holds
+/// the log file's write lock, so nothing can commit) loses no line: the
+/// queue holds them all, and the writer writes them once the lock is free.
+#[test]
+fn at_the_defaults_a_one_second_stall_of_a_100k_burst_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = open(&dir, LogOptions::default());
+    let sink = logs.sink();
+    let holder = conn(&logs);
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let burst = 100_000u64;
+    for i in 0..burst {
+        assert!(
+            sink.send(LogRecord::new(LogLevel::Info, "burst", i.to_string())),
+            "line {i} of the burst was dropped"
+        );
+    }
+    let stats = logs.stats();
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    assert_eq!(stats.written, 0, "the writer was stalled: {stats:?}");
+    holder.execute_batch("COMMIT").unwrap();
+    logs.flush(FLUSH).unwrap();
+    let stats = logs.stats();
+    assert_eq!((stats.written, stats.dropped), (burst, 0), "{stats:?}");
+    assert_eq!(
+        count(
+            &conn(&logs),
+            "SELECT count(*) FROM entries WHERE target = 'burst'"
+        ),
+        burst
+    );
+}
+
 /// After a burst the writer writes its backlog on its own (no `flush()`, and
 /// a `flush_interval` far away), and lines logged afterwards are all kept.
 #[test]

@@ -105,10 +105,15 @@ impl LogDatabase {
         size: SizeProbe,
         options: LogOptions,
     ) -> Result<LogDatabase> {
-        let (records_tx, records_rx) = bounded(options.channel_capacity);
+        let (records_tx, records_rx) = unbounded();
         let (control_tx, control_rx) = unbounded();
         let counters = Arc::new(Counters::default());
-        let sink = LogSink::new(records_tx, control_tx, Arc::clone(&counters));
+        let sink = LogSink::new(
+            records_tx,
+            options.channel_capacity,
+            control_tx,
+            Arc::clone(&counters),
+        );
         let thread = Writer::new(
             store,
             records_rx.clone(),

@@ -4,9 +4,10 @@
 //!
 //! # How it fits together
 //! * Records come from the `log` crate ([`DbLogger`]) or from `tracing`
-//!   ([`DbLayer`]) and go through a bounded crossbeam channel. Sending never
-//!   blocks: when the channel is full (or the log database is closed) the
-//!   record is dropped and counted in `dropped`.
+//!   ([`DbLayer`]) and go through a crossbeam channel holding at most
+//!   `channel_capacity` records. Sending never blocks: when it is full (or
+//!   the log database is closed) the record is dropped and counted in
+//!   `dropped`.
 //! * One writer thread with its own connection to the log file takes them
 //!   in arrival order (so each producing thread's records keep their
 //!   order), and writes a transaction once `batch_size` are waiting and
@@ -30,8 +31,9 @@
 //! # Why a channel, when the write buffer uses a locked map
 //! The two background writers look alike but want opposite things. Log
 //! records never merge, nobody reads them back before they are written, and
-//! under overload they may be dropped, never waited for: a bounded channel
-//! with `try_send` is exactly that, lock-free for the producers. The write
+//! under overload they may be dropped, never waited for: a channel with a
+//! length check before each send is exactly that, lock-free for the
+//! producers. The write
 //! buffer must merge operations on one key, answer `get` from what is
 //! pending, and never drop anything: that needs one keyed view behind a lock
 //! (`buffer/mod.rs`).

@@ -1,5 +1,5 @@
-//! The producers' side of the log database: [`LogSink`] queues records on
-//! a bounded channel without ever blocking, [`Control`] carries flush,
+//! The producers' side of the log database: [`LogSink`] queues records
+//! (at most `channel_capacity` of them) without ever blocking, [`Control`] carries flush,
 //! retention and shutdown requests on a channel of their own, and
 //! [`Counters`] are the counts senders, the writer and `stats()` share.
 
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError, bounded};
+use crossbeam_channel::{Sender, bounded};
 
 use super::record::LogRecord;
 use crate::error::{Error, Result};
@@ -64,7 +64,13 @@ impl Counters {
 /// Where records go: cheap to clone, never blocks.
 #[derive(Clone, Debug)]
 pub struct LogSink {
+    /// An unbounded channel, bounded by `capacity` in [`LogSink::send`]:
+    /// a bounded crossbeam channel allocates (and touches) every slot up
+    /// front, ~180 bytes each, so a queue deep enough for a burst would
+    /// cost its full size in every process that opens a log database;
+    /// this one holds memory only for the records actually queued.
     records: Sender<LogRecord>,
+    capacity: usize,
     control: Sender<Control>,
     counters: Arc<Counters>,
 }
@@ -72,11 +78,13 @@ pub struct LogSink {
 impl LogSink {
     pub(crate) fn new(
         records: Sender<LogRecord>,
+        capacity: usize,
         control: Sender<Control>,
         counters: Arc<Counters>,
     ) -> LogSink {
         LogSink {
             records,
+            capacity,
             control,
             counters,
         }
@@ -84,18 +92,18 @@ impl LogSink {
 
     /// Queues `record`; returns false (and counts it in `dropped`) when the
     /// queue is full or the log database is closed. Never blocks.
+    ///
+    /// Threads sending at the same instant may each see room for one more,
+    /// so the queue can exceed `channel_capacity` by at most one record per
+    /// sending thread; every record is still either queued or counted.
     pub fn send(&self, record: LogRecord) -> bool {
-        if self.counters.closed.load(Ordering::Acquire) {
+        let refused = self.counters.closed.load(Ordering::Acquire)
+            || self.records.len() >= self.capacity
+            || self.records.send(record).is_err();
+        if refused {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
         }
-        match self.records.try_send(record) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-        }
+        !refused
     }
 
     /// Asks the writer to write everything queued and waits up to

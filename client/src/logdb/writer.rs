@@ -43,7 +43,7 @@
 //! The buffer's is a keyed map that callers read and change in place
 //! (coalescing, tickets, the in-flight view), so it sits under a mutex with
 //! a condvar. Log records have no key and no ticket, and a full queue must
-//! drop instead of block: a bounded channel, and `select!` over records,
+//! drop instead of block: a channel with a length bound, and `select!` over records,
 //! control messages and a timeout is the whole loop. A shared batch-writer
 //! layer would serve only these two, sharing no code beneath the loop.
 
