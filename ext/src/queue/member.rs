@@ -307,7 +307,7 @@ impl Member {
                     HEARTBEAT
                 } else if word != self.last_wake_seen.load(Ordering::Relaxed) {
                     // Woken by a release (or by becoming the head): try.
-                    match budget.handed_over() {
+                    match budget.handed_over(header.release_seq.load(Ordering::Acquire)) {
                         Some(pause) => pause,
                         None => return self.retry(word, now),
                     }
