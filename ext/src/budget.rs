@@ -39,8 +39,8 @@ pub(crate) struct CpuBudget {
     not_before_ns: u64,
     /// Retries made on a hand-off so far (see [`CpuBudget::handed_over`]).
     handoffs: u32,
-    /// The header's `release_seq` at the last free retry on a hand-off,
-    /// and how many such retries were free because it had moved.
+    /// The header's `release_seq` at the last retry on a hand-off, and
+    /// how many such retries were free because it had moved since.
     last_release_seq: Option<u32>,
     free_on_release: u64,
 }

@@ -59,8 +59,9 @@ impl FileQueue {
         !idle
     }
 
-    /// How long until the running tenure ends by our observation, at most
-    /// [`TENURE_POLL`] (to notice an idle holder early).
+    /// How long until the running tenure ends by our observation. (How
+    /// often the head looks meanwhile for an idle holder is
+    /// `Member::tenure_poll`'s decision, not this one's.)
     pub(super) fn until_tenure_end(&self, now: u64) -> Duration {
         let header = self.side.header();
         let claimed = header.tenure_ns.load(Ordering::Acquire).min(MAX_HANDOFF_NS);
@@ -68,7 +69,7 @@ impl FileQueue {
             .side
             .seen()
             .tenure_age(header.tenure_seq.load(Ordering::Acquire), now);
-        Duration::from_nanos(claimed.saturating_sub(age)).min(TENURE_POLL)
+        Duration::from_nanos(claimed.saturating_sub(age))
     }
 
     /// The serving order key of a slot.
