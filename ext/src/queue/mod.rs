@@ -68,9 +68,10 @@ pub(crate) const YIELD_MAX: Duration = Duration::from_millis(2);
 /// is not the head wakes this often only to show it lives, so with many
 /// writers these wake-ups are much of the queue's CPU (64 writers: 63 of
 /// them, 1,575/s at 40 ms). 20 ms measured 0.87-0.88x the default
-/// handler's throughput at 64 writers against 0.95-0.96x at 40 ms (same
-/// runs, alternating). Still 2.5 beats per [`STALE_NS`], so a waiter that
-/// is scheduled late once is not skipped.
+/// handler's throughput at 64 writers against 0.95-0.96x at 40 ms in two
+/// alternating sets; a third, on a busier machine, showed no difference.
+/// Still 2.5 beats per [`STALE_NS`], so a waiter that is scheduled late
+/// once is not skipped.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(40);
 /// During someone else's tenure the head looks this often whether the
 /// holder has gone idle (released and not coming back): the release of a
